@@ -1,0 +1,13 @@
+# CAVL pipeline: region features → contrastive pretraining → adapter finetuning → evaluation.
+# Stages live in workflow/rules/, one file each; common.smk validates the config first.
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,149 @@
+"""Shared helpers for the format readers: checked JSON access and image headers."""
+
+import json
+import os
+
+from .errors import FormatError, SpecError
+
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", list: "list", dict: "object",
+               bool: "boolean", type(None): "null"}
+
+
+def _type_name(types):
+    if not isinstance(types, tuple):
+        types = (types,)
+    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+
+
+def _matches(value, types):
+    if not isinstance(types, tuple):
+        types = (types,)
+    if isinstance(value, bool) and bool not in types:
+        return False  # JSON true/false is not a number here
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, types)
+
+
+def check_type(value, types, path, record, what):
+    """Return `value` if it is of `types` (JSON sense: bool is not an int), else FormatError."""
+    if not _matches(value, types):
+        raise FormatError(path, record, f"{what} must be {_type_name(types)}, "
+                                        f"got {_type_name(type(value))}")
+    return value
+
+
+def get(obj, key, types, path, record, default=KeyError):
+    """obj[key], checked to be of `types`; missing → FormatError unless `default` is given."""
+    if not isinstance(obj, dict):
+        raise FormatError(path, record, f"must be an object, got {_type_name(type(obj))}")
+    if key not in obj:
+        if default is KeyError:
+            raise FormatError(path, record, f"missing key {key!r}")
+        return default
+    return check_type(obj[key], types, path, record, f"key {key!r}")
+
+
+def _open_text(path):
+    try:
+        return open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise FormatError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise FormatError(path, None, "is a directory, expected a file") from None
+    except OSError as e:
+        raise FormatError(path, None, f"cannot open: {e.strerror or e}") from None
+
+
+def load_json(path):
+    """Parse a whole JSON file; broken JSON → FormatError naming the line and column."""
+    with _open_text(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise FormatError(path, f"line {e.lineno} column {e.colno}",
+                              f"invalid JSON: {e.msg}") from None
+        except UnicodeDecodeError as e:
+            raise FormatError(path, f"byte {e.start}", "not UTF-8 text") from None
+
+
+def iter_json_lines(path):
+    """Yield (line_number, object) for each non-blank line of a JSON-lines file."""
+    with _open_text(path) as f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError:
+                raise FormatError(path, f"line {lineno + 1}", "not UTF-8 text") from None
+            if not line:
+                return
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise FormatError(path, f"line {lineno}",
+                                  f"invalid JSON: {e.msg} (column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise FormatError(path, f"line {lineno}",
+                                  f"must be a JSON object, got {_type_name(type(obj))}")
+            yield lineno, obj
+
+
+def read_text_lines(path):
+    """All lines of a UTF-8 text file (line ends stripped)."""
+    with _open_text(path) as f:
+        try:
+            return f.read().split("\n")
+        except UnicodeDecodeError as e:
+            raise FormatError(path, f"byte {e.start}", "not UTF-8 text") from None
+
+
+def require_image(image_path, path, record):
+    """FormatError (naming the annotation file and record) unless the image file exists."""
+    if not os.path.isfile(image_path):
+        raise FormatError(path, record, f"image file missing: {image_path}")
+    return image_path
+
+
+def image_size(image_path, path=None, record=None):
+    """(width, height) from the image header (PIL opens lazily; pixels are not decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image_path) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise FormatError(path or image_path, record,
+                          f"image file missing: {image_path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise FormatError(path or image_path, record,
+                          f"cannot read image header of {image_path}: {e}") from None
+    return int(width), int(height)
+
+
+def positive_int(value, path, record, what):
+    check_type(value, int, path, record, what)
+    if value <= 0:
+        raise FormatError(path, record, f"{what} must be positive, got {value}")
+    return value
+
+
+def spec_get(spec, key, where, types=None):
+    """spec[key] of a CLI spec (config.yaml `datasets` entry); missing → SpecError."""
+    if not isinstance(spec, dict):
+        raise SpecError(f"{where}: must be a mapping, got {type(spec).__name__}")
+    if key not in spec or spec[key] is None:
+        raise SpecError(f"{where}: missing key {key!r}")
+    value = spec[key]
+    if types is not None and not isinstance(value, types):
+        raise SpecError(f"{where}.{key}: must be {_type_name(types)}, "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def stem(filename):
+    """File name without folder and extension."""
+    return os.path.splitext(os.path.basename(filename))[0]

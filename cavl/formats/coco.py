@@ -1,0 +1,77 @@
+"""COCO captions (``captions_{train,val}2014.json``).
+
+Official structure: ``{"info", "licenses", "images": [{"id", "file_name", "width", "height",
+…}], "annotations": [{"id", "image_id", "caption"}]}``.
+"""
+
+import os
+
+from ._common import get, load_json, positive_int, require_image
+from .errors import FormatError
+
+
+def read_captions(path):
+    """Parse one captions file → (images, annotations).
+
+    images: list of dicts {id:int, file_name:str, width:int, height:int} in file order;
+    annotations: list of dicts {id:int, image_id:int, caption:str (stripped)}.
+    Every annotation's image_id must name an image of the file.
+    """
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise FormatError(path, None, "top level must be a JSON object")
+    raw_images = get(data, "images", list, path, None)
+    raw_anns = get(data, "annotations", list, path, None)
+
+    images, known = [], set()
+    for i, im in enumerate(raw_images):
+        rec = f"images[{i}]"
+        image_id = get(im, "id", int, path, rec)
+        images.append({
+            "id": image_id,
+            "file_name": get(im, "file_name", str, path, rec),
+            "width": positive_int(get(im, "width", int, path, rec), path, rec, "width"),
+            "height": positive_int(get(im, "height", int, path, rec), path, rec, "height"),
+        })
+        known.add(image_id)
+
+    annotations = []
+    for i, ann in enumerate(raw_anns):
+        rec = f"annotations[{i}]"
+        image_id = get(ann, "image_id", int, path, rec)
+        if image_id not in known:
+            raise FormatError(path, rec, f"image_id {image_id} is not in 'images'")
+        annotations.append({
+            "id": get(ann, "id", int, path, rec),
+            "image_id": image_id,
+            "caption": get(ann, "caption", str, path, rec).strip(),
+        })
+    return images, annotations
+
+
+def manifest_rows(splits):
+    """Manifest rows for every image of every split (first occurrence of an id wins).
+
+    splits: iterable of (captions json path, image folder) pairs.
+    """
+    rows, seen = [], set()
+    for ann_path, image_dir in splits:
+        images, _ = read_captions(ann_path)
+        for i, im in enumerate(images):
+            image_id = str(im["id"])
+            if image_id in seen:
+                continue
+            seen.add(image_id)
+            image_path = os.path.join(image_dir, im["file_name"])
+            require_image(image_path, ann_path, f"images[{i}]")
+            rows.append({"image_id": image_id, "path": image_path, "width": im["width"],
+                         "height": im["height"], "gt_boxes": [], "gt_box_labels": []})
+    return rows
+
+
+def caption_rows(ann_path):
+    """Pretraining rows (example_id, dataset, image_id, caption) of one captions file."""
+    _, annotations = read_captions(ann_path)
+    return [{"example_id": f"coco-{a['id']}", "dataset": "coco",
+             "image_id": str(a["image_id"]), "caption": a["caption"]}
+            for a in annotations if a["caption"]]

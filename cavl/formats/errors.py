@@ -1,0 +1,30 @@
+"""Errors raised by the readers of the official dataset formats."""
+
+import os
+
+
+class FormatError(ValueError):
+    """A dataset file does not have the official structure.
+
+    `path`: the offending file; `record`: where in it (``annotations[3]``, ``line 7``,
+    ``object 2``…), or None for the file as a whole; `message`: what is wrong.
+    ``str(error)`` reads ``{path}: {record}: {message}``.
+    """
+
+    def __init__(self, path, record, message):
+        self.path = os.fspath(path) if path is not None else None
+        self.record = record
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self):
+        parts = [p for p in (self.path, self.record) if p not in (None, "")]
+        parts.append(self.message)
+        return ": ".join(str(p) for p in parts)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.record, self.message))
+
+
+class SpecError(ValueError):
+    """The dataset spec handed to a CLI (a `datasets` entry of config.yaml) is unusable."""

@@ -1,0 +1,120 @@
+"""Visual Genome (``image_data.json``, ``region_descriptions.json``; images in VG_100K[_2]/).
+
+Official structure:
+- image_data.json: ``[{"image_id", "url", "width", "height", "coco_id", "flickr_id"}, …]``
+  (the older v1.0/1.2 dumps name the id ``id``; both are accepted). The url ends in
+  ``…/VG_100K/{image_id}.jpg`` or ``…/VG_100K_2/{image_id}.jpg``: the release folder.
+- region_descriptions.json: ``[{"id": image_id, "regions": [{"region_id", "image_id",
+  "phrase", "x", "y", "width", "height"}, …]}, …]``.
+"""
+
+import os
+from urllib.parse import urlparse
+
+from ._common import check_type, get, load_json, positive_int
+from .errors import FormatError
+
+IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
+
+
+def _image_id(entry, path, rec):
+    if isinstance(entry, dict) and "image_id" in entry:
+        return get(entry, "image_id", int, path, rec)
+    if isinstance(entry, dict) and "id" in entry:
+        return get(entry, "id", int, path, rec)
+    get(entry, "image_id", int, path, rec)  # raises the right error
+
+
+def read_image_data(path):
+    """Parse image_data.json → list of {image_id:int, url:str|None, width:int, height:int}."""
+    data = check_type(load_json(path), list, path, None, "top level")
+    out = []
+    for i, entry in enumerate(data):
+        rec = f"[{i}]"
+        out.append({
+            "image_id": _image_id(entry, path, rec),
+            "url": get(entry, "url", (str, type(None)), path, rec, default=None),
+            "width": positive_int(get(entry, "width", int, path, rec), path, rec, "width"),
+            "height": positive_int(get(entry, "height", int, path, rec), path, rec, "height"),
+        })
+    return out
+
+
+def find_image(image_root, image_id, url):
+    """Path of an image in the release layout, or None.
+
+    The url's folder (VG_100K or VG_100K_2) and file name are tried first, then
+    ``{image_id}.jpg`` in each release folder.
+    """
+    candidates = []
+    if url:
+        parts = urlparse(url).path.rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-1]:
+            candidates.append(os.path.join(image_root, parts[-2], parts[-1]))
+            candidates.extend(os.path.join(image_root, d, parts[-1]) for d in IMAGE_FOLDERS)
+    candidates.extend(os.path.join(image_root, d, f"{image_id}.jpg") for d in IMAGE_FOLDERS)
+    for c in candidates:
+        if os.path.isfile(c):
+            return c
+    return None
+
+
+def manifest_rows(image_data_path, image_root):
+    rows, seen = [], set()
+    for i, im in enumerate(read_image_data(image_data_path)):
+        image_id = str(im["image_id"])
+        if image_id in seen:
+            raise FormatError(image_data_path, f"[{i}]", f"duplicate image_id {image_id}")
+        seen.add(image_id)
+        image_path = find_image(image_root, im["image_id"], im["url"])
+        if image_path is None:
+            raise FormatError(image_data_path, f"[{i}]",
+                              f"image file missing: no {im['image_id']}.jpg under "
+                              f"{image_root}/{{{','.join(IMAGE_FOLDERS)}}}")
+        rows.append({"image_id": image_id, "path": image_path, "width": im["width"],
+                     "height": im["height"], "gt_boxes": [], "gt_box_labels": []})
+    return rows
+
+
+def read_region_descriptions(path):
+    """Parse region_descriptions.json → list of {region_id, image_id, phrase}.
+
+    (The region box x/y/width/height is not needed downstream and is not kept.)
+
+    A region's image is its own ``image_id``, else the enclosing entry's ``id``.
+    """
+    data = check_type(load_json(path), list, path, None, "top level")
+    out = []
+    for i, entry in enumerate(data):
+        rec = f"[{i}]"
+        regions = get(entry, "regions", list, path, rec)
+        entry_image = get(entry, "id", int, path, rec, default=None)
+        if entry_image is None:
+            entry_image = get(entry, "image_id", int, path, rec, default=None)
+        for j, reg in enumerate(regions):
+            rrec = f"[{i}].regions[{j}]"
+            image_id = get(reg, "image_id", int, path, rrec, default=entry_image)
+            if image_id is None:
+                raise FormatError(path, rrec, "missing key 'image_id' (and no 'id' on the entry)")
+            out.append({
+                "region_id": get(reg, "region_id", int, path, rrec),
+                "image_id": image_id,
+                "phrase": get(reg, "phrase", str, path, rrec).strip(),
+            })
+    return out
+
+
+def caption_rows(region_path, image_data_path):
+    """Pretraining rows (example_id, dataset, image_id, caption), one per non-empty region
+    description; every region's image must be listed in image_data.json."""
+    known = {im["image_id"] for im in read_image_data(image_data_path)}
+    rows = []
+    for k, reg in enumerate(read_region_descriptions(region_path)):
+        if reg["image_id"] not in known:
+            raise FormatError(region_path, f"region_id {reg['region_id']}",
+                              f"image_id {reg['image_id']} is not in "
+                              f"{os.path.basename(image_data_path)}")
+        if reg["phrase"]:
+            rows.append({"example_id": f"vg-{reg['region_id']}", "dataset": "vg",
+                         "image_id": str(reg["image_id"]), "caption": reg["phrase"]})
+    return rows

@@ -1,0 +1,56 @@
+# Data stages: embedded demo data, image manifests, normalised task examples.
+
+
+if config["demo"]["enabled"]:
+
+    rule demo_data:
+        """Synthetic scenes in the official formats of all seven datasets."""
+        output:
+            sorted({f for d in ["coco", "vg", "vqa", "vcr", "nlvr2", "flickr30k"] for f in annotation_files(d)}),
+            scenes=f"{config['demo']['out_dir']}/scenes.json",
+        params:
+            out=config["demo"]["out_dir"],
+            seed=config["demo"]["seed"],
+            size=config["demo"]["image_size"],
+            counts=" ".join(f"--count {k}={v}" for k, v in sorted(config["demo"]["images"].items())),
+        log:
+            "logs/demo_data.log",
+        conda:
+            "../../envs/cavl.yaml"
+        shell:
+            "python -m cavl.demo --out {params.out} --seed {params.seed} "
+            "--image-size {params.size} {params.counts} > {log} 2>&1"
+
+
+checkpoint manifest:
+    """One row per image: id, path, size, ground-truth boxes (a checkpoint: shards depend on its length)."""
+    input:
+        lambda w: annotation_files(w.dataset),
+    output:
+        "resources/manifests/{dataset}.parquet",
+    params:
+        spec=lambda w: json_arg(DATASETS[w.dataset]),
+    log:
+        "logs/manifest/{dataset}.log",
+    conda:
+        "../../envs/cavl.yaml"
+    shell:
+        "python -m cavl.manifest --dataset {wildcards.dataset} --spec {params.spec} "
+        "--out {output} > {log} 2>&1"
+
+
+rule task_data:
+    """Normalised examples of one task, one Parquet per split."""
+    input:
+        lambda w: [f for source in TASK_SOURCES[w.task] for f in annotation_files(source)],
+    output:
+        "resources/tasks/{task}/{split}.parquet",
+    params:
+        spec=lambda w: json_arg({s: DATASETS[s] for s in TASK_SOURCES[w.task]}),
+    log:
+        "logs/task_data/{task}/{split}.log",
+    conda:
+        "../../envs/cavl.yaml"
+    shell:
+        "python -m cavl.task_data --task {wildcards.task} --split {wildcards.split} "
+        "--spec {params.spec} --out {output} > {log} 2>&1"
