@@ -8,7 +8,7 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 
 env: $(STAMP)
 
-$(STAMP): requirements.txt scripts/setup_env.sh scripts/repack_detectron2.py pyproject.toml
+$(STAMP): requirements.txt scripts/setup_env.sh scripts/install_detectron2.sh scripts/repack_detectron2.py pyproject.toml
 	bash scripts/setup_env.sh $(VENV)
 	touch $@
 

@@ -1,0 +1,259 @@
+"""Flickr30k: Karpathy split json and Flickr30k Entities (Sentences/, Annotations/, lists).
+
+Official structures:
+- ``dataset_flickr30k.json`` (Karpathy): ``{"dataset": "flickr30k", "images": [{"filename",
+  "imgid", "split" (train/val/test), "sentids", "sentences": [{"raw", "tokens", "imgid",
+  "sentid"}]}]}``.
+- ``Sentences/{id}.txt``: one caption per line, annotated phrases written
+  ``[/EN#{entity}/{type}[/{type}…] words of the phrase]``; entity 0 / type ``notvisual``
+  marks phrases without a box.
+- ``Annotations/{id}.xml``: PASCAL-VOC style; ``<size><width/><height/><depth/></size>``
+  and ``<object>`` elements with one or more ``<name>`` (entity ids) and either a
+  ``<bndbox>`` (1-based xmin/ymin/xmax/ymax) or ``<nobndbox>``/``<scene>`` flags.
+- ``{train,val,test}.txt``: one image id per line.
+"""
+
+import os
+import re
+import xml.etree.ElementTree as ET
+
+from ._common import check_type, get, image_size, load_json, read_text_lines, stem
+from .errors import FormatError
+
+KARPATHY_SPLITS = ("train", "val", "test")
+# Karpathy's json for COCO also has "restval" (used for training); map it for robustness.
+_SPLIT_ALIASES = {"restval": "train"}
+
+_HEADER = re.compile(r"^\[/EN#(\d+)((?:/[^/\s\[\]]+)+)$")
+
+
+# ---------------------------------------------------------------- Karpathy split json
+def read_karpathy(path):
+    """→ list of {image_id (file stem), filename, split, sentences: [(sentid, raw)]}."""
+    data = check_type(load_json(path), dict, path, None, "top level")
+    out, seen = [], set()
+    for i, im in enumerate(get(data, "images", list, path, None)):
+        rec = f"images[{i}]"
+        filename = get(im, "filename", str, path, rec)
+        split = get(im, "split", str, path, rec)
+        split = _SPLIT_ALIASES.get(split, split)
+        if split not in KARPATHY_SPLITS:
+            raise FormatError(path, rec, f"unknown split {split!r}")
+        image_id = stem(filename)
+        if image_id in seen:
+            raise FormatError(path, rec, f"duplicate image {filename}")
+        seen.add(image_id)
+        sentences = []
+        for j, s in enumerate(get(im, "sentences", list, path, rec)):
+            srec = f"{rec}.sentences[{j}]"
+            sentences.append((get(s, "sentid", int, path, srec),
+                              get(s, "raw", str, path, srec).strip()))
+        out.append({"image_id": image_id, "filename": filename, "split": split,
+                    "sentences": sentences})
+    return out
+
+
+# ---------------------------------------------------------------- Entities sentences
+def parse_sentence(line, path=None, record=None):
+    """Parse one annotated caption as the official ``get_sentence_data`` does.
+
+    → (plain sentence, phrases) where each phrase is {phrase, entity_id (str), phrase_types
+    (list of str), first_word_index (index of its first word in the plain sentence's
+    whitespace-split words)}. Bracket syntax errors raise FormatError.
+    """
+    words, phrases = [], []
+    current = None  # the phrase being read
+    for token in line.split():
+        if current is not None:
+            if token.startswith("["):
+                raise FormatError(path, record, f"'[' inside the phrase opened at word "
+                                                f"{current['first_word_index']} "
+                                                f"(missing ']')")
+            closing = token.endswith("]")
+            if closing:
+                token = token[:-1]
+                if "]" in token:
+                    raise FormatError(path, record, f"unexpected ']' in {token + ']'!r}")
+            elif "]" in token:
+                raise FormatError(path, record, f"unexpected ']' in {token!r}")
+            current["words"].append(token)
+            words.append(token)
+            if closing:
+                current["phrase"] = " ".join(current.pop("words"))
+                phrases.append(current)
+                current = None
+        elif token.startswith("["):
+            m = _HEADER.match(token)
+            if not m:
+                raise FormatError(path, record, f"malformed phrase header {token!r} "
+                                                f"(expected '[/EN#<id>/<type>')")
+            current = {"entity_id": m.group(1), "phrase_types": m.group(2).split("/")[1:],
+                       "first_word_index": len(words), "words": []}
+        elif "]" in token or "[" in token:
+            raise FormatError(path, record, f"unexpected bracket in {token!r} outside a phrase")
+        else:
+            words.append(token)
+    if current is not None:
+        raise FormatError(path, record, f"phrase [/EN#{current['entity_id']}/… opened at word "
+                                        f"{current['first_word_index']} is never closed")
+    return " ".join(words), [
+        {"phrase": p["phrase"], "entity_id": p["entity_id"],
+         "phrase_types": p["phrase_types"], "first_word_index": p["first_word_index"]}
+        for p in phrases]
+
+
+def read_sentences(path):
+    """Parse ``Sentences/{id}.txt`` → list (one per non-empty line, as the official parser
+    numbers them) of (plain sentence, phrases)."""
+    out = []
+    for lineno, line in enumerate(read_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        out.append(parse_sentence(line, path, f"line {lineno}"))
+    return out
+
+
+# ---------------------------------------------------------------- Entities annotations
+def _int_text(elem, tag, path, rec):
+    child = elem.find(tag)
+    if child is None:
+        raise FormatError(path, rec, f"missing <{tag}>")
+    try:
+        return int(float((child.text or "").strip()))
+    except ValueError:
+        raise FormatError(path, rec, f"<{tag}> must be a number, got {child.text!r}") from None
+
+
+def read_annotation(path):
+    """Parse ``Annotations/{id}.xml`` → {width, height, boxes: [(entity_id, [x1,y1,x2,y2])]
+    in document order, nobox: [entity ids], scene: [entity ids]}.
+
+    Box corners are converted from the file's 1-based pixels to 0-based by subtracting 1,
+    exactly as the official ``get_annotations``; an object with several <name> elements
+    gives its box to each of those entities.
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise FormatError(path, None, "file not found") from None
+    except ET.ParseError as e:
+        line, col = e.position
+        raise FormatError(path, f"line {line} column {col + 1}", f"invalid XML: {e}") from None
+    size = root.find("size")
+    if size is None:
+        raise FormatError(path, None, "missing <size>")
+    out = {"width": _int_text(size, "width", path, "<size>"),
+           "height": _int_text(size, "height", path, "<size>"),
+           "boxes": [], "nobox": [], "scene": []}
+    for k, obj in enumerate(root.findall("object")):
+        rec = f"object {k}"
+        names = [(n.text or "").strip() for n in obj.findall("name")]
+        if not names or not all(names):
+            raise FormatError(path, rec, "missing <name> (entity id)")
+        bndbox = obj.find("bndbox")
+        if bndbox is not None:
+            box = [float(_int_text(bndbox, t, path, rec) - 1)
+                   for t in ("xmin", "ymin", "xmax", "ymax")]
+            out["boxes"].extend((name, box) for name in names)
+        else:
+            nobox = obj.find("nobndbox")
+            scene = obj.find("scene")
+            if nobox is None and scene is None:
+                raise FormatError(path, rec, "object has neither <bndbox> nor <nobndbox>/<scene>")
+            if nobox is not None and _int_text(obj, "nobndbox", path, rec) > 0:
+                out["nobox"].extend(names)
+            if scene is not None and _int_text(obj, "scene", path, rec) > 0:
+                out["scene"].extend(names)
+    return out
+
+
+def read_split_list(path):
+    """``{train,val,test}.txt`` → image ids, one per non-empty line."""
+    return [line.strip() for line in read_text_lines(path) if line.strip()]
+
+
+def _find_image(image_root, image_id):
+    for ext in (".jpg", ".jpeg", ".png", ".JPG"):
+        p = os.path.join(image_root, image_id + ext)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+# ---------------------------------------------------------------- outputs
+def manifest_rows(karpathy_path, image_root, entities_root):
+    """One row per Karpathy image, then per image of the Entities split lists not in it.
+
+    gt boxes (labelled with their entity id) and size come from the Entities xml where one
+    exists; without one, no boxes and the size is read from the image header.
+    """
+    entries = [(im["image_id"], im["filename"], karpathy_path, f"images[{i}]")
+               for i, im in enumerate(read_karpathy(karpathy_path))]
+    seen = {e[0] for e in entries}
+    for split in KARPATHY_SPLITS:
+        list_path = os.path.join(entities_root, f"{split}.txt")
+        if not os.path.isfile(list_path):
+            continue
+        for k, image_id in enumerate(read_split_list(list_path)):
+            if image_id not in seen:
+                seen.add(image_id)
+                entries.append((image_id, None, list_path, f"line {k + 1}"))
+
+    rows = []
+    for image_id, filename, src, rec in entries:
+        if filename is not None:
+            image_path = os.path.join(image_root, filename)
+            if not os.path.isfile(image_path):
+                raise FormatError(src, rec, f"image file missing: {image_path}")
+        else:
+            image_path = _find_image(image_root, image_id)
+            if image_path is None:
+                raise FormatError(src, rec, f"image file missing: {image_id}.jpg under "
+                                            f"{image_root}")
+        xml_path = os.path.join(entities_root, "Annotations", f"{image_id}.xml")
+        if os.path.isfile(xml_path):
+            ann = read_annotation(xml_path)
+            width, height = ann["width"], ann["height"]
+            boxes = [b for _, b in ann["boxes"]]
+            labels = [name for name, _ in ann["boxes"]]
+        else:
+            width, height = image_size(image_path, src, rec)
+            boxes, labels = [], []
+        rows.append({"image_id": image_id, "path": image_path, "width": width,
+                     "height": height, "gt_boxes": boxes, "gt_box_labels": labels})
+    return rows
+
+
+def rpg_rows(entities_root, split):
+    """Phrase-grounding rows of one Entities split: one row per annotated phrase.
+
+    gt_boxes: every box of the phrase's entity in that image (empty for entity 0, notvisual
+    phrases and entities with no box).
+    """
+    list_path = os.path.join(entities_root, f"{split}.txt")
+    rows = []
+    for image_id in read_split_list(list_path):
+        sentences = read_sentences(os.path.join(entities_root, "Sentences", f"{image_id}.txt"))
+        ann = read_annotation(os.path.join(entities_root, "Annotations", f"{image_id}.xml"))
+        boxes = {}
+        for name, box in ann["boxes"]:
+            boxes.setdefault(name, []).append(box)
+        for s_index, (sentence, phrases) in enumerate(sentences):
+            for p in phrases:
+                rows.append({"image_id": image_id, "sentence_index": s_index,
+                             "sentence": sentence, "phrase": p["phrase"],
+                             "phrase_types": p["phrase_types"], "entity_id": p["entity_id"],
+                             "first_word_index": p["first_word_index"],
+                             "gt_boxes": [] if p["entity_id"] == "0"
+                             else boxes.get(p["entity_id"], [])})
+    return rows
+
+
+def tir_rows(karpathy_path):
+    """→ {split: rows (image_id, sentence_id, caption)} for train/val/test."""
+    out = {s: [] for s in KARPATHY_SPLITS}
+    for im in read_karpathy(karpathy_path):
+        for sentid, raw in im["sentences"]:
+            out[im["split"]].append({"image_id": im["image_id"], "sentence_id": sentid,
+                                     "caption": raw})
+    return out
