@@ -1,0 +1,194 @@
+"""Task examples: one Parquet per split → ``resources/tasks/{task}/{split}.parquet``.
+
+    python -m cavl.task_data --task vqa --spec '<JSON {source: config["datasets"][source]}>' \
+        --out-dir resources/tasks/vqa
+    python -m cavl.task_data --task vqa --split val --spec '…' \
+        --out resources/tasks/vqa/val.parquet        # one split (the Snakemake rule)
+
+Sources per task are in TASK_SOURCES; the splits each task writes come from
+:func:`task_splits`, which the Snakemake workflow also uses to declare outputs. Schemas
+(docs/contracts.md) are in TASK_SCHEMAS.
+"""
+
+import argparse
+import os
+import sys
+
+import pyarrow as pa
+
+from cavl.formats import coco, flickr30k, nlvr2, vcr, vg, vqa
+from cavl.formats._common import spec_get
+from cavl.formats.errors import FormatError, SpecError
+from cavl.io import write_parquet_atomic
+from cavl.manifest import parse_spec
+
+TASK_SOURCES = {
+    "pretrain": ("coco", "vg"),
+    "vqa": ("vqa",),
+    "vcr": ("vcr",),
+    "nlvr2": ("nlvr2",),
+    "rpg": ("flickr30k",),
+    "tir": ("flickr30k",),
+}
+TASKS = tuple(TASK_SOURCES)
+
+_str, _i32, _i64 = pa.string(), pa.int32(), pa.int64()
+_boxes = pa.list_(pa.list_(pa.float32()))
+
+
+def _schema(*fields):
+    # plain (nullable) fields: nulls appear only where contracts.md allows them (vqa answer
+    # columns of a split without annotations, nlvr2 label of an unlabelled split)
+    return pa.schema([pa.field(name, typ) for name, typ in fields])
+
+
+TASK_SCHEMAS = {
+    "pretrain": _schema(("example_id", _str), ("dataset", _str),
+                        ("image_id", _str), ("caption", _str)),
+    "vqa": _schema(("question_id", _i64), ("image_id", _str),
+                   ("question", _str), ("answers", pa.list_(_str)),
+                   ("multiple_choice_answer", _str), ("answer_type", _str),
+                   ("question_type", _str)),
+    "vcr": _schema(("annot_id", _str), ("image_id", _str),
+                   ("question", _str), ("answer_choices", _str),
+                   ("rationale_choices", _str), ("answer_label", _i32),
+                   ("rationale_label", _i32), ("objects", pa.list_(_str))),
+    "nlvr2": _schema(("identifier", _str), ("sentence", _str),
+                     ("label", pa.bool_()), ("left_image_id", _str),
+                     ("right_image_id", _str)),
+    "rpg": _schema(("image_id", _str), ("sentence_index", _i32),
+                   ("sentence", _str), ("phrase", _str),
+                   ("phrase_types", pa.list_(_str)), ("entity_id", _str),
+                   ("first_word_index", _i32), ("gt_boxes", _boxes)),
+    "tir": _schema(("image_id", _str), ("sentence_id", _i64),
+                   ("caption", _str)),
+}
+
+FIXED_SPLITS = {"rpg": ["train", "val", "test"], "tir": ["train", "val", "test"]}
+
+
+def _check_task(task):
+    if task not in TASK_SOURCES:
+        raise SpecError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+
+
+def task_splits(task, datasets_config):
+    """The splits `task` writes, given config["datasets"] (or a dict holding at least the
+    task's sources). Pure: reads no files.
+
+    pretrain: the configured COCO caption splits (VG region descriptions join ``train``,
+    which is always present); vqa/vcr/nlvr2: the configured splits; rpg/tir: train, val,
+    test.
+    """
+    _check_task(task)
+    if task in FIXED_SPLITS:
+        return list(FIXED_SPLITS[task])
+    if task == "pretrain":
+        captions = spec_get(spec_get(datasets_config, "coco", "datasets"), "captions",
+                            "datasets.coco", dict)
+        splits = list(captions)
+        return splits if "train" in splits else ["train"] + splits
+    source = TASK_SOURCES[task][0]
+    splits = spec_get(spec_get(datasets_config, source, "datasets"), "splits",
+                      f"datasets.{source}", dict)
+    if not splits:
+        raise SpecError(f"datasets.{source}.splits: no splits configured")
+    return list(splits)
+
+
+def task_rows(task, datasets_config, split=None):
+    """{split: rows} of `task`: every split of task_splits, or only `split`."""
+    _check_task(task)
+    for source in TASK_SOURCES[task]:
+        spec_get(datasets_config, source, "--spec")
+    splits = task_splits(task, datasets_config)
+    if split is not None:
+        if split not in splits:
+            raise SpecError(f"task {task} has no split {split!r} "
+                            f"(configured: {', '.join(splits)})")
+        splits = [split]
+    if task == "pretrain":
+        captions = datasets_config["coco"]["captions"]
+        out = {}
+        for split in splits:
+            rows = []
+            if split in captions:
+                rows += coco.caption_rows(spec_get(captions[split], "annotations",
+                                                   f"datasets.coco.captions.{split}", str))
+            if split == "train":
+                vg_spec = datasets_config["vg"]
+                rows += vg.caption_rows(spec_get(vg_spec, "region_descriptions", "datasets.vg", str),
+                                        spec_get(vg_spec, "image_data", "datasets.vg", str))
+            out[split] = rows
+        return out
+    spec = datasets_config[TASK_SOURCES[task][0]]
+    where = f"datasets.{TASK_SOURCES[task][0]}"
+    if task == "vqa":
+        out = {}
+        for split in splits:
+            entry = spec["splits"][split]
+            w = f"{where}.splits.{split}"
+            questions = spec_get(entry, "questions", w, str)
+            annotations = entry.get("annotations") if isinstance(entry, dict) else None
+            if annotations is not None and not isinstance(annotations, str):
+                raise SpecError(f"{w}.annotations: must be a file path")
+            out[split] = vqa.task_rows(questions, annotations)
+        return out
+    if task in ("vcr", "nlvr2"):
+        module = vcr if task == "vcr" else nlvr2
+        out = {}
+        for split in splits:
+            path = spec["splits"][split]
+            if not isinstance(path, str):
+                raise SpecError(f"{where}.splits.{split}: must be a file path")
+            out[split] = module.task_rows(path)
+        return out
+    if task == "rpg":
+        root = spec_get(spec, "entities_root", where, str)
+        return {split: flickr30k.rpg_rows(root, split) for split in splits}
+    if task == "tir":
+        rows = flickr30k.tir_rows(spec_get(spec, "karpathy_split", where, str))
+        return {split: rows[split] for split in splits}
+    raise AssertionError(task)
+
+
+def build_task(task, datasets_config, out_dir=None, split=None, out=None):
+    """Write ``{out_dir}/{split}.parquet`` for every split of the task, or, with `split`,
+    that one split to `out` (default ``{out_dir}/{split}.parquet``); → {split: row count}.
+    All splits are read and checked before any file is written."""
+    if split is None and out is not None:
+        raise SpecError("--out needs --split (use --out-dir for all splits)")
+    if out is None and out_dir is None:
+        raise SpecError("give --out-dir, or --split with --out")
+    tables = {name: pa.Table.from_pylist(rows, schema=TASK_SCHEMAS[task])
+              for name, rows in task_rows(task, datasets_config, split).items()}
+    for name, table in tables.items():
+        path = out if out is not None else os.path.join(out_dir, f"{name}.parquet")
+        write_parquet_atomic(table, path, metadata={"task": task, "split": name})
+    return {name: t.num_rows for name, t in tables.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m cavl.task_data",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--spec", required=True,
+                        help='JSON {source: config["datasets"][source]} (or @file holding it)')
+    parser.add_argument("--out-dir", help="write {out-dir}/{split}.parquet for every split")
+    parser.add_argument("--split", help="write only this split (to --out, or into --out-dir)")
+    parser.add_argument("--out", help="output parquet path of --split")
+    args = parser.parse_args(argv)
+    if args.out_dir is None and args.out is None:
+        parser.error("give --out-dir, or --split with --out")
+    try:
+        counts = build_task(args.task, parse_spec(args.spec), args.out_dir, args.split, args.out)
+    except (FormatError, SpecError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    summary = ", ".join(f"{s} {n}" for s, n in counts.items())
+    print(f"{args.task}: {summary} → {args.out or args.out_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
