@@ -1,0 +1,49 @@
+"""Small atomic writers shared by the format modules (JSON via cavl.io.write_json_atomic)."""
+
+import json
+import os
+import random
+
+from cavl.io import atomic_path, write_json_atomic
+
+__all__ = ["write_json_atomic", "write_jsonl_atomic", "write_text_atomic", "rng_for", "rel"]
+
+
+def write_jsonl_atomic(records, path):
+    """One compact JSON object per line, written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def write_text_atomic(text, path):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+
+
+def rng_for(seed, dataset):
+    """Independent, reproducible stream per (seed, dataset): one dataset's count does not
+    change another's data. (random.Random seeds a str through SHA-512, so it does not
+    depend on PYTHONHASHSEED.)"""
+    return random.Random(f"cavl.demo/{seed}/{dataset}")
+
+
+def rel(path, out_dir):
+    return os.path.relpath(path, out_dir).replace(os.sep, "/")
+
+
+def split_counts(n, fractions):
+    """Split n items by `fractions` (the first split takes the remainder); every split
+    gets at least one item when n allows it."""
+    sizes = [int(round(n * f)) for f in fractions[1:]]
+    if n >= len(fractions):
+        sizes = [max(1, s) for s in sizes]
+    sizes = [min(s, n) for s in sizes]
+    first = n - sum(sizes)
+    while first < 0:  # tiny n: take back from the last non-empty split
+        k = max(i for i, s in enumerate(sizes) if s)
+        sizes[k] -= 1
+        first += 1
+    return [first] + sizes

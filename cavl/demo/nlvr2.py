@@ -1,0 +1,69 @@
+"""NLVR2 (``nlvr2/{train,dev,test1}.json`` json-lines; images
+``nlvr2/images/train/{directory}/``, ``nlvr2/images/dev/``, ``nlvr2/images/test1/`` named
+``{split}-{set}-{pair}-img0.png`` / ``-img1.png``)."""
+
+import math
+import os
+
+from .files import rel, split_counts, write_jsonl_atomic
+from .language import nlvr2_sentences
+from .scenes import COLORS, SHAPES, public, sample_scene, save_image
+
+SPLITS = ("train", "dev", "test1")
+PAIRS_PER_SET = 4
+URL = "https://example.invalid/nlvr2/{}.png"
+
+
+def write(out_dir, rng, count, image_size):
+    """count images → count // 2 pairs in sets of 4. → (scenes.json entries, summary)."""
+    n_pairs = count // 2
+    n_sets = math.ceil(n_pairs / PAIRS_PER_SET)
+    set_splits = split_counts(n_sets, (0.6, 0.2, 0.2))
+    set_ids = rng.sample(range(1, 11000), n_sets)
+    entries, records = {}, {s: [] for s in SPLITS}
+    k, left = 0, n_pairs
+    for split, n in zip(SPLITS, set_splits):
+        for _ in range(n):
+            set_id, k = set_ids[k], k + 1
+            theme = (rng.choice(SHAPES), rng.choice(sorted(COLORS)))
+            query = f"{theme[1]} {theme[0]}s{rng.randint(1, 30)}"
+            pairs, names = [], []
+            for pair_id in range(min(PAIRS_PER_SET, left)):
+                directory = rng.randrange(100) if split == "train" else None
+                folder = os.path.join(out_dir, "nlvr2", "images", split,
+                                      *([str(directory)] if directory is not None else []))
+                pair, stems = [], []
+                for side in (0, 1):
+                    scene = sample_scene(rng, image_size,
+                                         required=theme if rng.random() < 0.6 else None)
+                    stem = f"{split}-{set_id}-{pair_id}-img{side}"
+                    path = os.path.join(folder, stem + ".png")
+                    save_image(scene, path)
+                    entries[stem] = dict(file=rel(path, out_dir), **public(scene))
+                    pair.append(scene)
+                    stems.append(stem)
+                pairs.append(tuple(pair))
+                names.append((stems, directory))
+            left -= len(pairs)
+            for sentence_id, (sentence, labels) in enumerate(nlvr2_sentences(pairs, rng)):
+                writer = str(rng.randint(0, 160))
+                for pair_id, ((stems, directory), label) in enumerate(zip(names, labels)):
+                    label = "True" if label else "False"
+                    rec = {"validation": {str(rng.randint(0, 160)): label},
+                           "sentence": sentence, "left_url": URL.format(stems[0]),
+                           "writer": writer, "label": label, "right_url": URL.format(stems[1]),
+                           "synset": theme[0], "query": query,
+                           "identifier": f"{split}-{set_id}-{pair_id}-{sentence_id}"}
+                    if directory is not None:
+                        rec["directory"] = directory
+                    else:
+                        rec["extra_validations"] = {str(w): label for w in
+                                                    sorted(rng.sample(range(161), 4))}
+                    records[split].append(rec)
+    for split in SPLITS:
+        write_jsonl_atomic(records[split], os.path.join(out_dir, "nlvr2", f"{split}.json"))
+    counts = ", ".join(f"{len(records[s])} {s}" for s in SPLITS)
+    n_true = sum(r["label"] == "True" for s in SPLITS for r in records[s])
+    n_all = sum(len(records[s]) for s in SPLITS)
+    return entries, (f"nlvr2: {2 * n_pairs} images ({n_sets} sets), examples {counts} "
+                     f"({n_true}/{n_all} True) → {os.path.join(out_dir, 'nlvr2')}")

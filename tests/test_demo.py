@@ -1,0 +1,569 @@
+"""Tests of the embedded demo data generator (python -m cavl.demo).
+
+The truth checks below read the generated *text* (captions, questions, sentences, phrases,
+token lists) with a small parser written here, independently of cavl.demo.language, and
+compare what it claims with the scene description in scenes.json.
+"""
+
+import collections
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+from PIL import Image
+
+from cavl.demo import main
+
+COLORS = {"red", "green", "blue", "yellow", "purple", "orange"}
+BACKGROUNDS = {"white", "gray", "black"}
+SHAPES = {"circle", "square", "triangle", "star"}
+SIZES = {"small", "large"}
+HEADS = SHAPES | {"shape", "object"}
+NUMBERS = {"no": 0, "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+           "six": 6, "seven": 7, "eight": 8}
+RELATION_WORDS = {("to", "the", "left", "of"): "left of", ("to", "the", "right", "of"): "right of",
+                  ("above",): "above", ("below",): "below"}
+COUNTS = {"coco": 20, "vg": 10, "flickr30k": 16, "nlvr2": 24, "vcr": 12}
+
+
+def _args(out, seed=3, size=160, counts=COUNTS):
+    argv = ["--out", str(out), "--seed", str(seed), "--image-size", str(size)]
+    for k, v in counts.items():
+        argv += ["--count", f"{k}={v}"]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(_args(out)) == 0
+    with open(out / "scenes.json") as f:
+        scenes = json.load(f)
+    return out, scenes
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------- independent checker
+def relation_holds(a, b, rel):
+    """rel of box a with respect to box b: the whole box strictly on that side."""
+    ax1, ay1, ax2, ay2 = a["bbox"]
+    bx1, by1, bx2, by2 = b["bbox"]
+    return {"left of": ax2 < bx1, "right of": ax1 > bx2,
+            "above": ay2 < by1, "below": ay1 > by2}[rel]
+
+
+def words_of(text):
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def mentions(text):
+    """Noun phrases of `text`: [{size, color, shape, quant, n, start, end}] where quant is
+    'exact' (a number word, 'exactly N', 'no'), 'atleast' ('at least N') or 'exists'."""
+    words = words_of(text)
+    out = []
+    for k, w in enumerate(words):
+        plural = w.endswith("s") and w[:-1] in HEADS
+        head = w[:-1] if plural else w
+        if head not in HEADS:
+            continue
+        j, color, size = k - 1, None, None
+        if j >= 0 and words[j] in COLORS:
+            color, j = words[j], j - 1
+        if j >= 0 and words[j] in SIZES:
+            size, j = words[j], j - 1
+        quant, n = "exists", 1
+        if j >= 0 and words[j] in NUMBERS:
+            quant, n = "exact", NUMBERS[words[j]]
+            if j >= 2 and words[j - 2:j] == ["at", "least"]:
+                quant, j = "atleast", j - 2
+            elif j >= 1 and words[j - 1] == "exactly":
+                j -= 1
+        out.append({"size": size, "color": color,
+                    "shape": head if head in SHAPES else None,
+                    "quant": quant, "n": n, "start": j + 1, "end": k, "plural": plural})
+    return out
+
+
+def fits(obj, m):
+    return all(m[a] is None or obj[a] == m[a] for a in ("size", "color", "shape"))
+
+
+def count_ok(objects, m):
+    c = sum(fits(o, m) for o in objects)
+    return {"exact": c == m["n"], "atleast": c >= m["n"], "exists": c >= 1}[m["quant"]]
+
+
+def relations_in(words):
+    out = []
+    for k in range(len(words)):
+        for seq, rel in RELATION_WORDS.items():
+            if tuple(words[k:k + len(seq)]) == seq:
+                out.append((k, k + len(seq), rel))
+    return out
+
+
+def statement_true(text, scene, objects=None):
+    """A caption / region phrase / statement: every noun phrase's count claim, every
+    '<colour> background' and every 'A <relation> B' must hold."""
+    objects = scene["objects"] if objects is None else objects
+    ms = mentions(text)
+    if not all(count_ok(objects, m) for m in ms):
+        return False
+    for bg in re.findall(r"(\w+) background", text.lower()):
+        if bg != scene["background"]:
+            return False
+    words = words_of(text)
+    for start, end, rel in relations_in(words):
+        before = [m for m in ms if m["end"] < start]
+        after = [m for m in ms if m["start"] >= end]
+        if not before or not after:
+            return False
+        a, b = before[-1], after[0]
+        if not any(relation_holds(x, y, rel) for x in objects if fits(x, a)
+                   for y in objects if y is not x and fits(y, b)):
+            return False
+    return True
+
+
+def the(objects, phrase):
+    """The single object a definite description names (assert it is unique)."""
+    (m,) = mentions(phrase)
+    found = [o for o in objects if fits(o, m)]
+    assert len(found) == 1, (phrase, found)
+    return found[0]
+
+
+def vqa_answer(question, scene):
+    objs = scene["objects"]
+    if question == "What color is the background?":
+        return scene["background"]
+    m = re.fullmatch(r"Is there an? (.+)\?", question)
+    if m:
+        return "yes" if count_ok(objs, mentions(m.group(1))[0]) else "no"
+    m = re.fullmatch(r"Is the (.+) (to the left of|to the right of|above|below) the (.+)\?",
+                     question)
+    if m:
+        rel = RELATION_WORDS[tuple(m.group(2).split())]
+        return "yes" if relation_holds(the(objs, m.group(1)), the(objs, m.group(3)), rel) \
+            else "no"
+    m = re.fullmatch(r"How many (.+) are there\?", question)
+    if m:
+        return str(sum(fits(o, mentions(m.group(1))[0]) for o in objs))
+    m = re.fullmatch(r"What color is the (.+)\?", question)
+    if m:
+        return the(objs, m.group(1))["color"]
+    m = re.fullmatch(r"What shape is the (.+)\?", question)
+    if m:
+        return the(objs, m.group(1))["shape"]
+    raise AssertionError(f"unknown question form: {question!r}")
+
+
+def nlvr2_truth(sentence, left, right):
+    s = sentence.rstrip(".")
+    m = re.fullmatch(r"(The left image contains|The right image contains|Both images contain|"
+                     r"Exactly one image contains|At least one image contains) (.+)", s)
+    if m:
+        (q,) = mentions(m.group(2))
+        lt, rt = count_ok(left["objects"], q), count_ok(right["objects"], q)
+        return {"The left image contains": lt, "The right image contains": rt,
+                "Both images contain": lt and rt, "Exactly one image contains": lt != rt,
+                "At least one image contains": lt or rt}[m.group(1)]
+    m = re.fullmatch(r"There (?:is|are) exactly (\w+) (.+) in total", s)
+    if m:
+        (q,) = mentions(m.group(2))
+        total = sum(fits(o, q) for o in left["objects"] + right["objects"])
+        return total == NUMBERS[m.group(1)]
+    m = re.fullmatch(r"The (left|right) image shows (.+)", s)
+    if m:
+        scene = left if m.group(1) == "left" else right
+        assert relations_in(words_of(m.group(2))), sentence
+        return statement_true(m.group(2), scene)
+    raise AssertionError(f"unknown sentence form: {sentence!r}")
+
+
+def vcr_claim(tokens, objects):
+    """Truth of a VCR answer/rationale token list about the referenced objects."""
+    assert tokens[-1] == "." and isinstance(tokens[0], list) and tokens[1] == "is", tokens
+    (i,), rest = tokens[0], tokens[2:-1]
+    if isinstance(rest[-1], list):  # "[i] is to the left of [j]"
+        (j,) = rest[-1]
+        return relation_holds(objects[i], objects[j], RELATION_WORDS[tuple(rest[:-1])])
+    (m,) = mentions(" ".join(rest) if rest[0] in ("a", "an") or rest[-1] in HEADS
+                    else " ".join(rest) + " shape")
+    return fits(objects[i], m)
+
+
+# ---------------------------------------------------------------- the checker itself
+SCENE = {"width": 100, "height": 100, "background": "white", "objects": [
+    {"shape": "circle", "color": "red", "size": "small", "bbox": [5, 5, 20, 20]},
+    {"shape": "square", "color": "blue", "size": "large", "bbox": [50, 40, 90, 80]}]}
+
+
+@pytest.mark.parametrize("text, truth", [
+    ("A small red circle is to the left of a large blue square.", True),
+    ("A red circle is above a blue square.", True),
+    ("A red circle is below a blue square.", False),
+    ("A blue square is to the left of a red circle.", False),
+    ("A large red circle on a white background.", False),
+    ("Two shapes on a white background.", True),
+    ("Three shapes on a white background.", False),
+    ("Two shapes on a black background.", False),
+    ("A green circle.", False),
+])
+def test_checker_can_say_false(text, truth):
+    assert statement_true(text, SCENE) is truth
+
+
+def test_checker_vqa_and_nlvr2_and_vcr_forms():
+    assert vqa_answer("How many blue shapes are there?", SCENE) == "1"
+    assert vqa_answer("Is the circle to the right of the square?", SCENE) == "no"
+    assert nlvr2_truth("Both images contain a red circle.", SCENE, SCENE)
+    assert not nlvr2_truth("Exactly one image contains a red circle.", SCENE, SCENE)
+    assert vcr_claim([[0], "is", "a", "small", "red", "circle", "."], SCENE["objects"])
+    assert not vcr_claim([[0], "is", "blue", "."], SCENE["objects"])
+    assert not vcr_claim([[0], "is", "to", "the", "right", "of", [1], "."], SCENE["objects"])
+
+
+# ---------------------------------------------------------------- layout and determinism
+def test_layout_matches_config(demo):
+    yaml = pytest.importorskip("yaml")
+    out, _ = demo
+    config_path = os.path.join(os.path.dirname(__file__), os.pardir, "config.yaml")
+    with open(config_path) as f:
+        config = yaml.safe_load(f)
+    prefix = config["demo"]["out_dir"].rstrip("/") + "/"
+    paths = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, str) and node.startswith(prefix):
+            paths.append(node[len(prefix):])
+
+    walk(config["datasets"])
+    assert len(paths) >= 20
+    for p in paths:
+        assert (out / p).exists(), p
+    assert set(config["demo"]["images"]) == set(COUNTS)
+
+
+def _tree(root):
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            with open(p, "rb") as f:
+                files[os.path.relpath(p, root)] = f.read()
+    return files
+
+
+def test_deterministic_for_a_seed(tmp_path, capsys):
+    small = {"coco": 5, "vg": 3, "flickr30k": 4, "nlvr2": 8, "vcr": 4}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        assert main(_args(tmp_path / name, seed=seed, size=128, counts=small)) == 0
+    a, b, c = (_tree(tmp_path / n) for n in "abc")
+    assert a.keys() == b.keys()
+    assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
+    assert not any(k.startswith(".") or k.endswith(".tmp") for k in a)  # no temp files left
+    assert a["scenes.json"] != c["scenes.json"]
+    printed = capsys.readouterr().out.splitlines()
+    assert len([l for l in printed if l.startswith("coco:")]) == 3
+    assert {l.split(":")[0] for l in printed} == {"coco", "vqa", "vg", "flickr30k", "nlvr2",
+                                                 "vcr"}
+
+
+def test_bad_count_is_an_error(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--count", "imagenet=3"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--count", "coco=-1"])
+
+
+def test_images_open_with_annotated_size(demo):
+    out, scenes = demo
+    assert set(scenes) == set(COUNTS)
+    shapes = set()
+    for dataset, entries in scenes.items():
+        assert len(entries) == COUNTS[dataset], dataset
+        for image_id, s in entries.items():
+            with Image.open(out / s["file"]) as im:
+                assert im.size == (s["width"], s["height"]), (dataset, image_id)
+                assert im.format == ("PNG" if dataset == "nlvr2" else "JPEG")
+                # the rendered colour at an object's centre is its colour, not the background
+                for o in s["objects"]:
+                    x1, y1, x2, y2 = o["bbox"]
+                    assert 0 <= x1 < x2 < s["width"] and 0 <= y1 < y2 < s["height"]
+                    px = im.convert("RGB").getpixel(((x1 + x2) // 2, (y1 + y2) // 2 + 2))
+                    assert _colour_name(px) == o["color"], (dataset, image_id, o, px)
+            assert 1 <= len(s["objects"]) <= 4 and s["background"] in BACKGROUNDS
+            boxes = [o["bbox"] for o in s["objects"]]
+            for i, a in enumerate(boxes):  # no two objects overlap
+                for b in boxes[i + 1:]:
+                    assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
+            shapes.add((s["width"], s["height"]))
+    assert len(shapes) > 1  # not every image is square
+
+
+def _colour_name(px):
+    ref = {"red": (215, 40, 40), "green": (40, 160, 65), "blue": (40, 85, 215),
+           "yellow": (240, 205, 35), "purple": (135, 55, 170), "orange": (245, 135, 25),
+           "white": (245, 245, 245), "gray": (150, 150, 150), "black": (25, 25, 25)}
+    return min(ref, key=lambda k: sum((a - b) ** 2 for a, b in zip(ref[k], px)))
+
+
+# ---------------------------------------------------------------- COCO + VQA
+def test_coco_captions_official_and_true(demo):
+    out, scenes = demo
+    ids = {}
+    for split in ("train", "val"):
+        doc = _json(out / "coco" / "annotations" / f"captions_{split}2014.json")
+        assert {"info", "licenses", "images", "annotations"} <= set(doc)
+        per_image = collections.Counter(a["image_id"] for a in doc["annotations"])
+        for im in doc["images"]:
+            assert im["file_name"] == f"COCO_{split}2014_{im['id']:012d}.jpg"
+            assert (out / "coco" / f"{split}2014" / im["file_name"]).is_file()
+            s = scenes["coco"][str(im["id"])]
+            assert (im["width"], im["height"]) == (s["width"], s["height"])
+            assert per_image[im["id"]] == 5
+            ids[im["id"]] = split
+        assert len({a["id"] for a in doc["annotations"]}) == len(doc["annotations"])
+        for a in doc["annotations"]:
+            assert set(a) == {"id", "image_id", "caption"}
+            assert mentions(a["caption"]), a
+            assert statement_true(a["caption"], scenes["coco"][str(a["image_id"])]), a
+    assert len(ids) == COUNTS["coco"]
+    n_val = sum(v == "val" for v in ids.values())
+    assert 0.1 <= n_val / len(ids) <= 0.3
+
+
+def test_vqa_official_and_majority_true(demo):
+    out, scenes = demo
+    types = collections.Counter()
+    for split in ("train", "val"):
+        images = {im["id"] for im in _json(out / "coco" / "annotations" /
+                                           f"captions_{split}2014.json")["images"]}
+        q = _json(out / "vqa" / f"v2_OpenEnded_mscoco_{split}2014_questions.json")
+        a = _json(out / "vqa" / f"v2_mscoco_{split}2014_annotations.json")
+        assert set(q) == {"info", "task_type", "data_type", "license", "data_subtype",
+                          "questions"}
+        assert {"info", "license", "data_subtype", "annotations", "data_type"} <= set(a)
+        assert q["data_subtype"] == a["data_subtype"] == f"{split}2014"
+        questions = {x["question_id"]: x for x in q["questions"]}
+        assert len(questions) == len(q["questions"]) == len(a["annotations"])
+        per_image = collections.Counter(x["image_id"] for x in q["questions"])
+        assert set(per_image) == images and set(per_image.values()) <= {3, 4}
+        for ann in a["annotations"]:
+            assert set(ann) == {"question_type", "multiple_choice_answer", "answers",
+                                "image_id", "answer_type", "question_id"}
+            qq = questions[ann["question_id"]]
+            assert qq["image_id"] == ann["image_id"]
+            answers = [x["answer"] for x in ann["answers"]]
+            assert [x["answer_id"] for x in ann["answers"]] == list(range(1, 11))
+            assert all(x["answer_confidence"] in ("yes", "maybe", "no") for x in ann["answers"])
+            top, n_top = collections.Counter(answers).most_common(1)[0]
+            assert top == ann["multiple_choice_answer"] and n_top >= 6
+            truth = vqa_answer(qq["question"], scenes["coco"][str(ann["image_id"])])
+            assert ann["multiple_choice_answer"] == truth, (qq, ann)
+            assert ann["answer_type"] == {"yes": "yes/no", "no": "yes/no"}.get(
+                truth, "number" if truth.isdigit() else "other")
+            assert qq["question"].lower().startswith(ann["question_type"])
+            types[ann["answer_type"]] += 1
+            types["disagree"] += len(set(answers)) > 1
+    assert set(types) == {"yes/no", "number", "other", "disagree"}
+
+
+# ---------------------------------------------------------------- Visual Genome
+def test_vg_official_and_regions_true(demo):
+    out, scenes = demo
+    image_data = _json(out / "vg" / "image_data.json")
+    regions = _json(out / "vg" / "region_descriptions.json")
+    assert len(image_data) == len(regions) == COUNTS["vg"]
+    for im in image_data:
+        assert set(im) == {"image_id", "url", "width", "height", "coco_id", "flickr_id"}
+        assert im["url"].endswith(f"VG_100K/{im['image_id']}.jpg")
+        assert (out / "vg" / "VG_100K" / f"{im['image_id']}.jpg").is_file()
+    region_ids = set()
+    for entry in regions:
+        assert set(entry) == {"id", "regions"}
+        s = scenes["vg"][str(entry["id"])]
+        assert len(entry["regions"]) >= len(s["objects"]) + 1
+        for r in entry["regions"]:
+            assert set(r) == {"region_id", "width", "height", "image_id", "phrase", "y", "x"}
+            assert r["image_id"] == entry["id"] and r["region_id"] not in region_ids
+            region_ids.add(r["region_id"])
+            x1, y1, x2, y2 = r["x"], r["y"], r["x"] + r["width"], r["y"] + r["height"]
+            inside = [o for o in s["objects"] if o["bbox"][0] >= x1 and o["bbox"][1] >= y1
+                      and o["bbox"][2] <= x2 and o["bbox"][3] <= y2]
+            assert statement_true(r["phrase"], s, inside), r
+            ms = mentions(r["phrase"])
+            if len(ms) == 1 and ms[0]["quant"] == "exists":  # one object: its own box
+                assert any(o["bbox"] == [x1, y1, x2, y2] and fits(o, ms[0]) for o in inside), r
+
+
+# ---------------------------------------------------------------- VCR
+VCR_KEYS = {"movie", "objects", "interesting_scores", "answer_likelihood", "img_fn",
+            "metadata_fn", "answer_orig", "question_orig", "rationale_orig", "question",
+            "answer_match_iter", "answer_sources", "answer_choices", "answer_label",
+            "rationale_choices", "rationale_sources", "rationale_match_iter",
+            "rationale_label", "img_id", "question_number", "annot_id", "match_fold",
+            "match_index"}
+
+
+def test_vcr_official_and_exactly_one_right(demo):
+    out, scenes = demo
+    root = out / "vcr" / "vcr1images"
+    seen_images = set()
+    for split in ("train", "val"):
+        records = _jsonl(out / "vcr" / f"{split}.jsonl")
+        assert records, split
+        for r in records:
+            assert set(r) == VCR_KEYS
+            s = scenes["vcr"][r["img_fn"][:-len(".jpg")]]
+            assert r["img_fn"].split("/")[0] == f"lsmdc_{r['movie']}"
+            meta = _json(root / r["metadata_fn"])
+            assert set(meta) == {"boxes", "segms", "names", "width", "height"}
+            assert (meta["width"], meta["height"]) == (s["width"], s["height"])
+            assert [b[:4] for b in meta["boxes"]] == [o["bbox"] for o in s["objects"]]
+            assert all(len(b) == 5 and 0 < b[4] <= 1 for b in meta["boxes"])
+            assert meta["names"] == r["objects"] == [o["shape"] for o in s["objects"]]
+            assert len(meta["segms"]) == len(meta["boxes"])
+            assert (root / r["img_fn"]).is_file()
+            assert any(isinstance(t, list) for t in r["question"])
+            for choices, label in ((r["answer_choices"], r["answer_label"]),
+                                   (r["rationale_choices"], r["rationale_label"])):
+                assert len(choices) == 4
+                truth = [vcr_claim(c, s["objects"]) for c in choices]
+                assert truth == [k == label for k in range(4)], (r["annot_id"], choices, label)
+            assert r["answer_match_iter"][r["answer_label"]] == 0
+            assert sorted(r["answer_match_iter"]) == [0, 1, 2, 3]
+            seen_images.add(r["img_fn"])
+    assert len(seen_images) == COUNTS["vcr"]
+
+
+# ---------------------------------------------------------------- NLVR2
+NLVR2_KEYS = {"validation", "sentence", "left_url", "writer", "label", "right_url", "synset",
+              "query", "identifier"}
+
+
+def test_nlvr2_official_and_labels_true(demo):
+    out, scenes = demo
+    images = out / "nlvr2" / "images"
+    labels, per_sentence = collections.Counter(), collections.defaultdict(set)
+    n = 0
+    for split in ("train", "dev", "test1"):
+        for r in _jsonl(out / "nlvr2" / f"{split}.json"):
+            n += 1
+            extra = {"directory"} if split == "train" else {"extra_validations"}
+            assert set(r) == NLVR2_KEYS | extra
+            sp, set_id, pair_id, sentence_id = r["identifier"].split("-")
+            assert sp == split and sentence_id in ("0", "1") and 0 <= int(pair_id) <= 3
+            folder = images / "train" / str(r["directory"]) if split == "train" \
+                else images / split
+            stem = f"{split}-{set_id}-{pair_id}"
+            for side in (0, 1):
+                assert (folder / f"{stem}-img{side}.png").is_file()
+            assert r["left_url"].endswith(f"{stem}-img0.png")
+            assert r["right_url"].endswith(f"{stem}-img1.png")
+            assert r["label"] in ("True", "False")
+            left, right = scenes["nlvr2"][f"{stem}-img0"], scenes["nlvr2"][f"{stem}-img1"]
+            assert nlvr2_truth(r["sentence"], left, right) == (r["label"] == "True"), r
+            labels[r["label"]] += 1
+            per_sentence[(split, set_id, sentence_id, r["sentence"])].add(pair_id)
+    assert n == sum(len(p) for p in per_sentence.values())
+    assert labels["True"] >= n // 4 and labels["False"] >= n // 4
+    assert max(len(p) for p in per_sentence.values()) == 4  # consistency is meaningful
+
+
+# ---------------------------------------------------------------- Flickr30k
+ENTITY = re.compile(r"\[/EN#(\d+)((?:/[a-z]+)+) ([^\]]+)\]")
+
+
+def _xml_boxes(path):
+    root = ET.parse(path).getroot()
+    boxes, nobox, scene, multi = collections.defaultdict(list), set(), set(), 0
+    for obj in root.findall("object"):
+        names = [n.text for n in obj.findall("name")]
+        multi += len(names) > 1
+        bb = obj.find("bndbox")
+        if bb is not None:
+            box = [int(bb.find(t).text) - 1 for t in ("xmin", "ymin", "xmax", "ymax")]
+            for n in names:
+                boxes[n].append(box)
+        else:
+            if int(obj.find("nobndbox").text) > 0:
+                nobox.update(names)
+            if int(obj.find("scene").text) > 0:
+                scene.update(names)
+    size = root.find("size")
+    return boxes, nobox, scene, multi, (int(size.find("width").text),
+                                        int(size.find("height").text))
+
+
+def test_flickr30k_karpathy_and_entities_true(demo):
+    out, scenes = demo
+    fl = out / "flickr30k"
+    ent = fl / "flickr30k_entities"
+    karpathy = _json(fl / "dataset_flickr30k.json")
+    assert set(karpathy) == {"dataset", "images"} and karpathy["dataset"] == "flickr30k"
+    splits = collections.defaultdict(list)
+    sentids, seen = set(), collections.Counter()
+    for imgid, im in enumerate(karpathy["images"]):
+        assert set(im) == {"filename", "imgid", "sentids", "sentences", "split"}
+        image_id = im["filename"][:-len(".jpg")]
+        assert image_id.isdigit() and im["imgid"] == imgid
+        assert (fl / "flickr30k-images" / im["filename"]).is_file()
+        splits[im["split"]].append(image_id)
+        s = scenes["flickr30k"][image_id]
+        assert len(im["sentences"]) == 5 and im["sentids"] == [x["sentid"] for x in im["sentences"]]
+        for x in im["sentences"]:
+            assert set(x) == {"tokens", "raw", "imgid", "sentid"} and x["imgid"] == imgid
+            assert x["sentid"] not in sentids
+            sentids.add(x["sentid"])
+            assert x["tokens"] == words_of(x["raw"])
+            assert statement_true(x["raw"], s), x
+        boxes, nobox, scene_ids, multi, size = _xml_boxes(ent / "Annotations" / f"{image_id}.xml")
+        assert size == (s["width"], s["height"])
+        seen["multi-name objects"] += multi
+        with open(ent / "Sentences" / f"{image_id}.txt") as f:
+            lines = f.read().splitlines()
+        assert len(lines) == 5
+        for line, x in zip(lines, im["sentences"]):
+            assert words_of(ENTITY.sub(lambda m: m.group(3), line)) == x["tokens"]
+            for eid, types, phrase in ENTITY.findall(line):
+                types = types.strip("/").split("/")
+                seen["multi-type"] += len(types) > 1
+                if eid in boxes:
+                    ms = mentions(phrase)
+                    assert len(ms) == 1, phrase
+                    found = [o for b in boxes[eid] for o in s["objects"] if o["bbox"] == b]
+                    assert len(found) == len(boxes[eid]), (phrase, boxes[eid])
+                    assert all(fits(o, ms[0]) for o in found), (phrase, found)
+                    assert len(found) == (ms[0]["n"] if ms[0]["quant"] == "exact" else 1)
+                    seen["several boxes"] += len(found) > 1
+                    assert "other" in types
+                elif "notvisual" in types:
+                    seen["notvisual"] += 1
+                    assert not mentions(phrase)
+                else:
+                    assert eid in scene_ids and eid in nobox and "scene" in types, line
+                    assert statement_true(phrase, s)
+                    seen["scene"] += 1
+    for k in ("multi-name objects", "multi-type", "several boxes", "notvisual", "scene"):
+        assert seen[k], k
+    assert set(splits) == {"train", "val", "test"}
+    for split, ids in splits.items():
+        with open(ent / f"{split}.txt") as f:
+            assert f.read().split() == ids
+    assert len(splits["test"]) == COUNTS["flickr30k"] // 4
