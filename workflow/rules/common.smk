@@ -1,6 +1,8 @@
 # Config validation and target lists shared by every stage.
 import json
+import os
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 
@@ -11,6 +13,11 @@ try:
     config.update(validate_config(config))
 except ConfigError as error:
     raise WorkflowError(str(error))
+
+# Rules call `python -m ...`: make that the interpreter running Snakemake (e.g. .venv/bin/snakemake
+# used without activating .venv). With --software-deployment-method conda, each job's activated
+# environment comes first on PATH and wins.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 # Datasets that have images (and so a manifest and features); VQA uses coco's.
 IMAGE_DATASETS = ["coco", "vg", "flickr30k", "nlvr2", "vcr"]
