@@ -1,0 +1,171 @@
+"""Chance baselines: the ``chance`` block of ``metrics.json``, same keys as each task's metrics.
+
+Each figure is what a trivial predictor scores with the *same* metric on the *same* split,
+computed exactly (analytically or as an expectation), so it is deterministic:
+
+- VQA: the majority answer — the most frequent normalised ``multiple_choice_answer`` of the
+  *train* split ("yes" on VQA v2), predicted for every question and scored with the official
+  metric. ``per_answer_type=True`` instead predicts the train majority of each question's
+  annotated answer type ("yes" / "2" / ...), which peeks at the gt answer type and is therefore
+  not the default.
+- VCR: a uniform random choice among the 4 answers and 4 rationales: 25 / 25 / 6.25.
+- NLVR2: the majority label (of the train labels when given, else of the evaluated split)
+  predicted for every example: its accuracy and its consistency.
+- Retrieval: a uniformly random ranking. With N candidates of which m are right, the chance
+  that some right one is in the top K is 1 − C(N−m, K) / C(N, K) (hypergeometric);
+  i2t averages that over images (m = the image's caption count, N = all captions), t2i is
+  K / num_images.
+- RPG: a uniformly random ranking of each phrase's candidate regions, same formula with m =
+  the candidates reaching IoU 0.5; ``upper_bound`` does not depend on the ranking, so it is
+  the metric's own.
+"""
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import grounding, retrieval
+from .nlvr2 import nlvr2_accuracy
+from .vqa import aggregate_scores, build_answer_vocab, vqa_scores
+
+
+# ----------------------------------------------------------------------------- shared formula
+
+def prob_any_in_top_k(num_candidates, num_right, k: int) -> np.ndarray:
+    """P(at least one of `num_right` right candidates is in the top `k` of a uniformly random
+    ranking of `num_candidates`) = 1 − C(N−m, K)/C(N, K), elementwise over arrays of N, m.
+    Zero where N = 0 or m = 0."""
+    n = np.asarray(num_candidates, dtype=np.float64)
+    m = np.asarray(num_right, dtype=np.float64)
+    n, m = np.broadcast_arrays(n, m)
+    if (m > n).any() or (m < 0).any():
+        raise ValueError("num_right must lie in 0..num_candidates")
+    none_in_top = np.ones(n.shape)
+    for j in range(int(k)):
+        # the j-th pick (without replacement) avoids every right candidate with probability
+        # (N−m−j)/(N−j); once K exceeds N there are no more picks (factor 1).
+        remaining = n - j
+        factor = np.ones(n.shape)
+        np.divide(np.clip(n - m - j, 0, None), remaining, out=factor, where=remaining > 0)
+        none_in_top = none_in_top * factor
+    return np.where(m > 0, 1.0 - none_in_top, 0.0)
+
+
+# ----------------------------------------------------------------------------- VQA
+
+def majority_answer(train_answers: Sequence[str]) -> str:
+    """Most frequent normalised answer (ties: alphabetical) of a list of answers."""
+    vocab = build_answer_vocab(train_answers, top_k=1)
+    if not vocab:
+        raise ValueError("no non-empty train answers")
+    return vocab[0]
+
+
+def vqa_majority_chance(train_answers: Sequence[str], answers: Sequence[Sequence[str]],
+                        answer_types: Sequence[str], train_answer_types: Sequence[str] = None,
+                        per_answer_type: bool = False) -> dict:
+    """VQA metric keys for the majority-answer predictor.
+
+    `train_answers`: the train split's ``multiple_choice_answer`` (one per question);
+    `answers`, `answer_types`: the evaluated split's human answers and answer types.
+    With ``per_answer_type=True`` `train_answer_types` is required and each evaluated question
+    gets the train majority of its own answer type (the overall majority for a type unseen in
+    train).
+    """
+    overall = majority_answer(train_answers)
+    if not per_answer_type:
+        predictions = [overall] * len(answers)
+    else:
+        if train_answer_types is None or len(train_answer_types) != len(train_answers):
+            raise ValueError("per_answer_type needs one train answer type per train answer")
+        by_type: dict[str, list[str]] = {}
+        for a, t in zip(train_answers, train_answer_types):
+            by_type.setdefault(t, []).append(a)
+        best = {t: majority_answer(v) for t, v in by_type.items()}
+        predictions = [best.get(t, overall) for t in answer_types]
+    return aggregate_scores(vqa_scores(predictions, answers), answer_types)
+
+
+# ----------------------------------------------------------------------------- VCR
+
+def vcr_chance(num_answer_choices: int = 4, num_rationale_choices: int = 4) -> dict:
+    """Uniform random choice: ``q2a`` = 1/A, ``qa2r`` = 1/R, ``q2ar`` = 1/(A·R), in percent."""
+    if num_answer_choices < 1 or num_rationale_choices < 1:
+        raise ValueError("need at least one choice")
+    return {"q2a": 100.0 / num_answer_choices,
+            "qa2r": 100.0 / num_rationale_choices,
+            "q2ar": 100.0 / (num_answer_choices * num_rationale_choices)}
+
+
+# ----------------------------------------------------------------------------- NLVR2
+
+def nlvr2_majority_chance(identifiers: Sequence[str], labels, train_labels=None) -> dict:
+    """``accuracy`` and ``consistency`` of predicting the majority label everywhere.
+
+    The majority is taken from `train_labels` when given (the honest baseline), else from the
+    evaluated `labels`; an exact tie goes to True.
+    """
+    labels = np.asarray(labels)
+    source = labels if train_labels is None else np.asarray(train_labels)
+    if source.dtype != bool or len(source) == 0:
+        raise ValueError("labels must be a non-empty boolean array")
+    counts = Counter(source.tolist())
+    majority = counts[True] >= counts[False]
+    return nlvr2_accuracy(identifiers, np.full(len(labels), majority), labels)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+def retrieval_chance(caption_to_image, num_images: int = None, ks=retrieval.KS) -> dict:
+    """Expected ``i2t_r@K``, ``t2i_r@K`` and ``rsum`` of a uniformly random ranking, in percent.
+
+    `caption_to_image`: image index per caption; `num_images`: number of images (default
+    max index + 1). Every image must have at least one caption, as for the metric.
+    """
+    cap2img = np.asarray(caption_to_image, dtype=np.int64)
+    if cap2img.ndim != 1 or cap2img.size == 0:
+        raise ValueError("caption_to_image must be a non-empty 1-D array")
+    if num_images is None:
+        num_images = int(cap2img.max()) + 1
+    if cap2img.min() < 0 or cap2img.max() >= num_images:
+        raise ValueError(f"caption_to_image has indices outside 0..{num_images - 1}")
+    per_image = np.bincount(cap2img, minlength=num_images)
+    if (per_image == 0).any():
+        raise ValueError("images without any caption cannot be queried")
+    num_captions = len(cap2img)
+    out = {}
+    for k in ks:
+        out[f"i2t_r@{k}"] = 100.0 * float(prob_any_in_top_k(num_captions, per_image, k).mean())
+    for k in ks:
+        out[f"t2i_r@{k}"] = 100.0 * min(k, num_images) / num_images
+    out["rsum"] = sum(out.values())
+    return out
+
+
+# ----------------------------------------------------------------------------- grounding
+
+def rpg_chance(candidate_boxes: Sequence, gt_boxes: Sequence, ks=grounding.KS,
+               iou_threshold: float = grounding.IOU_THRESHOLD,
+               pixel_inclusive: bool = False) -> tuple[dict, int]:
+    """Expected RPG recall of a uniformly random ranking of each phrase's candidates →
+    (``{"r@K"..., "upper_bound"}`` in percent, number of phrases excluded for having no gt box),
+    over the same phrases as :func:`cavl.metrics.grounding.rpg_recall`."""
+    if len(candidate_boxes) != len(gt_boxes):
+        raise ValueError("candidate_boxes and gt_boxes differ in length")
+    n, m, excluded = [], [], 0
+    for boxes, gt in zip(candidate_boxes, gt_boxes):
+        gt = grounding.as_boxes("gt_boxes", gt)
+        if len(gt) == 0:
+            excluded += 1
+            continue
+        hits = grounding.candidate_hits(boxes, gt, iou_threshold, pixel_inclusive)
+        n.append(len(hits))
+        m.append(int(hits.sum()))
+    if not n:
+        raise ValueError("no phrase with a ground-truth box to evaluate")
+    n, m = np.asarray(n), np.asarray(m)
+    out = {f"r@{k}": 100.0 * float(prob_any_in_top_k(n, m, k).mean()) for k in ks}
+    out["upper_bound"] = 100.0 * float((m > 0).mean())
+    return out, excluded
+
