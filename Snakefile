@@ -5,6 +5,7 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/extract.smk"
 
 
 rule all:

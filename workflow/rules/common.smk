@@ -62,4 +62,5 @@ def all_targets():
     """Everything `snakemake --cores all` builds, growing as stages are added."""
     targets = [manifest_path(d) for d in IMAGE_DATASETS]
     targets += [path for task in TASK_SOURCES for path in task_data_paths(task)]
+    targets += [feature_index(d) for d in IMAGE_DATASETS]
     return targets

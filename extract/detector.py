@@ -1,0 +1,329 @@
+"""The detector: a Detectron2 Faster R-CNN and a batched forward that returns region features.
+
+`RegionExtractor(DetectorConfig(...), BoxConfig(...))` builds the model from a model-zoo config
+(or a yaml path), loads its checkpoint without running pickled code, and maps a padded uint8
+batch to, per image, the kept boxes, their best class and score, and the pooled feature of each
+box (the box-head output: 1024-d for R50-FPN; mean-pooled res5: 2048-d for R101-C4).
+
+Random weights (`weights=None`) are for the demo and tests only: the model is seeded, the
+RPN's box-delta layer is zero-initialised so proposals are the (clipped) anchors themselves —
+random deltas would push almost every anchor outside the image and leave no proposals — and
+the choice is recorded in the shard metadata and logged loudly.
+"""
+
+import hashlib
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from extract.boxes import BoxConfig, select_regions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    config: str = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"  # model-zoo name or yaml path
+    weights: str | None = None  # Detectron2 .pkl / .pth checkpoint; None = random init (demo, tests)
+    seed: int = 0  # seed of the random initialisation: every shard gets the same model
+    min_size: int | None = None  # shorter image side fed to the model; None = INPUT.MIN_SIZE_TEST
+    max_size: int | None = None  # cap on the longer side; None = INPUT.MAX_SIZE_TEST
+    proposals: int | None = None  # RPN proposals kept per image; None = RPN.POST_NMS_TOPK_TEST
+    opts: tuple = field(default_factory=tuple)  # extra detectron2 overrides: ("KEY", "VALUE", ...)
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True  # float16 autocast on CUDA (never on CPU; off with random weights, see below)
+
+
+def build_cfg(dcfg):
+    """The Detectron2 CfgNode for `dcfg` (model-zoo configs ship inside the detectron2 package)."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    path = dcfg.config if os.path.isfile(dcfg.config) else model_zoo.get_config_file(dcfg.config)
+    cfg.merge_from_file(path)
+    if dcfg.opts:
+        cfg.merge_from_list(list(dcfg.opts))
+    if dcfg.min_size is not None:
+        cfg.INPUT.MIN_SIZE_TEST = int(dcfg.min_size)
+    if dcfg.max_size is not None:
+        cfg.INPUT.MAX_SIZE_TEST = int(dcfg.max_size)
+    if dcfg.proposals is not None:
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = int(dcfg.proposals)
+    cfg.MODEL.WEIGHTS = dcfg.weights or ""
+    cfg.MODEL.DEVICE = resolve_device(dcfg.device)
+    cfg.freeze()
+    return cfg
+
+
+def resolve_device(device):
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def file_sha256(path, chunk=1 << 22):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(model):
+    """Checksum of a model's weights (used to identify a randomly initialised model)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler for Detectron2 model-zoo .pkl files: dicts of numpy arrays and nothing else.
+
+    detectron2's own checkpointer calls `pickle.load`, which runs whatever code a file names;
+    this one refuses every global except what numpy arrays need.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a checkpoint")
+        if module.startswith("numpy.core"):
+            module = module.replace("numpy.core", "numpy._core", 1)
+        return super().find_class(module, name)
+
+
+def read_checkpoint(path):
+    """A Detectron2 checkpoint as the dict `DetectionCheckpointer._load_model` expects.
+
+    `.pkl` (Detectron2 / Detectron1 model zoo): restricted unpickling, numpy arrays only.
+    `.pth`/`.pt` (Detectron2 training output, torch.save): `torch.load(weights_only=True)`.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".pkl":
+        with open(path, "rb") as f:
+            data = _ArrayUnpickler(f, encoding="latin1").load()
+        if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
+            return {"model": data["model"], "__author__": data["__author__"], "matching_heuristics": True}
+        data = data.get("blobs", data)  # Caffe2 / Detectron1: detection models keep arrays in "blobs"
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+    if ext in (".pth", ".pt"):
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return data if "model" in data else {"model": data}
+    raise ValueError(f"unsupported checkpoint {path!r}: expected a Detectron2 .pkl or .pth file")
+
+
+def load_weights(model, path):
+    """Load `path` into `model` through Detectron2's checkpointer (name matching, c2 conversion)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    class _SafeCheckpointer(DetectionCheckpointer):
+        def _load_file(self, filename):
+            return read_checkpoint(filename)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"detector weights not found: {path}")
+    _SafeCheckpointer(model).load(path, checkpointables=[])
+
+
+class RegionExtractor:
+    """A Detectron2 Faster R-CNN that returns region boxes, classes, scores and pooled features."""
+
+    def __init__(self, dcfg, box_cfg=BoxConfig()):
+        from detectron2.modeling import build_model
+
+        self.dcfg, self.box_cfg = dcfg, box_cfg
+        self.cfg = build_cfg(dcfg)
+        self.device = torch.device(self.cfg.MODEL.DEVICE)
+        torch.manual_seed(dcfg.seed)
+        model = build_model(self.cfg)
+        if dcfg.weights:
+            load_weights(model, dcfg.weights)
+            self.weights_checksum = "sha256:" + file_sha256(dcfg.weights)
+        else:
+            _zero_rpn_deltas(model)
+            self.weights_checksum = "random-init:seed=%d:sha256:%s" % (dcfg.seed, state_dict_sha256(model))
+            log.warning("!" * 78)
+            log.warning("RANDOM DETECTOR WEIGHTS (weights: null): features are meaningless; demo/tests only")
+            log.warning("!" * 78)
+        self.model = model.to(self.device).eval()
+        # fp16 autocast only where it helps and is safe: random-init activations grow past fp16's
+        # range (measured ~3e6 in R101-C4's res4), trained ones do not.
+        self.amp = bool(dcfg.amp and self.device.type == "cuda" and dcfg.weights)
+        heads = self.model.roi_heads
+        self.feature_dim = heads.box_predictor.cls_score.in_features
+        self.num_classes = heads.box_predictor.cls_score.out_features - 1
+        self.sigmoid = bool(getattr(heads.box_predictor, "use_sigmoid_ce", False))
+        self.pixel_mean = self.model.pixel_mean.view(1, -1, 1, 1)
+        self.pixel_std = self.model.pixel_std.view(1, -1, 1, 1)
+
+    # Preprocessing parameters the image loader must follow.
+    @property
+    def input_format(self):
+        return self.cfg.INPUT.FORMAT  # "BGR" for the model zoo
+
+    @property
+    def min_size(self):
+        return int(self.cfg.INPUT.MIN_SIZE_TEST)
+
+    @property
+    def max_size(self):
+        return int(self.cfg.INPUT.MAX_SIZE_TEST)
+
+    @property
+    def size_divisibility(self):
+        return int(self.model.backbone.size_divisibility) or 1
+
+    def describe(self):
+        """What the shard metadata records about the detector."""
+        class_names = None
+        try:
+            from detectron2.data import MetadataCatalog
+
+            if len(self.cfg.DATASETS.TEST):
+                class_names = list(MetadataCatalog.get(self.cfg.DATASETS.TEST[0]).get("thing_classes", []))
+        except (ImportError, KeyError):
+            pass
+        portable = self.cfg.clone()  # what defines the model, not where it ran
+        portable.defrost()
+        portable.MODEL.DEVICE = ""
+        return {
+            "config": self.dcfg.config,
+            "config_yaml": portable.dump(),
+            "device": str(self.device),
+            "weights": self.dcfg.weights,
+            "weights_checksum": self.weights_checksum,
+            "random_init": not self.dcfg.weights,
+            "rpn_deltas_zeroed": not self.dcfg.weights,
+            "seed": self.dcfg.seed,
+            "min_size_test": self.min_size,
+            "max_size_test": self.max_size,
+            "proposals": int(self.cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
+            "input_format": self.input_format,
+            "roi_heads": self.cfg.MODEL.ROI_HEADS.NAME,
+            "num_classes": self.num_classes,
+            "class_names": class_names or None,
+            "amp": self.amp,
+        }
+
+    @torch.no_grad()
+    def __call__(self, images, image_sizes, given=None):
+        """Regions of a batch.
+
+        images: (B, 3, H, W) uint8 (or float) tensor, channels in `input_format`, each image in
+            the top-left corner of the padded canvas; image_sizes: (B, 2) int (h, w) per image;
+        given: optional list of B float tensors (n_i, 4), boxes in input pixels, used according
+            to `box_cfg.given`.
+
+        Returns a dict of flat tensors on the CPU, image by image: `counts` (B,), `num_given`
+        (B,), `boxes` (S, 4) in input pixels, `scores` (S,), `classes` (S,) int64, `features`
+        (S, D) float32. Per image: the given boxes in their order, then the detected ones by
+        descending score.
+        """
+        B = images.shape[0]
+        sizes = torch.as_tensor(image_sizes, dtype=torch.long).view(B, 2)
+        x = self._normalize(images.to(self.device, non_blocking=True), sizes)
+        size_list = [tuple(s) for s in sizes.tolist()]
+        use_given = self.box_cfg.given != "none" and given is not None
+        num_given = torch.tensor([len(g) for g in given] if use_given else [0] * B, dtype=torch.long)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            features = self.model.backbone(x)
+            if self.box_cfg.given == "given":
+                proposals = [torch.zeros(0, 4, device=self.device) for _ in range(B)]
+            else:
+                from detectron2.structures import ImageList
+
+                found, _ = self.model.proposal_generator(ImageList(x, size_list), features, None)
+                proposals = [p.proposal_boxes.tensor.float() for p in found]
+            given_boxes = [self._clip(g, s) for g, s in zip(given, size_list)] if use_given else None
+            rois = [torch.cat([g, p]) for g, p in zip(given_boxes, proposals)] if use_given else proposals
+            roi_feats, probs = self._roi_forward(features, rois)  # (R, D), (R, K)
+
+        # Flat layout of the rois: image b holds [given_b..., proposals_b...].
+        n_rois = torch.tensor([len(r) for r in rois], device=self.device)
+        roi_start = torch.cumsum(n_rois, 0) - n_rois
+        boxes = torch.cat(rois) if rois else torch.zeros(0, 4, device=self.device)
+        n_given_d = num_given.to(self.device)
+        n_prop = n_rois - n_given_d
+        is_prop = torch.arange(len(boxes), device=self.device) - torch.repeat_interleave(roi_start, n_rois)
+        is_prop = is_prop >= torch.repeat_interleave(n_given_d, n_rois)
+        prop_rows = torch.nonzero(is_prop).flatten()
+        owner = torch.repeat_interleave(torch.arange(B, device=self.device), n_prop)
+        lo, hi = self.box_cfg.quotas(n_given_d)
+        sel = select_regions(boxes[prop_rows], probs[prop_rows], owner, B, lo, hi, self.box_cfg)
+        det_rows = prop_rows[sel.index]
+
+        # Given boxes: their best class and its score, no selection.
+        given_rows = torch.nonzero(~is_prop).flatten()
+        given_owner = torch.repeat_interleave(torch.arange(B, device=self.device), n_given_d)
+        g_score, g_label = probs[given_rows].max(dim=1) if len(given_rows) else (probs.new_zeros(0), given_rows)
+
+        # Interleave per image: given first, then detected (both already grouped by image).
+        rows = torch.cat([given_rows, det_rows])
+        image = torch.cat([given_owner, sel.image])
+        order = torch.sort(image, stable=True).indices
+        rows = rows[order]
+        out = {
+            "counts": torch.bincount(image, minlength=B).cpu(),
+            "num_given": num_given,
+            "boxes": boxes[rows].float().cpu(),
+            "scores": torch.cat([g_score, sel.score])[order].float().cpu(),
+            "classes": torch.cat([g_label, sel.label])[order].cpu(),
+            "features": roi_feats[rows].float().cpu(),
+        }
+        return out
+
+    def _normalize(self, x, sizes):
+        """(x - mean) / std, zero outside each image, padded to the backbone's divisibility."""
+        x = (x.float() - self.pixel_mean) / self.pixel_std
+        B, _, H, W = x.shape
+        rows = torch.arange(H, device=x.device).view(1, H, 1) < sizes[:, 0].to(x.device).view(B, 1, 1)
+        cols = torch.arange(W, device=x.device).view(1, 1, W) < sizes[:, 1].to(x.device).view(B, 1, 1)
+        x = x * (rows & cols).unsqueeze(1)  # detectron2 pads after normalising: padding is 0
+        d = self.size_divisibility
+        pad_h, pad_w = (-H) % d, (-W) % d
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return x
+
+    def _clip(self, boxes, size):
+        boxes = torch.as_tensor(boxes, dtype=torch.float32, device=self.device).view(-1, 4)
+        h, w = size
+        return torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                            boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
+
+    def _roi_forward(self, features, rois):
+        """Pooled feature and foreground class probabilities of every roi."""
+        from detectron2.structures import Boxes
+
+        heads = self.model.roi_heads
+        box_lists = [Boxes(r) for r in rois]
+        if hasattr(heads, "res5"):  # C4: res5 on the pooled res4 crop, then mean over space
+            x = heads.pooler([features[f] for f in heads.in_features], box_lists)
+            feats = heads.res5(x).mean(dim=(2, 3))  # (R, 2048)
+        else:  # FPN: multi-level ROIAlign, then the two-FC box head
+            x = heads.box_pooler([features[f] for f in heads.box_in_features], box_lists)
+            feats = heads.box_head(x)  # (R, 1024)
+        logits = heads.box_predictor.cls_score(feats).float()  # (R, K+1), background last
+        probs = torch.sigmoid(logits) if self.sigmoid else F.softmax(logits, dim=-1)
+        return feats, probs[:, :-1]
+
+
+def _zero_rpn_deltas(model):
+    head = model.proposal_generator.rpn_head
+    deltas = getattr(head, "anchor_deltas", None)
+    if deltas is None:
+        raise ValueError(f"cannot zero the box deltas of RPN head {type(head).__name__}")
+    torch.nn.init.zeros_(deltas.weight)
+    torch.nn.init.zeros_(deltas.bias)

@@ -1,0 +1,285 @@
+"""Extract the region features of one shard of an image manifest.
+
+    python -m extract --manifest resources/manifests/coco.parquet --shard 3 --shard-size 500 \\
+        --out resources/features/coco/shard-00003.parquet [detector / box options]
+
+Shard k holds manifest rows [k·S, (k+1)·S) with S = --shard-size (or S = ceil(rows / N) with
+--num-shards N). Images are decoded and resized in DataLoader workers, run through the detector
+a batch at a time, and streamed into the shard (extract/writer.py), which appears only when
+complete; unreadable images go to the failures table beside it. See `python -m extract -h`.
+"""
+
+import argparse
+import glob
+import hashlib
+import logging
+import math
+import json
+import os
+import resource
+import sys
+import time
+from functools import partial
+
+import pyarrow.parquet as pq
+import torch
+
+from extract.boxes import GIVEN_MODES, MODES, BoxConfig
+from extract.detector import DetectorConfig, RegionExtractor
+from extract.images import MAX_IMAGE_PIXELS, ImageDataset, Resize, collate, configure_pil, worker_init
+from extract.writer import FEATURE_DTYPES, ShardWriter, failures_path_for
+
+log = logging.getLogger("extract")
+
+SCHEMA_VERSION = 1
+
+
+def code_version():
+    """Package version + a checksum of the extract/ sources that produced a shard."""
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(__file__), "*.py"))):
+        with open(path, "rb") as f:
+            digest.update(os.path.basename(path).encode() + b"\0" + f.read())
+    try:
+        from importlib.metadata import version
+
+        package = version("cavl")
+    except Exception:  # not installed (running from a bare checkout)
+        package = "unknown"
+    return f"cavl-{package}+extract.{digest.hexdigest()[:12]}"
+
+
+def rss_mb():
+    """Resident memory of this process now, MB (Linux /proc; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def shard_range(num_rows, shard, shard_size=None, num_shards=None):
+    """Manifest rows [start, stop) of `shard`."""
+    if (shard_size is None) == (num_shards is None):
+        raise ValueError("give exactly one of shard_size and num_shards")
+    if shard_size is None:
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard {shard} out of range for {num_shards} shards")
+        shard_size = max(1, math.ceil(num_rows / num_shards))
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    start = shard * shard_size
+    if shard < 0 or (start >= num_rows and shard > 0):
+        raise ValueError(f"shard {shard} is past the end of a {num_rows}-image manifest")
+    return start, min(start + shard_size, num_rows)
+
+
+def read_manifest_rows(manifest, start, stop, with_boxes):
+    columns = ["image_id", "path"] + (["gt_boxes"] if with_boxes else [])
+    table = pq.read_table(manifest, columns=columns).slice(start, stop - start)
+    ids, paths = table.column("image_id").to_pylist(), table.column("path").to_pylist()
+    boxes = table.column("gt_boxes").to_pylist() if with_boxes else [None] * len(ids)
+    return [(str(i), p, b) for i, p, b in zip(ids, paths, boxes)]
+
+
+def remove_stale_temporaries(*paths):
+    """Hidden temporaries a killed earlier run of this shard left (cavl.io.atomic_path names)."""
+    for path in paths:
+        directory, name = os.path.split(path)
+        for stale in glob.glob(os.path.join(directory or ".", f".{glob.escape(name)}.*.tmp")):
+            log.info("removing %s left by an interrupted run", stale)
+            os.remove(stale)
+
+
+def to_original_pixels(boxes, counts, input_sizes, orig_sizes):
+    """Boxes (S, 4) in input pixels → original pixels, clipped to the image."""
+    scale = (orig_sizes.float() / input_sizes.float()).flip(1).repeat(1, 2)  # (B, 4): W/w H/h W/w H/h
+    limit = orig_sizes.float().flip(1).repeat(1, 2)  # (B, 4): W H W H
+    per_box = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    return torch.minimum((boxes * scale[per_box]).clamp(min=0), limit[per_box])
+
+
+def run_shard(manifest, shard, out, dcfg, box_cfg, *, shard_size=None, num_shards=None,
+              feature_dtype="float16", batch_size=4, num_workers=2, threads=None, row_group_size=64,
+              max_image_pixels=MAX_IMAGE_PIXELS, failures_out=None, extractor=None):
+    """Extract one shard; returns a summary dict. The shard file appears only on success.
+
+    `extractor`: an already built RegionExtractor to use instead of building one from
+    `dcfg`/`box_cfg` (the benchmark times several paths with one model).
+    """
+    t0 = time.time()
+    if threads:
+        torch.set_num_threads(int(threads))
+    configure_pil()
+    failures_out = failures_out or failures_path_for(out)
+    remove_stale_temporaries(out, failures_out)
+    num_rows = pq.read_metadata(manifest).num_rows
+    start, stop = shard_range(num_rows, shard, shard_size, num_shards)
+    extractor = extractor or RegionExtractor(dcfg, box_cfg)
+    dcfg, box_cfg = extractor.dcfg, extractor.box_cfg
+    rows = read_manifest_rows(manifest, start, stop, with_boxes=box_cfg.given != "none")
+    log.info("shard %d: manifest rows [%d, %d) of %d in %s", shard, start, stop, num_rows, manifest)
+    log.info("detector %s on %s, %d-d features, input %d/%d px, amp=%s, weights %s", dcfg.config,
+             extractor.device, extractor.feature_dim, extractor.min_size, extractor.max_size,
+             extractor.amp, extractor.weights_checksum)
+    dataset = ImageDataset(rows, Resize(extractor.min_size, extractor.max_size),
+                           extractor.input_format, max_image_pixels)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=partial(collate, size_divisibility=extractor.size_divisibility),
+        pin_memory=extractor.device.type == "cuda", worker_init_fn=worker_init,
+        prefetch_factor=2 if num_workers else None)
+    metadata = {
+        "schema_version": SCHEMA_VERSION,
+        "feature_dim": extractor.feature_dim,
+        "feature_dtype": feature_dtype,
+        "detector": extractor.describe(),
+        "weights_checksum": extractor.weights_checksum,
+        "nms_threshold": box_cfg.nms_threshold,
+        "boxes": {"mode": box_cfg.mode, "max_boxes": box_cfg.max_boxes, "min_boxes": box_cfg.min_boxes,
+                  "score_threshold": box_cfg.score_threshold, "nms_threshold": box_cfg.nms_threshold,
+                  "given": box_cfg.given, "coordinates": "x1 y1 x2 y2, original image pixels"},
+        "code_version": code_version(),
+        "manifest": os.path.basename(manifest),
+        "shard": shard,
+        "manifest_rows": [start, stop],
+        "batch_size": batch_size,
+    }
+    done = model_failures = 0
+    rss_first = None
+    with ShardWriter(out, extractor.feature_dim, feature_dtype, metadata, row_group_size,
+                     failures_out) as writer:
+        for step, batch in enumerate(loader):
+            writer.add_failures((image_id, path, reason) for _, image_id, path, reason in batch.failures)
+            for part, regions in _extract(extractor, batch) if batch.image_ids else ():
+                if regions is None:
+                    model_failures += 1
+                    writer.add_failures([(part.image_ids[0], rows[part.rows[0]][1], part.error)])
+                    continue
+                boxes = to_original_pixels(regions["boxes"], regions["counts"], part.input_sizes,
+                                           part.orig_sizes)
+                writer.add(part.image_ids, part.orig_sizes.numpy(), regions["counts"].numpy(),
+                           regions["num_given"].numpy(), boxes.numpy(), regions["scores"].numpy(),
+                           regions["classes"].numpy(), regions["features"].numpy())
+            done += len(batch.image_ids) + len(batch.failures)
+            rss_first = rss_first or rss_mb()
+            if step % 10 == 0 or done == len(rows):
+                rate = done / max(time.time() - t0, 1e-9)
+                log.info("%d/%d images (%.2f images/s, rss %.0f MB)", done, len(rows), rate, rss_mb())
+        if model_failures and writer.num_rows == 0:
+            raise RuntimeError("the detector failed on every image of the shard; see the log")
+    summary = {"shard": shard, "images": len(rows), "extracted": writer.num_rows,
+               "failed": writer.num_failures, "seconds": round(time.time() - t0, 2),
+               # memory after the first batch and at the end: streaming keeps them equal
+               "rss_mb_first_batch": round(rss_first or rss_mb(), 1), "rss_mb_end": round(rss_mb(), 1),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    log.info("wrote %s", out)
+    log.info("summary %s", json.dumps(summary))
+    return summary
+
+
+class _Part:
+    """A sub-batch of one image, for the retry path."""
+
+    def __init__(self, batch, k, error=None):
+        self.image_ids, self.rows = [batch.image_ids[k]], [batch.rows[k]]
+        self.input_sizes, self.orig_sizes = batch.input_sizes[k:k + 1], batch.orig_sizes[k:k + 1]
+        h, w = batch.input_sizes[k].tolist()
+        self.images = batch.images[k:k + 1, :, :h, :w]
+        self.given = batch.given[k:k + 1] if batch.given is not None else None
+        self.error = error
+
+
+def _extract(extractor, batch):
+    """Yield (part, regions) for a batch; if the batch fails, retry its images one by one so that
+    one image the model cannot handle becomes a failure record instead of ending the shard."""
+    try:
+        yield batch, extractor(batch.images, batch.input_sizes, batch.given)
+        return
+    except (RuntimeError, ValueError, AssertionError, IndexError) as e:
+        if len(batch.image_ids) == 1:
+            log.exception("detector failed on %s", batch.image_ids[0])
+            yield _Part(batch, 0, f"detector error: {type(e).__name__}: {e}"), None
+            return
+        log.warning("detector failed on a batch (%s: %s); retrying its images one by one", type(e).__name__, e)
+    for k in range(len(batch.image_ids)):
+        part = _Part(batch, k)
+        try:
+            yield part, extractor(part.images, part.input_sizes, part.given)
+        except (RuntimeError, ValueError, AssertionError, IndexError) as e:
+            log.exception("detector failed on %s", part.image_ids[0])
+            part.error = f"detector error: {type(e).__name__}: {e}"
+            yield part, None
+
+
+def _none_or_str(value):
+    return None if value.lower() in ("", "none", "null") else value
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m extract", description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("shard")
+    g.add_argument("--manifest", required=True, help="image manifest Parquet (docs/contracts.md)")
+    g.add_argument("--shard", type=int, required=True, help="shard index k (0-based)")
+    size = g.add_mutually_exclusive_group(required=True)
+    size.add_argument("--shard-size", type=int, help="images per shard")
+    size.add_argument("--num-shards", type=int, help="number of shards (size = ceil(rows / N))")
+    g.add_argument("--out", required=True, help="shard Parquet to write (shard-{k:05d}.parquet)")
+    g.add_argument("--failures-out", help="failures table (default: beside --out, .failures.parquet)")
+
+    d = p.add_argument_group("detector")
+    d.add_argument("--detector-config", default=DetectorConfig.config,
+                   help="Detectron2 model-zoo config name or yaml path (default: %(default)s)")
+    d.add_argument("--weights", type=_none_or_str, default=None,
+                   help="checkpoint (.pkl/.pth); 'none' = random init (demo and tests only)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default: %(default)s)")
+    d.add_argument("--min-size", type=int, help="shorter input side (default: INPUT.MIN_SIZE_TEST)")
+    d.add_argument("--max-size", type=int, help="longer input side cap (default: INPUT.MAX_SIZE_TEST)")
+    d.add_argument("--proposals", type=int, help="RPN proposals per image (default: POST_NMS_TOPK_TEST)")
+    d.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
+                   help="extra detectron2 config overrides")
+    d.add_argument("--device", default="auto", help="auto (CUDA when available; default), cpu, cuda, cuda:N")
+    d.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 autocast on CUDA")
+
+    b = p.add_argument_group("boxes")
+    b.add_argument("--mode", choices=MODES, default="fixed", help="fixed count or adaptive (default: %(default)s)")
+    b.add_argument("--max-boxes", type=int, default=BoxConfig.max_boxes, help="boxes per image (adaptive: max; default: %(default)s)")
+    b.add_argument("--min-boxes", type=int, default=BoxConfig.min_boxes, help="adaptive: min boxes (default: %(default)s)")
+    b.add_argument("--score-threshold", type=float, default=BoxConfig.score_threshold,
+                   help="adaptive: keep boxes scoring at least this (default: %(default)s)")
+    b.add_argument("--nms", type=float, default=BoxConfig.nms_threshold, help="per-class NMS IoU (default: %(default)s)")
+    b.add_argument("--given-boxes", choices=GIVEN_MODES, default="none",
+                   help="use the manifest's gt_boxes: none (default), only them, or them followed by detected ones")
+
+    o = p.add_argument_group("output and throughput")
+    o.add_argument("--feature-dtype", choices=sorted(FEATURE_DTYPES), default="float16",
+                   help="storage type of the features (default: %(default)s)")
+    o.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
+    o.add_argument("--num-workers", type=int, default=2, help="DataLoader decoding processes (default: %(default)s)")
+    o.add_argument("--threads", type=int, help="torch threads in the main process (default: torch's choice)")
+    o.add_argument("--row-group-size", type=int, default=64, help="images per Parquet row group (default: %(default)s)")
+    o.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help="images with more pixels are recorded as failures (default: %(default)s)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if len(args.opts) % 2:
+        raise SystemExit("--opts takes KEY VALUE pairs")
+    dcfg = DetectorConfig(config=args.detector_config, weights=args.weights, seed=args.seed,
+                          min_size=args.min_size, max_size=args.max_size, proposals=args.proposals,
+                          opts=tuple(args.opts), device=args.device, amp=args.amp)
+    box_cfg = BoxConfig(mode=args.mode, max_boxes=args.max_boxes, min_boxes=args.min_boxes,
+                        score_threshold=args.score_threshold, nms_threshold=args.nms, given=args.given_boxes)
+    run_shard(args.manifest, args.shard, args.out, dcfg, box_cfg, shard_size=args.shard_size,
+              num_shards=args.num_shards, feature_dtype=args.feature_dtype, batch_size=args.batch_size,
+              num_workers=args.num_workers, threads=args.threads, row_group_size=args.row_group_size,
+              max_image_pixels=args.max_image_pixels, failures_out=args.failures_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
