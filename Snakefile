@@ -6,6 +6,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/pretrain.smk"
 
 
 rule all:

@@ -63,4 +63,5 @@ def all_targets():
     targets = [manifest_path(d) for d in IMAGE_DATASETS]
     targets += [path for task in TASK_SOURCES for path in task_data_paths(task)]
     targets += [feature_index(d) for d in IMAGE_DATASETS]
+    targets += ["results/pretrain/model"]
     return targets

