@@ -5,8 +5,10 @@ the offending key by its dotted path (`demo.images.coco`) so a bad config is fix
 """
 
 import copy
+import json
 import os
 import sys
+from pathlib import Path
 
 import jsonschema
 import yaml
@@ -67,10 +69,7 @@ def validate_config(config, schema=None):
 def main(argv=None):
     """`python -m cavl.config FILE [FILE ...]`: validate merged YAML files (later override earlier)."""
     argv = sys.argv[1:] if argv is None else argv
-    merged = {}
-    for path in argv:
-        with open(path) as f:
-            _deep_update(merged, yaml.safe_load(f) or {})
+    merged = read_config_specs(argv)
     try:
         validate_config(merged)
     except ConfigError as e:
@@ -80,13 +79,30 @@ def main(argv=None):
     return 0
 
 
-def _deep_update(base, override):
-    """Merge `override` into `base` the way Snakemake merges --configfile files."""
+def deep_update(base, override):
+    """Merge `override` into `base` (in place, returned) the way Snakemake merges --configfile files."""
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
+            deep_update(base[key], value)
         else:
             base[key] = value
+    return base
+
+
+def read_config_specs(specs):
+    """Merge config files (YAML/JSON) and inline JSON objects, later ones overriding.
+
+    Stage CLIs get their config section from Snakemake as inline JSON (`json_arg`). It is parsed
+    as JSON, not YAML: YAML 1.1 reads JSON's `1e-08` as a string.
+    """
+    merged = {}
+    for spec in specs:
+        if spec.lstrip().startswith("{"):
+            data = json.loads(spec)
+        else:
+            data = yaml.safe_load(Path(spec).read_text())
+        deep_update(merged, data or {})
+    return merged
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from cavl.config import read_config_specs as read_config
 from cavl.model import CavlForPretraining, ObjectiveConfig, resolve_checkpoint_path
 from cavl.pretrain_data import (PretrainBatches, PretrainDataConfig, load_examples, make_loader,
                                 open_region_store, pad_regions)
@@ -108,21 +109,8 @@ def settings_from_config(config: dict) -> tuple[ModelSettings, PretrainSettings]
     return model, settings
 
 
-def _deep_update(base: dict, new: dict) -> dict:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_update(base[k], v)
-        else:
-            base[k] = v
-    return base
 
 
-def read_config(specs: list) -> dict:
-    merged = {}
-    for spec in specs:
-        text = spec if spec.lstrip().startswith("{") else Path(spec).read_text()
-        _deep_update(merged, yaml.safe_load(text) or {})
-    return merged
 
 
 # Keys that do not change what is computed: a checkpoint stays valid when only these change.

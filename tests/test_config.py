@@ -84,9 +84,9 @@ def test_every_object_rejects_unknown_keys():
 
 def test_paper_config_overrides_validate():
     merged = copy.deepcopy(load("config.yaml"))
-    from cavl.config import _deep_update
+    from cavl.config import deep_update
 
-    _deep_update(merged, load("configs/paper.yaml"))
+    deep_update(merged, load("configs/paper.yaml"))
     resolved = validate_config(merged)
     assert resolved["demo"]["enabled"] is False
 

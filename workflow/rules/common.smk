@@ -64,4 +64,5 @@ def all_targets():
     targets += [path for task in TASK_SOURCES for path in task_data_paths(task)]
     targets += [feature_index(d) for d in IMAGE_DATASETS]
     targets += ["results/pretrain/model"]
+    targets += [f"results/{task}/metrics.json" for task in config["finetune"]["tasks"]]
     return targets

@@ -1,0 +1,225 @@
+"""The two adapters of CAVL's adaptive finetuning, and which parameters each method trains.
+
+    Adapter II (bottleneck)  x + Up(GELU(Down(x))) in each layer's two adapter slots
+                             (`CavlLayer.attention_adapter`, `CavlLayer.ffn_adapter`): after the
+                             attention / FFN output projection, before residual + LayerNorm.
+                             Up is zero-initialised, so a fresh adapter is the identity.
+    Adapter I (shortcut)     a small transformer beside the frozen backbone, fed the same
+                             input embeddings; an output block adds its (up-projected, zero-
+                             initialised) output to the backbone's final hidden states. The
+                             backbone needs no gradient, so its states can be cached.
+
+Methods (what trains besides the task head, which always trains):
+
+    full         everything (the baseline)
+    linear       nothing else: the head on the frozen backbone
+    adapter1     the shortcut block
+    adapter2     the bottleneck adapters (+ the `also_train` backbone groups)
+    adapter1+2   both (+ `also_train`)
+
+Parameters are frozen and unfrozen by module type, never by name matching:
+`configure_trainable(model, method, settings)` freezes everything, then unfreezes
+`BottleneckAdapter`, `ShortcutAdapter`, `TaskHead` modules and the chosen backbone groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cavl.model import CavlConfig, CavlEncoder, CavlModel
+
+METHODS = ("full", "linear", "adapter1", "adapter2", "adapter1+2")
+# Backbone parts that may train besides Adapter II (`also_train`).
+BACKBONE_GROUPS = ("layer_norm", "visual_embeddings", "pooler")
+
+
+@dataclass
+class AdapterSettings:
+    """Architecture of the adapters (the `finetune.adapters` config section)."""
+
+    bottleneck: int = 32  # Adapter II width r: Down hidden→r, Up r→hidden
+    shortcut_layers: int = 2  # Adapter I: transformer layers of the shortcut block
+    shortcut_width: int = 128  # Adapter I: hidden width of the shortcut block
+    shortcut_heads: int = 4  # Adapter I: attention heads of the shortcut block (must divide the width)
+    also_train: list = field(default_factory=lambda: ["layer_norm"])  # with Adapter II: backbone groups that train too
+
+    def __post_init__(self):
+        unknown = set(self.also_train) - set(BACKBONE_GROUPS)
+        if unknown:
+            raise ValueError(f"also_train: unknown group(s) {sorted(unknown)}; known: {BACKBONE_GROUPS}")
+        if self.bottleneck < 1 or self.shortcut_layers < 1 or self.shortcut_width < 1:
+            raise ValueError("bottleneck, shortcut_layers and shortcut_width must be >= 1")
+        if self.shortcut_width % self.shortcut_heads:
+            raise ValueError(f"shortcut_width {self.shortcut_width} is not a multiple of "
+                             f"shortcut_heads {self.shortcut_heads}")
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    return method
+
+
+def uses_adapter1(method: str) -> bool:
+    return check_method(method) in ("adapter1", "adapter1+2")
+
+
+def uses_adapter2(method: str) -> bool:
+    return check_method(method) in ("adapter2", "adapter1+2")
+
+
+def backbone_frozen(method: str) -> bool:
+    """True when no backbone parameter trains and no adapter sits inside it: the backbone then
+    runs under no_grad in eval mode and its outputs may be cached."""
+    return check_method(method) in ("linear", "adapter1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------
+
+
+class TaskHead(nn.Module):
+    """Base class of every task head (so the head is found, and trained, by its type)."""
+
+
+class BottleneckAdapter(nn.Module):
+    """Adapter II: x + Up(GELU(Down(x))); Up starts at zero, so the adapter starts as identity."""
+
+    def __init__(self, hidden: int, bottleneck: int, init_std: float = 0.02):
+        super().__init__()
+        self.down = nn.Linear(hidden, bottleneck)
+        self.act = nn.GELU()
+        self.up = nn.Linear(bottleneck, hidden)
+        nn.init.normal_(self.down.weight, std=init_std)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x):
+        return x + self.up(self.act(self.down(x)))  # (B, T, H)
+
+
+class ShortcutAdapter(nn.Module):
+    """Adapter I: a narrow transformer beside the frozen backbone plus the output block.
+
+    Input: the backbone's input embeddings (B, T, H) and its final hidden states (B, T, H), the
+    "general" features. The shortcut projects the embeddings down to `width`, runs `layers`
+    transformer layers (the backbone's own layer type, at the small width) and the output block
+    fuses: general + Up(shortcut). Up starts at zero, so a fresh shortcut passes the backbone's
+    states through unchanged.
+    """
+
+    def __init__(self, backbone: CavlConfig, settings: AdapterSettings):
+        super().__init__()
+        H, W = backbone.hidden_size, settings.shortcut_width
+        cfg = CavlConfig(
+            hidden_size=W, num_hidden_layers=settings.shortcut_layers,
+            num_attention_heads=settings.shortcut_heads, intermediate_size=4 * W,
+            hidden_act=backbone.hidden_act, hidden_dropout_prob=backbone.hidden_dropout_prob,
+            attention_probs_dropout_prob=backbone.attention_probs_dropout_prob,
+            layer_norm_eps=backbone.layer_norm_eps, initializer_range=backbone.initializer_range,
+        )
+        self.down = nn.Linear(H, W)
+        self.encoder = CavlEncoder(cfg)
+        self.up = nn.Linear(W, H)  # the output block's projection back to the backbone width
+        init_weights(self, backbone.initializer_range)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, embeddings, general, mask):
+        # embeddings, general: (B, T, H); mask: (B, 1, 1, T) bool
+        s, _ = self.encoder(self.down(embeddings), mask)  # (B, T, W)
+        return general + self.up(s)  # (B, T, H)
+
+
+def init_weights(module: nn.Module, std: float):
+    """BERT's init: normal(0, std) linear weights, zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def install_bottleneck_adapters(backbone: CavlModel, bottleneck: int):
+    """Put a fresh Adapter II into both slots of every layer of `backbone` (in place)."""
+    H, std = backbone.config.hidden_size, backbone.config.initializer_range
+    for layer in backbone.encoder.layers:
+        layer.attention_adapter = BottleneckAdapter(H, bottleneck, std)
+        layer.ffn_adapter = BottleneckAdapter(H, bottleneck, std)
+    return backbone
+
+
+# ---------------------------------------------------------------------------------------------
+# Which parameters train
+# ---------------------------------------------------------------------------------------------
+
+
+def _group_parameters(backbone: CavlModel, group: str) -> list:
+    """The parameters of one `also_train` group of the backbone."""
+    if group == "layer_norm":
+        return [p for m in backbone.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()]
+    if group == "visual_embeddings":
+        e = backbone.embeddings
+        return [*e.visual_projection.parameters(), *e.box_projection.parameters(), e.visual_token_type]
+    if group == "pooler":
+        return list(backbone.pooler.parameters())
+    raise ValueError(f"unknown backbone group {group!r}")
+
+
+def configure_trainable(model: nn.Module, backbone: CavlModel, method: str, settings: AdapterSettings):
+    """Freeze / unfreeze the parameters of `model` (which holds `backbone`) for `method`."""
+    check_method(method)
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable_types = (TaskHead, BottleneckAdapter, ShortcutAdapter)
+    for m in model.modules():
+        if isinstance(m, trainable_types):
+            for p in m.parameters():
+                p.requires_grad_(True)
+    if uses_adapter2(method):
+        for group in settings.also_train:
+            for p in _group_parameters(backbone, group):
+                p.requires_grad_(True)
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def params_line(trainable: int, total: int) -> str:
+    """The PEFT-style summary line."""
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+
+
+def trainable_state(model: nn.Module) -> dict:
+    """The tensors a method trained: every parameter with requires_grad (name → tensor)."""
+    return {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def state_checksum(module: nn.Module) -> str:
+    """SHA-256 over the names, shapes, dtypes and bytes of a module's state (in name order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,378 @@
+"""Two-stage vs exhaustive retrieval: wall time and recall (`python -m cavl.bench_retrieval`).
+
+Two sets, one run:
+  demo  — the demo's retrieval set: the tir test split with its flickr30k features and the
+          finetuned tir model (results/tir/model) when those artifacts exist; otherwise a
+          synthetic set of the same scale (20 images × 5 captions) scored by a tiny model
+          finetuned on synthetic scenes here. Exhaustive and two-stage k = 16, 32, 128 each run
+          in full: time and the recalls.
+  large — a synthetic 1,000-image × 5,000-caption set (random region features, random
+          captions) scored by a tiny random model (the sizes are printed): the two-stage runs
+          are timed in full; exhaustive (5M fused pairs) is timed on a measured subset of pairs
+          and extrapolated — the per-pair cost is the same batched pass in both modes.
+
+Also `write_synthetic_flickr30k`: tiny flickr30k task tables (tir + rpg) and feature shards in
+the real formats — the given gt boxes first, then detected ones — for tests and this benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cavl.io import write_parquet_atomic
+
+log = logging.getLogger("cavl.bench_retrieval")
+
+WIDTH, HEIGHT = 200, 160
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic flickr30k (tests and the benchmark)
+# ---------------------------------------------------------------------------------------------
+
+
+def _box(rng, w=WIDTH, h=HEIGHT):
+    x1, y1 = rng.uniform(0, w * 0.6), rng.uniform(0, h * 0.6)
+    return [x1, y1, x1 + rng.uniform(w * 0.2, w * 0.4), y1 + rng.uniform(h * 0.2, h * 0.4)]
+
+
+def _jitter(rng, box, scale=0.05):
+    """A detection of `box`: corners moved by a few percent of its size (IoU stays ≥ 0.6)."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    d = rng.uniform(-scale, scale, 4) * np.array([w, h, w, h])
+    return [box[0] + d[0], box[1] + d[1], box[2] + d[2], box[3] + d[3]]
+
+
+def synthetic_flickr30k(sizes=None, seed: int = 0, dim: int = 12, distractors: int = 3,
+                        captions_per_image: int = 5):
+    """(tables {task: {split: DataFrame}}, images {image_id: (features, boxes, W, H, num_given)}).
+
+    Each image has two or three coloured shapes. Regions: each shape's gt box (the given boxes,
+    in order), then the detections — a jittered copy of each shape's box and `distractors`
+    random boxes, shuffled — with one-hot colour + shape features plus noise (distractors: noise).
+    Captions name the shapes; rpg phrases: each named shape (its entity's one box), "two shapes"
+    (an entity with both boxes) and "the image" (notvisual: no box).
+    """
+    from cavl.tasks.synthetic import COLOURS, SHAPES, _scene
+
+    sizes = {"train": 12, "val": 4, "test": 6, **(sizes or {})}
+    rng = np.random.default_rng(seed)
+    tir, rpg, images = {}, {}, {}
+    sentence_id, entity = 0, 1
+
+    def feature(colour, shape):
+        f = rng.normal(0, 0.1, dim).astype(np.float32)
+        if colour is not None:
+            f[COLOURS.index(colour)] += 1.0
+            f[len(COLOURS) + SHAPES.index(shape)] += 1.0
+        return f
+
+    for split, n in sizes.items():
+        tir[split], rpg[split] = [], []
+        for k in range(n):
+            image_id = str(7_000_000_000 + len(images))
+            objects = _scene(rng, int(rng.integers(2, 4)))
+            gt = [_box(rng) for _ in objects]
+            detected = [(_jitter(rng, b), o) for b, o in zip(gt, objects)]
+            detected += [(_box(rng), (None, None)) for _ in range(distractors)]
+            order = rng.permutation(len(detected))
+            detected = [detected[i] for i in order]
+            feats = [feature(*o) for o in objects] + [feature(*o) for _, o in detected]
+            boxes = gt + [b for b, _ in detected]
+            images[image_id] = (np.stack(feats), np.asarray(boxes, np.float32), WIDTH, HEIGHT, len(gt))
+            ids = {i: entity + i for i in range(len(objects))}
+            pair_entity = entity + len(objects)
+            entity += len(objects) + 1
+            names = [f"a {c} {s}" for c, s in objects]
+            templates = [(names[0] + " and " + names[1] + " .", [(0, 0), (4, 1)]),
+                         ("the image has " + names[1] + " .", [(0, "image"), (3, 1)]),
+                         ("two shapes : " + names[0] + " and " + names[1] + " .", [(0, "two"), (3, 0), (7, 1)]),
+                         (names[1] + " .", [(0, 1)]),
+                         ("the image has " + names[0] + " .", [(0, "image"), (3, 0)])]
+            for s_index in range(captions_per_image):
+                sentence, spans = templates[s_index % len(templates)]
+                tir[split].append({"image_id": image_id, "sentence_id": sentence_id, "caption": sentence})
+                sentence_id += 1
+                words = sentence.split()
+                for first, what in spans:
+                    if what == "image":
+                        phrase, eid, types, boxes_ = "the image", "0", ["notvisual"], []
+                    elif what == "two":
+                        phrase, eid, types, boxes_ = "two shapes", str(pair_entity), ["other"], [gt[0], gt[1]]
+                    else:
+                        phrase, eid, types, boxes_ = names[what], str(ids[what]), ["other"], [gt[what]]
+                    assert words[first : first + len(phrase.split())] == phrase.split()
+                    rpg[split].append({"image_id": image_id, "sentence_index": s_index, "sentence": sentence,
+                                       "phrase": phrase, "phrase_types": types, "entity_id": eid,
+                                       "first_word_index": first, "gt_boxes": [list(map(float, b)) for b in boxes_]})
+    tables = {"tir": {s: pd.DataFrame(r) for s, r in tir.items()},
+              "rpg": {s: pd.DataFrame(r) for s, r in rpg.items()}}
+    return tables, images
+
+
+def write_synthetic_flickr30k(root, sizes=None, seed: int = 0, dim: int = 12, **kw) -> Path:
+    """root/tasks/{tir,rpg}/{split}.parquet (the contract schemas) + root/features/flickr30k/."""
+    import pyarrow as pa
+
+    from cavl.task_data import TASK_SCHEMAS
+    from cavl.tasks.synthetic import write_feature_shards
+
+    root = Path(root)
+    tables, images = synthetic_flickr30k(sizes, seed, dim, **kw)
+    for task, splits in tables.items():
+        for split, df in splits.items():
+            table = pa.Table.from_pylist(df.to_dict("records"), schema=TASK_SCHEMAS[task])
+            write_parquet_atomic(table, root / "tasks" / task / f"{split}.parquet")
+    write_feature_shards(root / "features", "flickr30k", images, dim=dim)
+    return root
+
+
+def write_tiny_pretrained(path, visual_dim: int = 12, hidden: int = 32, layers: int = 2, heads: int = 2,
+                          seed: int = 0) -> Path:
+    """A random tiny model saved as the pretraining stage saves it: backbone + ITM head + tokenizer."""
+    from cavl.model import CavlForPretraining, CavlModel
+    from cavl.tasks.synthetic import word_tokenizer, write_tiny_backbone
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone = CavlModel.from_pretrained(write_tiny_backbone(Path(tmp) / "b", visual_dim, hidden, layers, heads,
+                                                                 seed=seed))
+    torch.manual_seed(seed + 1)
+    model = CavlForPretraining(backbone.config)
+    model.bert.load_state_dict(backbone.state_dict())
+    model.save_pretrained(path, extra=lambda d: word_tokenizer().save_pretrained(str(d)))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark
+# ---------------------------------------------------------------------------------------------
+
+
+class ArrayRegions:
+    """In-memory regions {image_id: (features (N, D), normalised boxes (N, 5))} (the large synthetic set)."""
+
+    def __init__(self, items: dict, feature_dim: int):
+        self.items, self.feature_dim = items, feature_dim
+
+    def get(self, image_id, max_regions):
+        from cavl.tasks.base import ImageRegions
+
+        f, b = self.items[image_id]
+        return ImageRegions(f[:max_regions], b[:max_regions], 0)
+
+
+class MemoScorer:
+    """Pair scores looked up in a precomputed (I, C) matrix (recall of two-stage on the demo set
+    from the exhaustive run's very scores)."""
+
+    def __init__(self, matrix):
+        self.matrix, self.calls = matrix, 0
+
+    def __call__(self, pairs):
+        self.calls += len(pairs)
+        return self.matrix[pairs[:, 0], pairs[:, 1]]
+
+
+def _row(name, mode, k, pairs, seconds, metrics=None, note=""):
+    return {"set": name, "mode": mode, "k": k, "pairs": int(pairs), "seconds": float(seconds),
+            "metrics": metrics or {}, "note": note}
+
+
+def demo_set(args, tmp: Path):
+    """(name, model, examples, regions, tokenizer, data, note) of the demo-scale retrieval set."""
+    from cavl.finetune import FinetuneModel, load_tokenizer
+    from cavl.tasks.base import DataSettings
+
+    model_dir, eval_path, features = Path(args.model), Path(args.eval), Path(args.features)
+    if model_dir.exists() and eval_path.exists() and features.exists():
+        note = f"demo tir test split, model {model_dir}"
+    else:
+        from cavl import finetune
+
+        log.info("no demo artifacts (%s, %s, %s): synthetic set of demo scale, tiny model finetuned here",
+                 model_dir, eval_path, features)
+        root = write_synthetic_flickr30k(tmp / "syn", sizes={"train": 60, "val": 2, "test": 20}, seed=1)
+        write_tiny_pretrained(root / "backbone", hidden=32, layers=2, heads=2)
+        config = {"finetune": {"threads": args.threads, "eval_batch_size": 64,
+                               "tasks": {"tir": {"method": "full", "epochs": 20, "batch_size": 16, "max_text_len": 20,
+                                                 "max_regions": 8, "lr": 5e-3, "pwcl_weight": 0.1}}}}
+        out = tmp / "syn_tir"
+        finetune.main(["--task", "tir", "--config", json.dumps(config), "--cpu", "--backbone", str(root / "backbone"),
+                       "--train", str(root / "tasks/tir/train.parquet"),
+                       "--features", str(root / "features/flickr30k/index.parquet"), "--out", str(out / "model"),
+                       "--log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
+                       "--checkpoints", str(out / "ck"), "--cache", str(out / "cache")])
+        model_dir, eval_path = out / "model", root / "tasks/tir/test.parquet"
+        features = root / "features/flickr30k/index.parquet"
+        note = "synthetic demo-scale set (20 images × 5 captions), tiny model (H=32, 2 layers) finetuned 20 epochs"
+    model, config = FinetuneModel.from_finetuned(model_dir, args.backbone)
+    task, data = model.task, DataSettings(**config["settings"]["data"])
+    regions = task.region_source(str(features), data)
+    examples = task.labelled(task.with_features(task.read(eval_path), regions, "eval"), "eval")
+    tokenizer = load_tokenizer(args.backbone or config["backbone"]["path"])
+    return model.eval(), examples, regions, tokenizer, data, note
+
+
+def bench_demo(args, tmp: Path) -> list:
+    """Exhaustive measured in full; two-stage recall from the same pair scores (MemoScorer), its
+    time = the measured embedding pass + pairs × the measured per-pair ITM cost."""
+    from cavl import retrieval
+    from cavl.tasks.tir import retrieval_set
+
+    model, examples, regions, tokenizer, data, note = demo_set(args, tmp)
+    w = float(model.state.get("sim_weight", 0.0))
+    images, cap2img = retrieval_set(examples)
+    captions = examples["caption"].astype(str).tolist()
+    scorer = retrieval.ModelScorer(model, tokenizer, regions, data, args.batch_size)
+    scorer.set_items(images, captions)
+    t0 = time.perf_counter()
+    itm = retrieval.exhaustive(len(images), scorer.pair_scores, cap2img).i2t_scores  # (I, C) ITM scores
+    t_itm = time.perf_counter() - t0
+    per_pair = t_itm / itm.size
+    t0 = time.perf_counter()
+    sim = retrieval.cosine(scorer.image_embeddings(), scorer.text_embeddings())
+    t_emb = time.perf_counter() - t0
+    name = f"demo {len(images)}x{len(captions)}"
+    full = retrieval.exhaustive(len(images), MemoScorer(itm), cap2img, sim, w)
+    rows = [_row(name, "exhaustive", None, full.pairs_scored, t_itm + (t_emb if w else 0.0), full.metrics(),
+                 f"{note}; re-ranking score ITM + {w:g}·cos")]
+    for k in args.ks:
+        memo = MemoScorer(itm)
+        t0 = time.perf_counter()
+        res = retrieval.two_stage(sim, memo, k, cap2img, w)
+        t_rank = time.perf_counter() - t0
+        rows.append(_row(name, "two_stage", k, res.pairs_scored, t_emb + res.pairs_scored * per_pair + t_rank,
+                         res.metrics(), "time modelled: embed + pairs x per-pair ITM cost"))
+    return rows
+
+
+def large_model(hidden: int, layers: int, heads: int, visual_dim: int, vocab: list):
+    from cavl.adapters import AdapterSettings
+    from cavl.finetune import FinetuneModel
+    from cavl.model import CavlConfig, CavlModel
+    from cavl.tasks import get_task
+
+    torch.manual_seed(0)
+    cfg = CavlConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=2 * hidden, max_position_embeddings=64, visual_dim=visual_dim,
+                     cls_token_id=vocab.index("[CLS]"), sep_token_id=vocab.index("[SEP]"),
+                     mask_token_id=vocab.index("[MASK]"))
+    task = get_task("tir")
+    return FinetuneModel(CavlModel(cfg), task, task.prepare(None, {}), "linear", AdapterSettings()).eval()
+
+
+def bench_large(args) -> list:
+    """1k × 5k synthetic: two-stage runs timed in full, exhaustive timed on a subset and extrapolated."""
+    from cavl import retrieval
+    from cavl.pretrain_data import normalise_boxes
+    from cavl.tasks.base import DataSettings
+    from cavl.tasks.synthetic import VOCAB, word_tokenizer
+
+    rng = np.random.default_rng(0)
+    I, C, D, R = args.large_images, args.large_images * 5, args.large_dim, args.large_regions
+    images = [f"img{i}" for i in range(I)]
+    items = {}
+    for i in images:
+        b = np.sort(rng.uniform(0, 100, (R, 4)), axis=1)[:, [0, 1, 2, 3]]
+        items[i] = (rng.normal(size=(R, D)).astype(np.float32), normalise_boxes(b, 100, 100))
+    words = VOCAB[5:]
+    captions = [" ".join(rng.choice(words, int(rng.integers(6, 11)))) for _ in range(C)]
+    cap2img = np.repeat(np.arange(I), 5)
+    model = large_model(args.large_hidden, args.large_layers, 2, D, VOCAB)
+    data = DataSettings(max_text_len=16, max_regions=R)
+    scorer = retrieval.ModelScorer(model, word_tokenizer(), ArrayRegions(items, D), data, args.large_batch_size)
+    name = f"synthetic {I}x{C}"
+    size = (f"tiny random model: hidden {args.large_hidden}, {args.large_layers} layers, {R} regions of dim {D}, "
+            f"captions 6-10 words; batch {args.large_batch_size}")
+    rows = []
+    for k in args.ks:
+        t0 = time.perf_counter()
+        res = retrieval.retrieve(scorer, images, captions, cap2img, "two_stage", k, sim_weight=1.0)
+        t = time.perf_counter() - t0
+        phases = ", ".join(f"{p} {s:.1f}s" for p, s in res.seconds.items())
+        rows.append(_row(name, "two_stage", k, res.pairs_scored, t, None, f"measured ({phases})"))
+        log.info("large two_stage k=%d: %.1fs", k, t)
+    scorer.set_items(images, captions)
+    pairs = retrieval.exhaustive_pairs(I, C)
+    sample = pairs[rng.choice(len(pairs), size=min(args.exhaustive_sample, len(pairs)), replace=False)]
+    sample = sample[np.lexsort((sample[:, 1], sample[:, 0]))]
+    t0 = time.perf_counter()
+    scorer.pair_scores(sample)
+    t = time.perf_counter() - t0
+    rows.append(_row(name, "exhaustive", None, len(pairs), t * len(pairs) / len(sample), None,
+                     f"extrapolated from {len(sample):,} pairs in {t:.1f}s"))
+    return rows, size
+
+
+def print_table(rows):
+    exh = {r["set"]: r["seconds"] for r in rows if r["mode"] == "exhaustive"}
+    print(f"{'set':<22} {'mode':<11} {'k':>4} {'pairs':>10} {'seconds':>10} {'speed-up':>9}  "
+          f"{'i2t R@1':>7} {'t2i R@1':>7} {'rsum':>7}  note")
+    for r in rows:
+        m = r["metrics"]
+        fmt = lambda key: f"{m[key]:7.2f}" if key in m else f"{'-':>7}"  # noqa: E731
+        speed = exh.get(r["set"], float("nan")) / max(r["seconds"], 1e-9)
+        print(f"{r['set']:<22} {r['mode']:<11} {'' if r['k'] is None else r['k']:>4} {r['pairs']:>10,} "
+              f"{r['seconds']:>10.1f} {speed:>8.1f}x  {fmt('i2t_r@1')} {fmt('t2i_r@1')} {fmt('rsum')}  {r['note']}")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m cavl.bench_retrieval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="results/tir/model", help="finetuned tir model of the demo set")
+    p.add_argument("--backbone", help="backbone folder (default: the one the model records)")
+    p.add_argument("--eval", default="resources/tasks/tir/test.parquet", help="retrieval split of the demo set")
+    p.add_argument("--features", default="resources/features/flickr30k/index.parquet", help="its feature index")
+    p.add_argument("--ks", type=int, nargs="+", default=[16, 32, 128], help="shortlist sizes")
+    p.add_argument("--batch-size", type=int, default=64, help="fused pairs per batch (demo set)")
+    p.add_argument("--large-images", type=int, default=1000, help="images of the large synthetic set (5 captions each)")
+    p.add_argument("--large-hidden", type=int, default=32, help="hidden size of the large set's tiny model")
+    p.add_argument("--large-layers", type=int, default=2, help="layers of the large set's tiny model")
+    p.add_argument("--large-regions", type=int, default=8, help="regions per image of the large set")
+    p.add_argument("--large-dim", type=int, default=32, help="region feature width of the large set")
+    p.add_argument("--large-batch-size", type=int, default=1024, help="fused pairs per batch (large set)")
+    p.add_argument("--exhaustive-sample", type=int, default=50000, help="pairs timed to extrapolate exhaustive")
+    p.add_argument("--skip-demo", action="store_true")
+    p.add_argument("--skip-large", action="store_true")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--json", help="also write the rows as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(max(1, args.threads))
+    rows, notes = [], []
+    tmp = Path(tempfile.mkdtemp(prefix="bench_retrieval."))
+    try:
+        if not args.skip_demo:
+            rows += bench_demo(args, tmp)
+        if not args.skip_large:
+            large, size = bench_large(args)
+            rows += large
+            notes.append(size)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print_table(rows)
+    for n in notes:
+        print("large set:", n)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,490 @@
+"""Adaptive finetuning stage: one entry point for every task and method.
+
+    python -m cavl.finetune --task vqa --config config.yaml                 # one process
+    torchrun --standalone --nproc_per_node 4 -m cavl.finetune --task vqa …  # DDP
+
+`--config` takes YAML/JSON files or inline JSON objects (repeatable, later ones override); only
+the `finetune` section is read: shared settings plus `finetune.tasks.<task>` (schema:
+workflow/schemas/config.schema.yaml). The backbone is the pretraining stage's model folder.
+
+Training is cavl.train_loop's (warm-up + linear decay, accumulation, AMP, exact resume from
+`--checkpoints`, DDP, log.jsonl + curves). With `adapter1` or `linear` the backbone is frozen
+and runs in eval mode under no_grad; with the cache enabled its final hidden states are
+computed once into `--cache` (cavl.backbone_cache) and every epoch then costs only the
+trainable part.
+
+The output folder holds only what the method trained (`finetuned.safetensors`: every parameter
+with requires_grad — adapters, shortcut, head, and for `full` the whole model) and
+`finetune_config.json` (task, method, adapter settings, task state such as the answer
+vocabulary, parameter counts, and the backbone as a path + SHA-256 reference);
+`FinetuneModel.from_finetuned(folder)` loads it back onto the referenced backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cavl.adapters import (AdapterSettings, ShortcutAdapter, backbone_frozen, check_method, configure_trainable,
+                           count_parameters, install_bottleneck_adapters, params_line, state_checksum,
+                           trainable_state, uses_adapter1, uses_adapter2)
+from cavl.backbone_cache import BackboneCache
+from cavl.config import read_config_specs as read_config
+from cavl.model import WEIGHTS_NAME, CavlModel
+from cavl.pretrain_data import make_loader
+from cavl.tasks import REGISTRY, get_task
+from cavl.tasks.base import DataSettings, Encoded, Task, TaskBatches, file_sha256
+from cavl.train_loop import (OptimConfig, Trainer, TrainConfig, cleanup_distributed, finalize_log,
+                             seed_everything, setup_distributed)
+
+log = logging.getLogger("cavl.finetune")
+
+FINETUNED_WEIGHTS = "finetuned.safetensors"
+FINETUNED_CONFIG = "finetune_config.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings (the `finetune` config section, resolved for one task)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheSettings:
+    """`finetune.cache:` — the frozen-backbone cache (adapter1, linear)."""
+
+    enabled: bool = True  # compute the frozen backbone's states once, reuse them every epoch
+    dtype: str = "float16"  # storage type of the cached states: float16 | float32
+
+
+# The `finetune.tasks.<task>` keys every task has, with their defaults (a Task's `defaults`
+# override them; its `options` are its own keys).
+TASK_KEYS = {"method": "adapter2", "train_split": "train", "eval_split": "val", "epochs": 2, "batch_size": 32,
+             "max_text_len": 40, "max_regions": 10,
+             "lr": None}  # lr: this task's peak lr, a number or per method, over finetune.optim.lr (None: those)
+DEFAULT_LR = {"full": 1e-4, "linear": 5e-3, "adapter1": 5e-3, "adapter2": 5e-3, "adapter1+2": 5e-3}
+
+
+@dataclass
+class FinetuneSettings:
+    """Everything one finetuning run of one task depends on."""
+
+    task: str = "vqa"  # registry name
+    method: str = "adapter2"  # full | linear | adapter1 | adapter2 | adapter1+2
+    train_split: str = "train"  # split trained on
+    eval_split: str = "val"  # split evaluated (rule evaluate; in-training eval when train.eval_every > 0)
+    options: dict = field(default_factory=dict)  # task-specific keys (vqa: answer_vocab_size)
+    data: DataSettings = field(default_factory=DataSettings)
+    adapters: AdapterSettings = field(default_factory=AdapterSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01,
+                                                                   warmup_fraction=0.1))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_batch_size: int = 64  # items per evaluation batch
+    gpus: int = 0  # processes under torchrun (0 = one CPU process)
+    threads: int = 2  # torch CPU threads per process
+    num_workers: int = 0  # DataLoader worker processes per training process
+
+
+def _take(section: dict, allowed, where: str) -> dict:
+    unknown = set(section) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) in {where}: {sorted(unknown)}")
+    return dict(section)
+
+
+def settings_from_config(config: dict, task: str, method: str | None = None) -> FinetuneSettings:
+    """`config["finetune"]` (as in config.yaml) → the settings of one task (`method` overrides)."""
+    if task not in REGISTRY:
+        raise ValueError(f"unknown task {task!r}; registered: {', '.join(REGISTRY)}")
+    f = dict(config.get("finetune", {}) or {})
+    fields_of = lambda cls: list(cls.__dataclass_fields__)  # noqa: E731
+    per_task = dict((f.pop("tasks", {}) or {}).get(task, {}) or {})
+    spec = get_task(task)
+    options = dict(spec.options)
+    t = {**TASK_KEYS, **spec.defaults, **options,
+         **_take(per_task, [*TASK_KEYS, *options], f"finetune.tasks.{task}")}
+    options = {k: t.pop(k) for k in options}
+    method = check_method(method or t["method"])
+
+    optim = dict(f.pop("optim", {}) or {})
+    lr = optim.pop("lr", {})
+    lr = {**DEFAULT_LR, **(lr if isinstance(lr, dict) else {m: lr for m in DEFAULT_LR})}
+    if t["lr"] is not None:  # the task's own
+        lr = {**lr, **(t["lr"] if isinstance(t["lr"], dict) else {m: t["lr"] for m in DEFAULT_LR})}
+    optim = OptimConfig(**{"name": "adamw", "weight_decay": 0.01, "warmup_fraction": 0.1,
+                           **_take(optim, fields_of(OptimConfig), "finetune.optim"),
+                           "lr": float(lr[method])})
+    train = _take(f.pop("train", {}) or {}, [k for k in fields_of(TrainConfig) if k not in ("epochs", "batch_size")],
+                  "finetune.train")
+    train = TrainConfig(**train, epochs=int(t["epochs"]), batch_size=int(t["batch_size"]))
+    adapters = AdapterSettings(**_take(f.pop("adapters", {}) or {}, fields_of(AdapterSettings), "finetune.adapters"))
+    cache = CacheSettings(**_take(f.pop("cache", {}) or {}, fields_of(CacheSettings), "finetune.cache"))
+    f.pop("mem_mb", None)  # a workflow resource only
+    scalars = _take(f, ["eval_batch_size", "gpus", "threads", "num_workers"], "finetune")
+    return FinetuneSettings(
+        task=task, method=method, train_split=t["train_split"], eval_split=t["eval_split"], options=options,
+        data=DataSettings(max_text_len=int(t["max_text_len"]), max_regions=int(t["max_regions"])),
+        adapters=adapters, cache=cache, optim=optim, train=train, **scalars)
+
+
+
+
+
+
+# Keys that do not change what is computed: a checkpoint stays valid when only these change.
+_OPERATIONAL = ("threads", "num_workers", "gpus", "eval_batch_size", "eval_split")
+_OPERATIONAL_TRAIN = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
+
+
+def fingerprint(s: FinetuneSettings, backbone_sha: str, inputs: list) -> str:
+    """Hash of what a checkpoint depends on: settings (less operational keys), backbone, inputs."""
+    d = asdict(s)
+    for k in _OPERATIONAL:
+        d.pop(k)
+    for k in _OPERATIONAL_TRAIN:
+        d["train"].pop(k)
+    h = hashlib.sha256(json.dumps({"finetune": d, "backbone": backbone_sha}, sort_keys=True).encode())
+    for path in inputs:
+        h.update(file_sha256(path).encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The finetuning model: backbone (+ Adapter II in its slots) (+ Adapter I beside it) + task head
+# ---------------------------------------------------------------------------------------------
+
+
+class FinetuneModel(nn.Module):
+    """Backbone, adapters of `method`, and the task's head; forward(batch) → named losses.
+
+    Encoding a batch (B items × K sequences = N sequences):
+        embeddings (N, T, H) — word-region links add the linked words' position embeddings to
+                               their region tokens (VisualBERT's alignment; after the
+                               embedding LayerNorm, since the embedding module is the backbone's)
+        backbone encoder     — frozen methods: eval mode, no_grad, or the cached states
+        shortcut (Adapter I) — general states + Up(shortcut(embeddings))
+        pooler               — the backbone's, on the [CLS] state
+        head                 — task head on Encoded(pooled (B, K, H), states (B, K, T, H))
+    """
+
+    def __init__(self, backbone: CavlModel, task: Task, state: dict, method: str, adapters: AdapterSettings):
+        super().__init__()
+        self.task, self.state, self.method, self.adapter_settings = task, state, check_method(method), adapters
+        cfg = backbone.config
+        if uses_adapter2(method):
+            install_bottleneck_adapters(backbone, adapters.bottleneck)
+        self.backbone = backbone
+        self.shortcut = ShortcutAdapter(cfg, adapters) if uses_adapter1(method) else None
+        self.head = task.make_head(cfg.hidden_size, state, cfg.layer_norm_eps, cfg.hidden_dropout_prob)
+        configure_trainable(self, backbone, method, adapters)
+
+    @property
+    def frozen_backbone(self) -> bool:
+        return backbone_frozen(self.method)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()  # frozen and cacheable: no dropout in it
+        return self
+
+    # -- encoding -------------------------------------------------------------------------------
+
+    def embed(self, batch):
+        """Input embeddings (N, L+R, H) and the attention mask (N, 1, 1, L+R)."""
+        emb = self.backbone.embeddings
+        ids = batch["input_ids"]  # (N, L)
+        L = ids.shape[1]
+        x = emb(ids, batch["token_type_ids"], batch["visual_feats"], batch["visual_boxes"])  # (N, L+R, H)
+        if "region_links" in batch:
+            linked = batch["region_links"].to(x.dtype) @ emb.position_embeddings.weight[:L]  # (N, R, H)
+            x = torch.cat([x[:, :L], x[:, L:] + linked], dim=1)
+        mask = torch.cat([batch["attention_mask"], batch["visual_mask"].to(batch["attention_mask"].dtype)], dim=1)
+        return x, mask.bool()[:, None, None, :]
+
+    def backbone_states(self, batch) -> torch.Tensor:
+        """The backbone's final hidden states (N, L+R, H) — what the cache stores."""
+        x, mask = self.embed(batch)
+        return self.backbone.encoder(x, mask)[0]
+
+    def encode(self, batch) -> Encoded:
+        if self.frozen_backbone:
+            with torch.no_grad():
+                x, mask = self.embed(batch)
+                if "backbone_states" in batch:
+                    h = batch["backbone_states"].to(x.dtype)  # (N, T, H) from the cache
+                else:
+                    h = self.backbone.encoder(x, mask)[0]  # (N, T, H)
+        else:
+            x, mask = self.embed(batch)
+            h = self.backbone.encoder(x, mask)[0]  # (N, T, H)
+        if self.shortcut is not None:
+            h = self.shortcut(x, h, mask)  # (N, T, H)
+        pooled = self.backbone.pooler(h)  # (N, H)
+        N, T, H = h.shape
+        K = self.task.num_candidates
+        return Encoded(pooled.view(N // K, K, H), h.view(N // K, K, T, H), batch["input_ids"].shape[1], batch)
+
+    def logits(self, batch) -> torch.Tensor:
+        return self.task.model_logits(self, batch)  # default: self.head(self.encode(batch))
+
+    def forward(self, batch) -> dict:
+        return self.task.loss(self.logits(batch), batch)
+
+    # -- saving and loading ---------------------------------------------------------------------
+
+    def save_finetuned(self, directory, backbone_ref: dict, info: dict, extra=None):
+        """Write the trained tensors + finetune_config.json into `directory`, atomically."""
+        trainable, total = count_parameters(self)
+        config = {"model_type": "cavl-finetune", "task": self.task.name, "method": self.method,
+                  "adapters": asdict(self.adapter_settings), "task_state": self.state,
+                  "backbone": backbone_ref, "backbone_config": asdict(self.backbone.config),
+                  "trainable_params": trainable, "total_params": total,
+                  "params_line": params_line(trainable, total), **info}
+        state = {k: v.contiguous().cpu() for k, v in trainable_state(self).items()}
+
+        def write(tmp: Path):
+            save_file(state, str(tmp / FINETUNED_WEIGHTS), metadata={"format": "pt"})
+            (tmp / FINETUNED_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            if extra is not None:
+                extra(tmp)
+
+        write_dir_atomic(directory, write)
+
+    @staticmethod
+    def saved_config(directory) -> dict:
+        """The finetune_config.json of a folder written by `save_finetuned`."""
+        return json.loads((Path(directory) / FINETUNED_CONFIG).read_text())
+
+    @classmethod
+    def from_finetuned(cls, directory, backbone=None) -> tuple["FinetuneModel", dict]:
+        """(model, its finetune_config) from a folder written by `save_finetuned`; the backbone
+        comes from the referenced folder (or `backbone`) and must match its recorded SHA-256."""
+        directory = Path(directory)
+        config = cls.saved_config(directory)
+        path = Path(backbone or config["backbone"]["path"])
+        sha = file_sha256(path / WEIGHTS_NAME)
+        if sha != config["backbone"]["sha256"]:
+            raise ValueError(f"backbone {path / WEIGHTS_NAME} has SHA-256 {sha}, but {directory} was finetuned "
+                             f"from {config['backbone']['sha256']}: finetune again or pass the original backbone")
+        model = cls(CavlModel.from_pretrained(path), get_task(config["task"]), config["task_state"],
+                    config["method"], AdapterSettings(**config["adapters"]))
+        weights = load_file(str(directory / FINETUNED_WEIGHTS))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected:
+            raise ValueError(f"{directory / FINETUNED_WEIGHTS} holds tensors the model lacks: {unexpected[:5]}")
+        untrained = set(missing) & {k for k, p in model.named_parameters() if p.requires_grad}
+        if untrained:
+            raise ValueError(f"{directory / FINETUNED_WEIGHTS} lacks trained tensors: {sorted(untrained)[:5]}")
+        return model, config
+
+
+def write_dir_atomic(directory, write):
+    """Run `write(tmp_dir)` and rename tmp_dir to `directory`: it appears complete or not at all."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def model_checksum(directory) -> str:
+    """Identity of a finetuned model: SHA-256 over its weights file and its backbone's."""
+    directory = Path(directory)
+    config = json.loads((directory / FINETUNED_CONFIG).read_text())
+    own = file_sha256(directory / FINETUNED_WEIGHTS)
+    return hashlib.sha256(f"{own}:{config['backbone']['sha256']}".encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference (shared with cavl.evaluate and the in-training evaluation)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(model: FinetuneModel, batches: TaskBatches, device) -> tuple[dict, float]:
+    """Decoded outputs of every item of `batches` (in item order) and their mean loss."""
+    was_training = model.training
+    model.eval()
+    outputs, losses = {}, []
+    try:
+        for k in range(len(batches)):
+            batch = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batches[k].items()}
+            logits = model.logits(batch)
+            losses.append(float(model.task.loss(logits, batch)["loss"]))
+            for key, v in model.task.decode(logits, batch).items():
+                outputs.setdefault(key, []).append(v)
+    finally:
+        model.train(was_training)
+    outputs = {k: np.concatenate(v) for k, v in outputs.items()}
+    return outputs, float(np.mean(losses))
+
+
+def make_eval_fn(model_task: Task, examples, batches: TaskBatches, state: dict, device):
+    """In-training evaluation: loss and the task's metrics on the eval split (main process)."""
+
+    def eval_fn(model: FinetuneModel, step: int) -> dict:
+        outputs, loss = predict(model, batches, device)
+        preds = model_task.predictions(examples, batches.items, outputs, state)
+        metrics = model_task.metrics(preds, examples, state)
+        return {f"val_{model_task.name}_loss": loss, **{f"val_{k}": v for k, v in metrics.items() if v is not None}}
+
+    return eval_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def default_paths(task: str, s: FinetuneSettings, args) -> dict:
+    """CLI paths left empty → the workflow's layout (docs/contracts.md, DESIGN.md)."""
+    dataset = REGISTRY[task].image_datasets[0]
+    return {
+        "train": args.train or f"resources/tasks/{task}/{s.train_split}.parquet",
+        "eval": args.eval or f"resources/tasks/{task}/{s.eval_split}.parquet",
+        "features": args.features or f"resources/features/{dataset}/index.parquet",
+        "out": args.out or f"results/{task}/model",
+        "log": args.log or f"results/{task}/log.jsonl",
+        "curves": args.curves or f"results/{task}/curves.png",
+        "checkpoints": args.checkpoints or f"results/{task}/checkpoints",
+        "cache": args.cache or f"results/{task}/cache",
+    }
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m cavl.finetune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", required=True, choices=sorted(REGISTRY), help="task to finetune on")
+    p.add_argument("--config", action="append", default=[],
+                   help="YAML/JSON config file or inline JSON; repeatable, later ones override")
+    p.add_argument("--method", help="override finetune.tasks.<task>.method")
+    p.add_argument("--backbone", default="results/pretrain/model", help="pretrained model folder")
+    p.add_argument("--train", help="train split table (default resources/tasks/{task}/{train_split}.parquet)")
+    p.add_argument("--eval", help="eval split table of the in-training evaluation (only with train.eval_every > 0; "
+                                   "default resources/tasks/{task}/{eval_split}.parquet)")
+    p.add_argument("--features", help="feature index of the task's images (default resources/features/{dataset}/index.parquet)")
+    p.add_argument("--out", help="model folder written at the end (default results/{task}/model)")
+    p.add_argument("--log", help="training log, JSON lines (default results/{task}/log.jsonl)")
+    p.add_argument("--curves", help="PNG of the loss curves (default results/{task}/curves.png)")
+    p.add_argument("--checkpoints", help="checkpoint folder for resume (default results/{task}/checkpoints)")
+    p.add_argument("--cache", help="backbone cache folder (default results/{task}/cache)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process (default finetune.threads)")
+    p.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is visible")
+    return p.parse_args(argv)
+
+
+def load_tokenizer(backbone_dir):
+    """The tokenizer saved with the backbone (the pretraining stage writes it into its folder)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the folder's config.json is a CAVL one, not a BERT one: expected
+    try:
+        return AutoTokenizer.from_pretrained(str(backbone_dir))
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    s = settings_from_config(read_config(args.config), args.task, args.method)
+    paths = default_paths(args.task, s, args)
+    env = setup_distributed(cpu=args.cpu)
+    try:
+        torch.set_num_threads(max(1, args.threads or s.threads))
+        task = get_task(args.task)
+        tokenizer = load_tokenizer(args.backbone)
+        regions = task.region_source(paths["features"], s.data)
+        train_ex = task.labelled(task.with_features(task.read(paths["train"]), regions, "train"), "train")
+        state = task.prepare(train_ex, s.options)
+        seed = s.train.seed
+        batches = TaskBatches(task, train_ex, state, regions, tokenizer, s.data, s.train.batch_size, seed,
+                              env.rank, env.world_size)
+
+        backbone_sha = file_sha256(Path(args.backbone) / WEIGHTS_NAME)
+        seed_everything(seed)
+        model = FinetuneModel(CavlModel.from_pretrained(args.backbone), task, state, s.method, s.adapters)
+        task.init_from_pretrained(model, args.backbone)  # e.g. tir: the head starts as pretraining's ITM head
+        trainable, total = count_parameters(model)
+        if env.is_main:
+            log.info("finetuning %s with %s on %d examples (%d items); %d process(es) × batch %d × accum %d; "
+                     "device %s", task.name, s.method, len(train_ex), len(batches.items), env.world_size,
+                     s.train.batch_size, s.train.grad_accum, env.device)
+            print(params_line(trainable, total), flush=True)
+
+        if model.frozen_backbone and s.cache.enabled:
+            model.to(env.device)
+            cache = BackboneCache(paths["cache"], state_checksum(model.backbone), model.backbone.config.hidden_size,
+                                  s.cache.dtype)
+            chunks = TaskBatches(task, train_ex, state, regions, tokenizer, s.data, s.eval_batch_size, shuffle=False)
+            model.eval()
+            with torch.no_grad():
+                stats = cache.fill(chunks, lambda b: model.backbone_states(
+                    {k: v.to(env.device) if torch.is_tensor(v) else v for k, v in b.items()}),
+                    env.rank, env.world_size)
+            if env.is_main:
+                log.info("backbone cache %s: %d sequences, %d computed now, %d reused", cache.path,
+                         len(cache), stats["computed"], stats["reused"])
+            batches.cache = cache
+
+        eval_fn = None
+        if s.train.eval_every > 0:
+            eval_ex = task.labelled(task.with_features(task.read(paths["eval"]), regions, "eval"), "eval")
+            eval_batches = TaskBatches(task, eval_ex, state, regions, tokenizer, s.data, s.eval_batch_size,
+                                       shuffle=False)
+            eval_fn = make_eval_fn(task, eval_ex, eval_batches, state, env.device)
+
+        inputs = [paths["train"], paths["features"]]
+        trainer = Trainer(
+            model, s.optim, s.train, env, paths["checkpoints"], fingerprint(s, backbone_sha, inputs),
+            loader_factory=lambda epoch, start: make_loader(batches, epoch, start, s.num_workers,
+                                                            pin_memory=env.device.type == "cuda"),
+            micro_batches_per_epoch=len(batches), samples_per_micro_batch=s.train.batch_size,
+            eval_fn=eval_fn, desc=f"finetune {task.name}")
+        model = trainer.fit()
+
+        if env.is_main:
+            resolved = asdict(s)
+            run = {"world_size": env.world_size, "steps": trainer.total_steps, "resumed_from": trainer.resumed_from,
+                   "inputs": [str(p) for p in inputs], "torch": str(torch.__version__)}
+            model.cpu().save_finetuned(
+                paths["out"], {"path": str(args.backbone), "sha256": backbone_sha},
+                {"settings": resolved, "run": run},
+                extra=lambda tmp: (tmp / "resolved_config.yaml").write_text(
+                    yaml.safe_dump({"finetune": resolved, "run": run}, sort_keys=False)))
+            finalize_log(paths["checkpoints"], paths["log"], paths["curves"])
+            log.info("wrote %s, %s, %s", paths["out"], paths["log"], paths["curves"])
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

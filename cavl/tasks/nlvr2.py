@@ -1,0 +1,73 @@
+"""NLVR2: is the statement true of the image pair? (the VisualBERT / MMF pair approach)
+
+Each example becomes two sequences, (statement, left image) and (statement, right image); the
+head classifies the concatenation of their two pooled states. Metrics: accuracy and
+consistency (cavl.metrics.nlvr2); chance: the train majority label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cavl.adapters import TaskHead
+from cavl.metrics.chance import nlvr2_majority_chance
+from cavl.metrics.nlvr2 import nlvr2_accuracy
+from cavl.tasks.base import Encoded, Mlp, Task, TextImage
+
+
+class Nlvr2Head(TaskHead):
+    def __init__(self, hidden: int, eps: float, dropout: float):
+        super().__init__()
+        self.mlp = Mlp(2 * hidden, hidden, 2, eps, dropout)
+
+    def forward(self, enc: Encoded):
+        B, K, H = enc.pooled.shape
+        return self.mlp(enc.pooled.reshape(B, K * H))  # (B, 2): false, true
+
+
+class Nlvr2Task(Task):
+    name = "nlvr2"
+    num_candidates = 2
+    main_metric = "accuracy"
+    image_columns = ("left_image_id", "right_image_id")
+    label_columns = ("label",)
+    defaults = {"eval_split": "dev", "epochs": 10, "batch_size": 16, "max_text_len": 32, "max_regions": 10}
+
+    def sequences(self, example, item, state):
+        words = example["sentence"].split()
+        return [TextImage(words, example["left_image_id"]), TextImage(words, example["right_image_id"])]
+
+    def targets(self, examples, items, state):
+        labels = examples["label"].fillna(False).astype(bool).to_numpy()
+        return {"nlvr2_labels": labels.astype(np.int64)}
+
+    def make_head(self, hidden, state, eps, dropout):
+        return Nlvr2Head(hidden, eps, dropout)
+
+    def loss(self, logits, batch):
+        loss = F.cross_entropy(logits.float(), batch["nlvr2_labels"])
+        return {"loss": loss, "nlvr2_loss": loss}
+
+    def decode(self, logits, batch):
+        return {"prob_true": torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()}
+
+    def predictions(self, examples, items, outputs, state):
+        rows = items["example"].to_numpy()
+        prob = outputs["prob_true"].astype(np.float32)
+        return pd.DataFrame({"identifier": examples["identifier"].to_numpy()[rows],
+                             "prediction": prob >= 0.5, "prob_true": prob})
+
+    def metrics(self, predictions, examples, state):
+        gold = examples.set_index("identifier").loc[predictions["identifier"], "label"].astype(bool)
+        return nlvr2_accuracy(predictions["identifier"].tolist(), predictions["prediction"].to_numpy(bool),
+                              gold.to_numpy(bool))
+
+    def chance(self, train, examples, state):
+        return nlvr2_majority_chance(examples["identifier"].tolist(), examples["label"].to_numpy(bool),
+                                     train["label"].dropna().to_numpy(bool))
+
+
+TASK = Nlvr2Task()

@@ -1,0 +1,205 @@
+"""RPG: region-to-phrase grounding on Flickr30k Entities — rank an image's detected regions per phrase.
+
+Items: one per annotated phrase whose entity has a box (the others are excluded, as in the
+standard protocol, and counted: `num_excluded` in metrics.json). The sequence is
+`[CLS] sentence [SEP] phrase [SEP]` + the image's regions: the phrase is the second text segment
+(token type 1), so the fused pass knows which mention is asked about and the head finds the
+phrase's tokens by their type.
+
+Candidates: the image's DETECTED regions only (`DetectedRegionSource`). A flickr30k feature shard
+holds the manifest's ground-truth boxes first (`num_given`, extract.given_boxes =
+given+detected) and then the detector's; the gt boxes are the answers, so they are neither
+candidates nor inputs. The first `max_regions` detected boxes (the detector's best) are both the
+region tokens and the candidates; `upper_bound` is the share of phrases for which one of them
+reaches IoU 0.5, the best any ranking of them can do.
+
+Head: the mean state p of the phrase tokens, each region's state r and its box b (x1/W, y1/H,
+x2/W, y2/H, area) → score = MLP([p ⊙ r, r, b]). Loss: cross-entropy against a soft target over the candidates — ∝ IoU over the
+candidates with IoU ≥ 0.5 with some gt box of the entity; when none reaches 0.5, the best
+overlapping candidate(s) (a localisation signal where the proposals are poor); a phrase no
+candidate overlaps adds no loss.
+
+Metrics: cavl.metrics.grounding.rpg_recall — R@1/5/10 over phrases, a candidate right when its
+IoU with any gt box of the entity is ≥ 0.5 — and upper_bound; chance: a uniformly random
+ranking of the same candidates (cavl.metrics.chance.rpg_chance).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cavl.adapters import TaskHead
+from cavl.metrics.chance import rpg_chance
+from cavl.metrics.grounding import IOU_THRESHOLD, as_boxes, box_iou, rpg_recall
+from cavl.model import masked_mean
+from cavl.pretrain_data import normalise_boxes
+from cavl.tasks.base import Encoded, ImageRegions, Mlp, RegionSource, Task, TextImage
+
+MASKED = -1e4  # score of padding regions (finite: soft targets multiply it by 0)
+
+
+class DetectedRegionSource(RegionSource):
+    """Region features of a dataset with each image's given (ground-truth) boxes left out.
+
+    Shards written with extract.given_boxes = given+detected hold the manifest's gt boxes first
+    (`num_given` of them) and the detector's boxes after; this source serves only the latter.
+    `max_regions`: how many detected boxes are candidates (the detector's best first).
+    """
+
+    def __init__(self, index_path, max_regions: int = 36):
+        super().__init__(index_path)
+        self.max_regions = int(max_regions)
+
+    def detected(self, image_id):
+        """(features (N, D), pixel boxes (N, 4), width, height) of the detected regions."""
+        image_id = str(image_id)
+        feats, boxes, _ = self.reader.get(image_id)
+        w, h, given = self._shard_info(self._shard_of[image_id])[image_id]
+        return feats[given:], boxes[given:], w, h
+
+    def get(self, image_id, max_regions: int) -> ImageRegions:
+        feats, boxes, w, h = self.detected(image_id)
+        n = min(len(feats), max_regions)
+        return ImageRegions(np.asarray(feats[:n], dtype=np.float32), normalise_boxes(boxes[:n], w, h), 0)
+
+    def candidate_boxes(self, image_id) -> np.ndarray:
+        """Pixel boxes (n, 4) of the candidates: the first max_regions detected regions."""
+        return np.asarray(self.detected(image_id)[1][: self.max_regions], dtype=np.float32).reshape(-1, 4)
+
+
+def phrase_ids(examples: pd.DataFrame) -> np.ndarray:
+    """A key per phrase row: image, sentence and first word."""
+    return (examples["image_id"].astype(str) + ":" + examples["sentence_index"].astype(str) + ":"
+            + examples["first_word_index"].astype(str)).to_numpy()
+
+
+def has_box(examples: pd.DataFrame) -> np.ndarray:
+    return examples["gt_boxes"].map(lambda b: len(as_boxes("gt_boxes", b)) > 0).to_numpy(bool)
+
+
+class RpgHead(TaskHead):
+    def __init__(self, hidden: int, eps: float, dropout: float):
+        super().__init__()
+        self.mlp = Mlp(2 * hidden + 5, hidden, 1, eps, dropout)
+
+    def forward(self, enc: Encoded):
+        L, b = enc.text_len, enc.batch
+        h = enc.states[:, 0]  # (B, T, H)
+        phrase = (b["token_type_ids"] == 1) & (b["attention_mask"] == 1)  # (B, L) the phrase's tokens
+        p = masked_mean(h[:, :L], phrase)  # (B, H)
+        r = h[:, L:]  # (B, R, H)
+        box = b["visual_boxes"].to(r.dtype)  # (B, R, 5) the candidate's geometry, as the scorer's own input
+        scores = self.mlp(torch.cat([r * p[:, None], r, box], dim=-1)).squeeze(-1)  # (B, R)
+        return scores.masked_fill(b["visual_mask"] == 0, MASKED)
+
+
+class RpgTask(Task):
+    name = "rpg"
+    num_candidates = 1
+    main_metric = "r@1"
+    image_columns = ("image_id",)
+    label_columns = ()  # phrases without a box stay in the table: excluded and counted by the metric
+    defaults = {"eval_split": "test", "epochs": 2, "batch_size": 16, "max_text_len": 48}
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def region_source(self, index_path, data) -> DetectedRegionSource:
+        return DetectedRegionSource(index_path, data.max_regions)
+
+    def with_features(self, examples, regions, what):
+        """Phrases of images with features, each with its candidates' pixel boxes (`candidate_boxes`)."""
+        if not isinstance(regions, DetectedRegionSource):
+            raise TypeError("rpg reads its candidates from a DetectedRegionSource (task.region_source)")
+        examples = super().with_features(examples, regions, what).copy()
+        boxes = {i: regions.candidate_boxes(i) for i in examples["image_id"].astype(str).unique()}
+        examples["candidate_boxes"] = [boxes[i] for i in examples["image_id"].astype(str)]
+        return examples
+
+    def items(self, examples):
+        return pd.DataFrame({"example": np.flatnonzero(has_box(examples))})
+
+    def sequences(self, example, item, state):
+        return [TextImage(str(example["sentence"]).split(), example["image_id"], str(example["phrase"]).split())]
+
+    def targets(self, examples, items, state):
+        """`rpg_iou` (B, N): each candidate's best IoU with a gt box of the phrase's entity."""
+        ious = [box_iou(c, g).max(axis=1) if len(as_boxes("gt", g)) and len(c) else np.zeros(len(c))
+                for c, g in zip(examples["candidate_boxes"], examples["gt_boxes"])]
+        out = np.zeros((len(ious), max(1, max(len(i) for i in ious))), np.float32)
+        for row, iou in enumerate(ious):
+            out[row, : len(iou)] = iou
+        return {"rpg_iou": out}
+
+    # -- model ----------------------------------------------------------------------------------
+
+    def make_head(self, hidden, state, eps, dropout):
+        return RpgHead(hidden, eps, dropout)
+
+    def loss(self, logits, batch):
+        R = logits.shape[1]
+        iou = batch["rpg_iou"][:, :R].float()
+        iou = F.pad(iou, (0, R - iou.shape[1]))  # (B, R)
+        target = torch.where(iou >= IOU_THRESHOLD, iou, torch.zeros_like(iou))
+        best = iou.max(dim=1, keepdim=True).values  # (B, 1)
+        fallback = ((iou == best) & (best > 0)).float()  # the best-overlapping candidate(s)
+        target = torch.where(target.sum(1, keepdim=True) > 0, target, fallback)
+        mass = target.sum(1)  # (B,)
+        logp = F.log_softmax(logits.float(), dim=1)  # (B, R)
+        per_item = -(target * logp).sum(1) / mass.clamp(min=1e-12)
+        keep = mass > 0
+        loss = per_item[keep].mean() if keep.any() else logp.sum() * 0.0
+        return {"loss": loss, "rpg_loss": loss}
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def decode(self, logits, batch):
+        counts = batch["visual_mask"].sum(1).tolist()
+        scores = logits.float().cpu().numpy()
+        out = np.empty(len(counts), dtype=object)
+        for i, n in enumerate(counts):
+            out[i] = scores[i, :n].astype(np.float32)
+        return {"scores": out}
+
+    def predictions(self, examples, items, outputs, state):
+        rows = items["example"].to_numpy()
+        ex = examples.iloc[rows]
+        scores = list(outputs["scores"])
+        cands = list(ex["candidate_boxes"])
+        for s, c in zip(scores, cands):
+            if len(s) != len(c):
+                raise ValueError(f"{len(s)} region scores for {len(c)} candidates (features changed?)")
+        best = [c[int(np.argmax(s))].tolist() if len(s) else [] for s, c in zip(scores, cands)]
+        return pd.DataFrame({
+            "phrase_id": phrase_ids(ex), "image_id": ex["image_id"].astype(str).to_numpy(),
+            "sentence_index": ex["sentence_index"].to_numpy(), "entity_id": ex["entity_id"].astype(str).to_numpy(),
+            "phrase": ex["phrase"].to_numpy(), "best_box": best, "scores": [s.tolist() for s in scores],
+        })
+
+    def _per_phrase(self, predictions, examples):
+        """Candidate boxes, scores and gt boxes of every phrase of `examples` (no-box phrases included,
+        for the metric to exclude and count)."""
+        scored = dict(zip(predictions["phrase_id"], predictions["scores"]))
+        cands, scores = [], []
+        for pid, c, ok in zip(phrase_ids(examples), examples["candidate_boxes"], has_box(examples)):
+            if ok and pid not in scored:
+                raise ValueError(f"phrase {pid} has no prediction")
+            cands.append(c)
+            scores.append(np.asarray(scored[pid], np.float64) if ok else np.zeros(len(c)))
+        return cands, scores, list(examples["gt_boxes"])
+
+    def metrics(self, predictions, examples, state):
+        metrics, _ = rpg_recall(*self._per_phrase(predictions, examples))
+        return metrics
+
+    def chance(self, train, examples, state):
+        metrics, _ = rpg_chance(list(examples["candidate_boxes"]), list(examples["gt_boxes"]))
+        return metrics
+
+    def report(self, predictions, examples, state):
+        return {"num_excluded": int((~has_box(examples)).sum()), "candidates": "detected"}
+
+
+TASK = RpgTask()

@@ -1,0 +1,265 @@
+"""TIR: image↔text retrieval on Flickr30k (Karpathy split), finetuned for image-text matching.
+
+Examples (resources/tasks/tir/{split}.parquet): one row per caption — image_id, sentence_id,
+caption. The retrieval set of a split is its images, in order of first appearance, and all
+their captions (Karpathy test: 1,000 images × 5 captions); `retrieval_set`.
+
+Training — one item per caption, the caption with its own image; per batch (`model_logits`):
+  1. separate passes: E′ of each caption (text-only) and F′ of each image (image-only), through
+     the backbone with its adapters, and their cosine matrix within the batch;
+  2. hard negatives by that PwCL similarity, within the batch (as ALBEF): for each caption an
+     image of another picture, drawn with probability ∝ exp(cos / τ), and for each image a
+     caption of another picture likewise (the hardest one at evaluation); pairs of the same
+     picture (its five captions) are never negatives;
+  3. the ITM head (linear, on the pooled [CLS] state; it starts as pretraining's ITM head) on
+     the B positive and up to 2B negative fused pairs: cross-entropy (`itm_loss`);
+  4. PwCL on (E′, F′) as an auxiliary loss (`pwcl_weight`; 0 = off), with every caption of a
+     picture counted as its positive (`masked_pwcl`): it keeps E′·F′ aligned for the shortlist.
+Evaluation (`predict_split`): every image against every caption of the split with
+cavl.retrieval — two-stage (shortlist k by E′·F′, then the ITM cross-encoder; the shortlist
+ranks first, the rest after it by E′·F′) or exhaustive; the re-ranking score is the ITM score
+plus sim_weight · cos(E′, F′), as ALBEF's; Recall@K per cavl.metrics.retrieval.
+Regions: the detected ones only (cavl.tasks.rpg.DetectedRegionSource); flickr30k shards also
+hold the Entities gt boxes, which the standard retrieval protocol does not have.
+
+Predictions (one row per query): direction (i2t / t2i), query (image_id / sentence_id), image_id
+(the query's picture), rank (0-based, of the best right candidate, pessimistic ties),
+in_shortlist, top (the 10 best candidates' ids).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+
+from cavl.adapters import TaskHead
+from cavl.metrics.chance import retrieval_chance
+from cavl.metrics.retrieval import KS, recall_at_k
+from cavl.retrieval import (MODES, ModelScorer, image_embedding, itm_score, pair_batch, retrieve, text_embedding,
+                            top_k)
+from cavl.tasks.base import Encoded, Task, TextImage
+from cavl.tasks.rpg import DetectedRegionSource
+
+log = logging.getLogger(__name__)
+
+TOP = 10  # candidates kept per query in the predictions table
+
+
+def retrieval_set(examples: pd.DataFrame) -> tuple[list, np.ndarray]:
+    """(image ids in order of first appearance, image index of each caption row)."""
+    codes, images = pd.factorize(examples["image_id"].astype(str))
+    return list(images), codes.astype(np.int64)
+
+
+def masked_pwcl(text_emb, image_emb, same, temperature: float):
+    """PwCL (cavl.losses.PairwiseContrastiveLoss) with positives given by `same` (B, B) instead
+    of the diagonal: L = logsumexp_{¬same}(cos/τ) − logsumexp_{same}(cos/τ). With `same` the
+    identity it is PwCL itself; here a picture's other captions in the batch are positives too."""
+    e = F.normalize(text_emb.float(), dim=-1)  # (B, H)
+    f = F.normalize(image_emb.float(), dim=-1)  # (B, H)
+    logits = e @ f.t() / temperature  # (B, B)
+    return torch.logsumexp(logits[~same], 0) - torch.logsumexp(logits[same], 0)
+
+
+def draw_negatives(similarity, same, sample: bool):
+    """For each row, a column of another picture: drawn ∝ exp(similarity) (sample) or the most
+    similar (not sample); -1 where the batch has no other picture."""
+    logits = similarity.masked_fill(same, float("-inf"))  # (B, B)
+    valid = (~same).any(1)  # (B,)
+    out = torch.full((len(logits),), -1, dtype=torch.long, device=logits.device)
+    if valid.any():
+        x = logits[valid]
+        out[valid] = torch.multinomial(torch.softmax(x, 1), 1).squeeze(1) if sample else x.argmax(1)
+    return out
+
+
+def pretrained_itm_head(backbone_dir) -> dict | None:
+    """The ITM head tensors of a pretraining model folder (names as TirHead's), or None."""
+    from cavl.model import WEIGHTS_NAME
+
+    with safe_open(str(Path(backbone_dir) / WEIGHTS_NAME), framework="pt") as f:
+        names = [k for k in f.keys() if k.startswith("itm_head.")]
+        return {k[len("itm_head."):]: f.get_tensor(k) for k in names} or None
+
+
+class TirHead(TaskHead):
+    """Image-text matching on the pooled [CLS] state: logits (no match, match). Its parameter
+    names are those of pretraining's ItmHead, so the pretrained head loads into it (zs_tir)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.classifier = nn.Linear(hidden, 2)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, enc: Encoded):
+        return self.classifier(enc.pooled[:, 0])  # (B, 2)
+
+
+class TirTask(Task):
+    name = "tir"
+    num_candidates = 1
+    main_metric = "rsum"
+    image_columns = ("image_id",)
+    label_columns = ("caption",)
+    defaults = {"eval_split": "test", "epochs": 2, "batch_size": 16, "max_text_len": 32}
+    # retrieval: two_stage | exhaustive; shortlist_k: candidates re-ranked per query (0 = E′·F′ only);
+    # sim_weight: re-ranking score = ITM score + sim_weight · cos(E′, F′) (ALBEF's; 0 = ITM alone);
+    # pwcl_weight: auxiliary PwCL loss (0 = off); temperature: τ of PwCL and of negative sampling
+    options = {"retrieval": "two_stage", "shortlist_k": 16, "sim_weight": 1.0, "pwcl_weight": 1.0,
+               "temperature": 0.5}
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def prepare(self, train, options):
+        state = {**self.options, **options}
+        if state["retrieval"] not in MODES:
+            raise ValueError(f"{self.name}: retrieval must be one of {MODES}, got {state['retrieval']!r}")
+        if int(state["shortlist_k"]) < 0:
+            raise ValueError(f"{self.name}: shortlist_k must be >= 0")
+        if float(state.get("temperature", 1.0)) <= 0:
+            raise ValueError(f"{self.name}: temperature must be > 0")
+        return {k: state[k] for k in self.options}
+
+    def region_source(self, index_path, data) -> DetectedRegionSource:
+        return DetectedRegionSource(index_path, data.max_regions)
+
+    def sequences(self, example, item, state):
+        return [TextImage(str(example["caption"]).split(), example["image_id"])]
+
+    def targets(self, examples, items, state):
+        codes, _ = pd.factorize(examples["image_id"].astype(str))
+        return {"tir_image": codes.astype(np.int64)}  # same code = same picture (within the batch)
+
+    # -- model ----------------------------------------------------------------------------------
+
+    def make_head(self, hidden, state, eps, dropout):
+        return TirHead(hidden)
+
+    def init_from_pretrained(self, model, backbone_dir) -> bool:
+        """Load pretraining's ITM head (`itm_head.*` of the pretraining folder) into the head;
+        False when the folder has none (a bare backbone: the head stays freshly initialised)."""
+        head = pretrained_itm_head(backbone_dir)
+        if head is None:
+            log.warning("%s: %s has no ITM head; the ITM head starts from scratch", self.name, backbone_dir)
+            return False
+        model.head.load_state_dict(head, strict=True)
+        return True
+
+    def model_logits(self, model, batch):
+        """Positives, in-batch hard negatives by E′·F′, and the embeddings for PwCL (module docstring)."""
+        state = model.state
+        tau = float(state["temperature"])
+        B = batch["input_ids"].shape[0]
+        pos = model.head(model.encode(batch))  # (B, 2) — cached backbone states when there are
+        e = text_embedding(model, batch)  # (B, H)
+        f = image_embedding(model, batch)  # (B, H)
+        picture = batch["tir_image"]
+        same = picture[:, None] == picture[None, :]  # (B, B) caption i, image j of one picture
+        with torch.no_grad():
+            sim = F.normalize(e.float(), dim=-1) @ F.normalize(f.float(), dim=-1).t() / tau  # (B, B)
+            neg_image = draw_negatives(sim, same, model.training)  # (B,) for caption i
+            neg_text = draw_negatives(sim.t(), same.t(), model.training)  # (B,) for image i
+        rows = torch.arange(B, device=picture.device)
+        a, b = neg_image >= 0, neg_text >= 0
+        text_rows = torch.cat([rows[a], neg_text[b]])
+        image_rows = torch.cat([neg_image[a], rows[b]])
+        logits, labels = pos, torch.ones(B, dtype=torch.long, device=pos.device)
+        if len(text_rows):
+            neg = model.head(model.encode(pair_batch(batch, text_rows, image_rows)))  # (n, 2)
+            logits = torch.cat([pos, neg])
+            labels = torch.cat([labels, torch.zeros(len(neg), dtype=torch.long, device=pos.device)])
+        return {"itm_logits": logits, "itm_labels": labels, "text_emb": e, "image_emb": f, "same": same,
+                "neg_image": neg_image, "neg_text": neg_text,
+                "pwcl_weight": float(state["pwcl_weight"]), "temperature": tau}
+
+    def loss(self, out, batch):
+        itm = F.cross_entropy(out["itm_logits"].float(), out["itm_labels"])
+        losses, total = {"itm_loss": itm}, itm
+        if out["pwcl_weight"] > 0:
+            same = out["same"]
+            pwcl = (masked_pwcl(out["text_emb"], out["image_emb"], same, out["temperature"]) if (~same).any()
+                    else out["text_emb"].sum() * 0.0)
+            losses["pwcl_loss"] = pwcl
+            total = total + out["pwcl_weight"] * pwcl
+        return {"loss": total, **losses}
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def decode(self, out, batch):
+        """Per caption (in-training evaluation only): ITM score of its own pair and of its negatives."""
+        scores = itm_score(out["itm_logits"]).cpu().numpy()
+        B = len(out["neg_image"])
+        a, b = (out["neg_image"] >= 0).cpu().numpy(), (out["neg_text"] >= 0).cpu().numpy()
+        neg_image, neg_text = np.full(B, np.nan, np.float32), np.full(B, np.nan, np.float32)
+        neg_image[a] = scores[B : B + a.sum()]
+        neg_text[b] = scores[B + a.sum() :]
+        return {"match_score": scores[:B], "neg_image_score": neg_image, "neg_text_score": neg_text}
+
+    def predictions(self, examples, items, outputs, state):
+        rows = items["example"].to_numpy()
+        return pd.DataFrame({"sentence_id": examples["sentence_id"].to_numpy()[rows], **outputs})
+
+    def predict_split(self, model, examples, regions, tokenizer, data, batch_size, device):
+        """Rank every caption for every image and every image for every caption (cavl.retrieval)."""
+        images, cap2img = retrieval_set(examples)
+        scorer = ModelScorer(model, tokenizer, regions, data, batch_size, device)
+        state = model.state
+        was_training = model.training
+        model.eval()
+        try:
+            result = retrieve(scorer, images, examples["caption"].astype(str).tolist(), cap2img,
+                              state["retrieval"], int(state["shortlist_k"]), float(state.get("sim_weight", 0.0)))
+        finally:
+            model.train(was_training)
+        log.info("%s: %d images × %d captions, %s (k=%d): %d fused pairs of %d; %s", self.name, len(images),
+                 len(cap2img), result.mode, result.k, result.pairs_scored, len(images) * len(cap2img),
+                 ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+        caption_ids = examples["sentence_id"].astype(str).to_numpy()
+        image_ids = np.asarray(images, dtype=object)
+        i2t_top = top_k(result.i2t_scores.astype(np.float64), TOP)  # (I, 10)
+        t2i_top = top_k(result.t2i_scores.T.astype(np.float64), TOP)  # (C, 10)
+        table = pd.concat([
+            pd.DataFrame({"direction": "i2t", "query": image_ids, "image_id": image_ids,
+                          "rank": result.i2t_ranks, "in_shortlist": result.i2t_in_shortlist,
+                          "top": [caption_ids[r].tolist() for r in i2t_top]}),
+            pd.DataFrame({"direction": "t2i", "query": caption_ids, "image_id": image_ids[cap2img],
+                          "rank": result.t2i_ranks, "in_shortlist": result.t2i_in_shortlist,
+                          "top": [image_ids[r].tolist() for r in t2i_top]}),
+        ], ignore_index=True)
+        table.attrs["retrieval"] = {"mode": result.mode, "shortlist_k": result.k, "sim_weight": result.sim_weight,
+                                    "pairs_scored": int(result.pairs_scored),
+                                    "pairs_exhaustive": len(images) * len(cap2img),
+                                    "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
+        return table
+
+    def metrics(self, predictions, examples, state):
+        if "direction" not in predictions:  # per-batch predictions of the in-training evaluation
+            pos, ni, nt = (predictions[c].to_numpy() for c in ("match_score", "neg_image_score", "neg_text_score"))
+            right = np.concatenate([pos > 0, ni[~np.isnan(ni)] <= 0, nt[~np.isnan(nt)] <= 0])
+            return {"itm_accuracy": 100.0 * float(right.mean())}
+        out = {}
+        for direction in ("i2t", "t2i"):
+            ranks = predictions.loc[predictions["direction"] == direction, "rank"].to_numpy()
+            out.update({f"{direction}_r@{k}": v for k, v in recall_at_k(ranks, KS).items()})
+        out["rsum"] = sum(out.values())
+        return out
+
+    def chance(self, train, examples, state):
+        images, cap2img = retrieval_set(examples)
+        return retrieval_chance(cap2img, len(images))
+
+    def report(self, predictions, examples, state):
+        images, cap2img = retrieval_set(examples)
+        return {"num_images": len(images), "num_captions": len(cap2img),
+                "retrieval": predictions.attrs.get("retrieval", {})}
+
+
+TASK = TirTask()

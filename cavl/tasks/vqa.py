@@ -1,0 +1,88 @@
+"""VQA v2: the question with the image's regions; classification over the top-K train answers.
+
+Answer vocabulary: the K most frequent normalised `multiple_choice_answer`s of the train split
+(K = `answer_vocab_size`, 3,129 at paper scale). Targets: the soft score of each vocabulary
+answer from the 10 human answers (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / ≥4 agreeing humans),
+BCE loss summed over answers. Metric: the official VQA accuracy (cavl.metrics.vqa), overall and
+per answer type; chance: the train majority answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cavl.adapters import TaskHead
+from cavl.metrics.chance import vqa_majority_chance
+from cavl.metrics.vqa import build_answer_vocab, encode_soft_targets, vqa_accuracy
+from cavl.tasks.base import Encoded, Mlp, Task, TextImage
+
+
+class VqaHead(TaskHead):
+    def __init__(self, hidden: int, num_answers: int, eps: float, dropout: float):
+        super().__init__()
+        self.mlp = Mlp(hidden, hidden, num_answers, eps, dropout)
+
+    def forward(self, enc: Encoded):
+        return self.mlp(enc.pooled[:, 0])  # (B, A)
+
+
+def _answers(values) -> list:
+    return [[] if a is None else list(a) for a in values]
+
+
+class VqaTask(Task):
+    name = "vqa"
+    num_candidates = 1
+    main_metric = "accuracy"
+    image_columns = ("image_id",)
+    label_columns = ("answers",)
+    defaults = {"epochs": 2, "batch_size": 32, "max_text_len": 24, "max_regions": 10}
+    options = {"answer_vocab_size": 3129}  # answer_vocab_size: answer classes (paper 3,129)
+
+    def prepare(self, train: pd.DataFrame, options: dict) -> dict:
+        k = int(options.get("answer_vocab_size", 3129))
+        vocab = build_answer_vocab(train["multiple_choice_answer"].dropna().astype(str), top_k=k)
+        return {"answers": vocab}
+
+    def sequences(self, example, item, state):
+        return [TextImage(example["question"].split(), example["image_id"])]
+
+    def targets(self, examples, items, state):
+        return {"vqa_targets": encode_soft_targets(_answers(examples["answers"]), state["answers"])}
+
+    def make_head(self, hidden, state, eps, dropout):
+        return VqaHead(hidden, len(state["answers"]), eps, dropout)
+
+    def loss(self, logits, batch):
+        targets = batch["vqa_targets"].to(logits.dtype)  # (B, A)
+        loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+        return {"loss": loss, "vqa_loss": loss}
+
+    def decode(self, logits, batch):
+        probs = torch.sigmoid(logits.float())  # (B, A)
+        score, index = probs.max(dim=1)
+        return {"answer_index": index.cpu().numpy(), "score": score.cpu().numpy()}
+
+    def predictions(self, examples, items, outputs, state):
+        vocab = np.asarray(state["answers"], dtype=object)
+        rows = items["example"].to_numpy()
+        return pd.DataFrame({
+            "question_id": examples["question_id"].to_numpy()[rows],
+            "image_id": examples["image_id"].astype(str).to_numpy()[rows],
+            "answer": vocab[outputs["answer_index"]],
+            "score": outputs["score"].astype(np.float32),
+        })
+
+    def metrics(self, predictions, examples, state):
+        gold = examples.set_index("question_id").loc[predictions["question_id"]]
+        return vqa_accuracy(predictions["answer"].tolist(), _answers(gold["answers"]), gold["answer_type"].tolist())
+
+    def chance(self, train, examples, state):
+        return vqa_majority_chance(train["multiple_choice_answer"].dropna().astype(str).tolist(),
+                                   _answers(examples["answers"]), examples["answer_type"].tolist())
+
+
+TASK = VqaTask()

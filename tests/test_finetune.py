@@ -1,0 +1,293 @@
+"""Finetuning stage: settings, the finetune + evaluate CLIs end to end, the backbone cache,
+exact resume, and the Snakemake rules — on a tiny random BERT and synthetic feature shards."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from cavl import evaluate, finetune
+from cavl.backbone_cache import BackboneCache
+from cavl.config import validate_config
+from cavl.finetune import FinetuneModel, settings_from_config
+from cavl.model import CavlModel
+from cavl.tasks import get_task
+from cavl.tasks.base import RegionSource, TaskBatches
+from cavl.tasks.synthetic import write_feature_shards, write_synthetic_tasks, write_tiny_backbone
+from cavl.train_loop import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = {"vqa": "coco", "vcr": "vcr", "nlvr2": "nlvr2"}
+EVAL_SPLIT = {"vqa": "val", "vcr": "val", "nlvr2": "dev"}
+METRICS_KEYS = {"task", "split", "method", "metrics", "num_examples", "chance", "trainable_params", "total_params",
+                "model", "config"}
+TINY = {"finetune": {
+    "threads": 1, "eval_batch_size": 8,
+    "adapters": {"bottleneck": 4, "shortcut_layers": 1, "shortcut_width": 16, "shortcut_heads": 2},
+    "cache": {"dtype": "float32"},
+    "train": {"log_every": 1, "checkpoint_every": 2},
+    "tasks": {"vqa": {"epochs": 2, "batch_size": 8, "max_text_len": 12, "max_regions": 6, "answer_vocab_size": 50},
+              "vcr": {"epochs": 1, "batch_size": 4, "max_text_len": 24, "max_regions": 6},
+              "nlvr2": {"epochs": 2, "batch_size": 4, "max_text_len": 12, "max_regions": 6}}}}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = write_synthetic_tasks(tmp_path_factory.mktemp("ft"))
+    write_tiny_backbone(root / "backbone")
+    return root
+
+
+def cli(root, task, out, method=None, config=TINY, extra=()):
+    args = ["--task", task, "--config", json.dumps(config), "--cpu", "--backbone", str(root / "backbone"),
+            "--train", str(root / "tasks" / task / "train.parquet"),
+            "--features", str(root / "features" / DATASET[task] / "index.parquet"),
+            "--out", str(out / "model"), "--log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
+            "--checkpoints", str(out / "checkpoints"), "--cache", str(out / "cache"), *extra]
+    return args + (["--method", method] if method else [])
+
+
+def eval_cli(root, task, out):
+    return ["--task", task, "--model", str(out / "model"), "--cpu",
+            "--eval", str(root / "tasks" / task / f"{EVAL_SPLIT[task]}.parquet"),
+            "--train", str(root / "tasks" / task / "train.parquet"),
+            "--features", str(root / "features" / DATASET[task] / "index.parquet"),
+            "--metrics", str(out / "metrics.json"), "--predictions", str(out / "predictions.parquet")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+def test_settings_of_each_task_resolve_from_config_yaml():
+    config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    for task in ("vqa", "vcr", "nlvr2"):
+        s = settings_from_config(config, task)
+        t = config["finetune"]["tasks"][task]
+        assert (s.method, s.train_split, s.eval_split) == (t["method"], t["train_split"], t["eval_split"])
+        assert (s.train.epochs, s.train.batch_size, s.data.max_regions) == (t["epochs"], t["batch_size"], t["max_regions"])
+        assert s.optim.lr == config["finetune"]["optim"]["lr"][s.method]
+    assert settings_from_config(config, "vqa").options == {"answer_vocab_size": 3129}
+    full = settings_from_config(config, "vqa", method="full")
+    assert full.method == "full" and full.optim.lr == config["finetune"]["optim"]["lr"]["full"]
+    assert settings_from_config({}, "nlvr2").eval_split == "dev"  # the task's own defaults without a config
+
+
+def test_unknown_settings_are_rejected_by_name():
+    with pytest.raises(ValueError, match=r"finetune.tasks.vcr.*answer_vocab_size"):
+        settings_from_config({"finetune": {"tasks": {"vcr": {"answer_vocab_size": 3}}}}, "vcr")
+    with pytest.raises(ValueError, match=r"finetune.adapters.*width"):
+        settings_from_config({"finetune": {"adapters": {"width": 3}}}, "vqa")
+    with pytest.raises(ValueError, match="unknown method"):
+        settings_from_config({}, "vqa", method="adapter3")
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLIs end to end
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task,method,eval_every", [("vqa", None, 0), ("vcr", None, 0), ("nlvr2", None, 0),
+                                                     ("vqa", "adapter1", 0), ("nlvr2", "linear", 2)])
+def test_finetune_then_evaluate_writes_the_contract_outputs(root, tmp_path, capsys, task, method, eval_every):
+    out = tmp_path / task
+    config = {"finetune": {**TINY["finetune"], "train": {**TINY["finetune"]["train"], "eval_every": eval_every}}}
+    eval_split = ["--eval", str(root / "tasks" / task / f"{EVAL_SPLIT[task]}.parquet")]
+    assert finetune.main(cli(root, task, out, method, config, extra=eval_split)) == 0
+    printed = capsys.readouterr().out
+    assert "trainable params: " in printed and " || all params: " in printed and " || trainable%: " in printed
+    model_dir = out / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["finetune_config.json", "finetuned.safetensors",
+                                                           "resolved_config.yaml"]
+    config = json.loads((model_dir / "finetune_config.json").read_text())
+    assert config["method"] == (method or "adapter2") and config["params_line"] in printed
+    if method == "linear":
+        assert all(k.startswith("head.") for k in load_file(str(model_dir / "finetuned.safetensors")))
+    assert config["backbone"]["path"] == str(root / "backbone") and len(config["backbone"]["sha256"]) == 64
+    saved = set(load_file(str(model_dir / "finetuned.safetensors")))
+    assert saved and all(k.startswith("head.") or "_adapter." in k or "norm." in k or k.startswith("shortcut.")
+                         for k in saved)  # adapters + head (+ LayerNorms): never the frozen backbone weights
+    assert sum(load_file(str(model_dir / "finetuned.safetensors"))[k].numel() for k in saved) == config["trainable_params"]
+    assert (out / "log.jsonl").exists() and (out / "curves.png").stat().st_size > 0
+    assert (out / "checkpoints").is_dir()
+    assert (out / "cache" / "backbone.parquet").exists() == (method in ("adapter1", "linear"))
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(f"{task}_loss" in r for r in records)
+    assert any(f"val_{get_task(task).main_metric}" in r for r in records) == (eval_every > 0)
+
+    assert evaluate.main(eval_cli(root, task, out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == METRICS_KEYS
+    assert metrics["task"] == task and metrics["split"] == EVAL_SPLIT[task]
+    assert set(metrics["metrics"]) == set(metrics["chance"]) and get_task(task).main_metric in metrics["metrics"]
+    assert metrics["trainable_params"] == config["trainable_params"] and metrics["config"]["task"] == task
+    assert metrics["model"] == finetune.model_checksum(model_dir)
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert len(preds) == metrics["num_examples"] > 0
+
+
+def test_a_model_refuses_a_different_backbone(root, tmp_path):
+    out = tmp_path / "nlvr2"
+    finetune.main(cli(root, "nlvr2", out, config={**TINY, "finetune": {**TINY["finetune"], "train": {"max_steps": 1}}}))
+    other = tmp_path / "other_backbone"
+    shutil.copytree(root / "backbone", other)
+    model = CavlModel.from_pretrained(other)
+    with torch.no_grad():
+        model.pooler.dense.bias.add_(1.0)
+    model.save_pretrained(other, extra=lambda d: [shutil.copy(f, d) for f in (root / "backbone").glob("tok*")])
+    with pytest.raises(ValueError, match="SHA-256"):
+        FinetuneModel.from_finetuned(out / "model", backbone=other)
+    loaded, config = FinetuneModel.from_finetuned(out / "model")
+    assert config["task"] == "nlvr2" and loaded.method == "adapter2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone cache
+# ---------------------------------------------------------------------------------------------
+
+
+def _vqa_setup(root, features_root=None, seed=0):
+    task = get_task("vqa")
+    tok = finetune.load_tokenizer(root / "backbone")
+    regions = RegionSource((features_root or root / "features") / "coco" / "index.parquet")
+    examples = task.read(root / "tasks" / "vqa" / "train.parquet")
+    state = task.prepare(examples, {"answer_vocab_size": 50})
+    s = settings_from_config(TINY, "vqa", method="adapter1")
+    torch.manual_seed(seed)
+    model = FinetuneModel(CavlModel.from_pretrained(root / "backbone"), task, state, "adapter1", s.adapters)
+    chunks = TaskBatches(task, examples, state, regions, tok, s.data, 16, shuffle=False)
+    return model, chunks
+
+
+def _fill(cache, model, chunks):
+    model.eval()
+    with torch.no_grad():
+        return cache.fill(chunks, model.backbone_states)
+
+
+def test_cache_holds_the_backbone_states_and_is_reused(root, tmp_path):
+    from cavl.adapters import state_checksum
+
+    model, chunks = _vqa_setup(root)
+    cache = BackboneCache(tmp_path / "cache", state_checksum(model.backbone), 32, "float32")
+    n = len(chunks.items)
+    assert _fill(cache, model, chunks) == {"sequences": n, "computed": n, "reused": 0}
+    again = BackboneCache(tmp_path / "cache", state_checksum(model.backbone), 32, "float32")
+    assert _fill(again, model, chunks) == {"sequences": n, "computed": 0, "reused": n}
+    batch = chunks[1]
+    states = again.lookup(batch["keys"], batch["attention_mask"].numpy(), batch["visual_mask"].numpy())
+    with torch.no_grad():
+        live = model.backbone_states(batch).numpy()
+    L = batch["input_ids"].shape[1]
+    real = np.concatenate([batch["attention_mask"].numpy(), batch["visual_mask"].numpy()], 1).astype(bool)
+    np.testing.assert_allclose(states[real], live[real], atol=1e-5)
+    assert not states[~real].any() and states.shape == live.shape and L < states.shape[1]
+    # the loss on cached states is the loss on live ones (eval mode: the shortcut's dropout off)
+    model.eval()
+    with_cache = model({**batch, "backbone_states": torch.from_numpy(states)})["loss"]
+    without = model(batch)["loss"]
+    assert torch.allclose(with_cache, without, atol=1e-5)
+
+
+def test_cache_is_invalidated_by_a_new_backbone_or_changed_features(root, tmp_path):
+    from cavl.adapters import state_checksum
+
+    model, chunks = _vqa_setup(root)
+    n = len(chunks.items)
+    cache = BackboneCache(tmp_path / "cache", state_checksum(model.backbone), 32)
+    _fill(cache, model, chunks)
+    # another backbone: the file is stale as a whole
+    with torch.no_grad():
+        model.backbone.encoder.layers[0].ffn_out.bias.add_(0.1)
+    changed = BackboneCache(tmp_path / "cache", state_checksum(model.backbone), 32)
+    assert not changed.load() and not (tmp_path / "cache" / "backbone.parquet").exists()
+    assert _fill(changed, model, chunks)["computed"] == n
+    # new features for one image: only its questions are recomputed, its old rows dropped
+    features = tmp_path / "features"
+    index = pd.read_parquet(root / "features" / "coco" / "index.parquet")
+    reader = RegionSource(root / "features" / "coco" / "index.parquet").reader
+    images = {}
+    for i in index["image_id"]:
+        f, b, num = reader[i]
+        images[i] = (np.array(f, np.float32) + (0.5 if i == index["image_id"][0] else 0.0), np.array(b), 200, 160, 0)
+    write_feature_shards(features, "coco", images)
+    model2, chunks2 = _vqa_setup(root, features)
+    model2.load_state_dict(model.state_dict())
+    cache2 = BackboneCache(tmp_path / "cache", state_checksum(model2.backbone), 32)
+    stats = _fill(cache2, model2, chunks2)
+    per_image = int((chunks2.examples["image_id"] == index["image_id"][0]).sum())
+    assert stats == {"sequences": n, "computed": per_image, "reused": n - per_image} and len(cache2) == n
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_run_killed_mid_way_resumes_to_the_same_weights(root, tmp_path, monkeypatch):
+    config = {"finetune": {**TINY["finetune"], "train": {"log_every": 1, "checkpoint_every": 2, "max_steps": 6}}}
+    finetune.main(cli(root, "nlvr2", tmp_path / "straight", config=config))
+
+    original_save = Trainer._save
+
+    def save_then_die(self, step, window):
+        original_save(self, step, window)
+        if step == 4:
+            raise KeyboardInterrupt("killed after the step-4 checkpoint")
+
+    monkeypatch.setattr(Trainer, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(cli(root, "nlvr2", tmp_path / "killed", config=config))
+    assert not (tmp_path / "killed" / "model").exists()
+    monkeypatch.setattr(Trainer, "_save", original_save)
+    finetune.main(cli(root, "nlvr2", tmp_path / "killed", config=config))
+
+    a = load_file(str(tmp_path / "straight" / "model" / "finetuned.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model" / "finetuned.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "resume", "step": 4} in [{k: r.get(k) for k in ("event", "step")} for r in log]
+    assert [r["step"] for r in log if "event" not in r] == [1, 2, 3, 4, 5, 6]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Snakemake rules
+# ---------------------------------------------------------------------------------------------
+
+
+def test_workflow_rules_finetune_and_evaluate(root, tmp_path):
+    work = tmp_path / "work"
+    for task in ("nlvr2",):
+        shutil.copytree(root / "tasks" / task, work / "resources" / "tasks" / task)
+    shutil.copytree(root / "features" / "nlvr2", work / "resources" / "features" / "nlvr2")
+    shutil.copytree(root / "backbone", work / "results" / "pretrain" / "model")
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text("".join(f'include: "{REPO}/workflow/rules/{name}.smk"\n'
+                                 for name in ("common", "extract", "finetune")))
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(TINY))
+    snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
+    base = [snakemake, "-s", str(snakefile), "--directory", str(work), "--cores", "2"]
+    options = ["--allowed-rules", "finetune", "evaluate", "--configfile", str(REPO / "config.yaml"), str(small)]
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    done = subprocess.run([*base, "results/nlvr2/metrics.json", *options], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((work / "results" / "nlvr2" / "metrics.json").read_text())
+    assert set(metrics) == METRICS_KEYS and metrics["split"] == "dev"
+    for path in ("results/nlvr2/model/finetuned.safetensors", "results/nlvr2/predictions.parquet",
+                 "results/nlvr2/log.jsonl", "logs/finetune/nlvr2.log", "logs/evaluate/nlvr2.log"):
+        assert (work / path).exists(), path
+    assert "trainable params:" in (work / "logs" / "finetune" / "nlvr2.log").read_text()
+    dry = subprocess.run([*base, "-n", "results/vqa/metrics.json", *options], capture_output=True, text=True,
+                         cwd=REPO, env=env, timeout=300)
+    assert "MissingInputException" in dry.stderr + dry.stdout  # the rules match vqa/vcr; their inputs are absent

@@ -1,0 +1,100 @@
+"""VQA task entry: answer vocabulary, soft targets, example → inputs, loss, decoding, metric, chance."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cavl.metrics.chance import vqa_majority_chance
+from cavl.tasks import REGISTRY, get_task
+from cavl.tasks.base import DataSettings, RegionSource, TaskBatches
+from cavl.tasks.synthetic import word_tokenizer, write_feature_shards
+
+TASK = get_task("vqa")
+
+
+def table(rows):
+    return pd.DataFrame([{"question_id": 10 + i, "image_id": img, "question": q, "answers": a,
+                          "multiple_choice_answer": a[0], "answer_type": t, "question_type": "x"}
+                         for i, (img, q, a, t) in enumerate(rows)])
+
+
+EXAMPLES = table([
+    ("1", "is there a red star ?", ["yes"] * 4 + ["no"] * 2 + ["2"] + ["Yes"] * 3, "yes/no"),
+    ("2", "how many shapes ?", ["2"] * 6 + ["two"] * 4, "number"),
+    ("1", "what color is the star ?", ["red"] * 10, "other"),
+])
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    rng = np.random.default_rng(0)
+    boxes = lambda n: np.tile(np.array([[10, 20, 110, 60]], np.float32), (n, 1))  # noqa: E731
+    images = {"1": (rng.normal(size=(3, 6)).astype(np.float32), boxes(3), 200, 100, 0),
+              "2": (rng.normal(size=(5, 6)).astype(np.float32), boxes(5), 200, 100, 0)}
+    return RegionSource(write_feature_shards(root, "coco", images, dim=6))
+
+
+def test_registry_entry():
+    assert REGISTRY["vqa"].image_datasets == ("coco",)
+    assert TASK.name == "vqa" and TASK.num_candidates == 1
+
+
+def test_answer_vocabulary_is_the_top_k_normalised_train_answers():
+    train = pd.DataFrame({"multiple_choice_answer": ["yes", "Yes", "no", "2", "two", "red", None]})
+    assert TASK.prepare(train, {"answer_vocab_size": 2}) == {"answers": ["2", "yes"]}
+    assert TASK.prepare(train, {"answer_vocab_size": 10})["answers"] == ["2", "yes", "no", "red"]
+
+
+def test_soft_targets_come_from_the_ten_human_answers():
+    state = {"answers": ["yes", "no", "2", "red"]}
+    t = TASK.targets(EXAMPLES, TASK.items(EXAMPLES), state)["vqa_targets"]
+    assert t.shape == (3, 4) and t.dtype == np.float32
+    np.testing.assert_allclose(t[0], [1.0, 0.6, 0.3, 0.0])  # 7 × yes (case-normalised), 2 × no, 1 × 2
+    np.testing.assert_allclose(t[1], [0.0, 0.0, 1.0, 0.0])  # "two" → "2"
+    np.testing.assert_allclose(t[2], [0.0, 0.0, 0.0, 1.0])
+
+
+def test_example_to_model_inputs(regions):
+    state = {"answers": ["yes", "no", "2", "red"]}
+    tok = word_tokenizer()
+    batches = TaskBatches(TASK, EXAMPLES, state, regions, tok, DataSettings(max_text_len=8, max_regions=4), 2,
+                          shuffle=False)
+    assert len(batches) == 2
+    b = batches[0]
+    ids = b["input_ids"]
+    assert ids.shape == (2, 8)  # "[CLS] is there a red star ? [SEP]" = 8 tokens
+    assert tok.convert_ids_to_tokens(ids[0].tolist()) == ["[CLS]", "is", "there", "a", "red", "star", "?", "[SEP]"]
+    assert b["attention_mask"][1].tolist() == [1] * 6 + [0] * 2  # "[CLS] how many shapes ? [SEP]"
+    assert torch.count_nonzero(b["token_type_ids"]) == 0
+    assert b["visual_feats"].shape == (2, 4, 6)
+    assert b["visual_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]  # 3 regions; 5 capped at 4
+    np.testing.assert_allclose(b["visual_boxes"][0, 0].numpy(), [0.05, 0.2, 0.55, 0.6, 0.2], rtol=1e-6)
+    assert "region_links" not in b
+    assert b["vqa_targets"].shape == (2, 4) and b["item_index"].tolist() == [0, 1]
+    assert len(b["keys"]) == 2 and len(set(b["keys"])) == 2
+
+
+def test_loss_decoding_predictions_and_metric():
+    state = {"answers": ["yes", "no", "2", "red"]}
+    items = TASK.items(EXAMPLES)
+    logits = torch.tensor([[5.0, 0, 0, 0], [0, 0, 5.0, 0], [0, 0, 0, 5.0]])
+    targets = torch.from_numpy(TASK.targets(EXAMPLES, items, state)["vqa_targets"])
+    loss = TASK.loss(logits, {"vqa_targets": targets})
+    assert set(loss) == {"loss", "vqa_loss"} and loss["loss"].item() > 0
+    preds = TASK.predictions(EXAMPLES, items, TASK.decode(logits, {}), state)
+    assert preds["answer"].tolist() == ["yes", "2", "red"]
+    assert list(preds.columns) == ["question_id", "image_id", "answer", "score"]
+    m = TASK.metrics(preds, EXAMPLES, state)
+    assert m["accuracy"] == pytest.approx(100.0) and m["number"] == pytest.approx(100.0)
+    wrong = preds.assign(answer=["no", "2", "blue"])
+    assert TASK.metrics(wrong, EXAMPLES, state)["yes/no"] == pytest.approx(60.0)  # 2 of 10 humans said no
+
+
+def test_chance_is_the_train_majority_answer():
+    train = pd.DataFrame({"multiple_choice_answer": ["no", "no", "yes"]})
+    want = vqa_majority_chance(["no", "no", "yes"], [list(a) for a in EXAMPLES["answers"]],
+                               EXAMPLES["answer_type"].tolist())
+    assert TASK.chance(train, EXAMPLES, {}) == want
+    assert want["yes/no"] == pytest.approx(60.0)

@@ -1,0 +1,127 @@
+# Adaptive finetuning and evaluation of every registered task (cavl.tasks.REGISTRY) that has a
+# `finetune.tasks.<task>` entry: the pretrained backbone + the task's adapters and head, then
+# the task's official metric on its eval split. Evaluate-only tasks (zs_tir) skip finetuning:
+# rule evaluate_zero_shot scores the pretrained model as it is. One process on CPU, or torchrun with one process
+# per GPU (finetune.gpus). The finetune job resumes from results/{task}/checkpoints/ and keeps its
+# backbone cache in results/{task}/cache/ (neither is a declared output, so both survive a failed
+# job); declared outputs are written last, atomically.
+
+from cavl.tasks import REGISTRY as TASK_REGISTRY
+
+FINETUNE = config["finetune"]
+FINETUNE_TASKS = [task for task in FINETUNE["tasks"] if task in TASK_REGISTRY]
+TRAINED_TASKS = [task for task in FINETUNE_TASKS if not TASK_REGISTRY[task].zero_shot]
+ZERO_SHOT_TASKS = [task for task in FINETUNE_TASKS if TASK_REGISTRY[task].zero_shot]
+
+
+def finetune_split(task, key):
+    """The task table of the split named by `finetune.tasks.<task>.<key>` (train_split, eval_split);
+    zs_tir reads tir's tables."""
+    tables = TASK_REGISTRY[task].tables or task
+    return f"resources/tasks/{tables}/{FINETUNE['tasks'][task][key]}.parquet"
+
+
+def finetune_features(task):
+    """Feature index of the task's image dataset (VQA reads coco's)."""
+    return feature_index(TASK_REGISTRY[task].image_datasets[0])
+
+
+def finetune_config_arg(task):
+    """The shared finetune settings and this task's own, as one JSON argument."""
+    shared = {k: v for k, v in FINETUNE.items() if k not in ("tasks", "mem_mb")}
+    return json_arg({"finetune": {**shared, "tasks": {task: FINETUNE["tasks"][task]}}})
+
+
+def finetune_launcher():
+    """`torchrun` with one process per GPU, or plain python when training on CPU."""
+    gpus = FINETUNE["gpus"]
+    return f"torchrun --standalone --nproc_per_node {gpus} -m" if gpus > 0 else "python -m"
+
+
+rule finetune:
+    """Adapters + head of one task on the frozen pretrained backbone → results/{task}/model/."""
+    input:
+        train=lambda w: finetune_split(w.task, "train_split"),
+        backbone="results/pretrain/model",
+        features=lambda w: finetune_features(w.task),
+    output:
+        model=directory("results/{task}/model"),
+        log="results/{task}/log.jsonl",
+        curves="results/{task}/curves.png",
+    wildcard_constraints:
+        task="|".join(TRAINED_TASKS),
+    params:
+        config=lambda w: finetune_config_arg(w.task),
+        checkpoints=lambda w: f"results/{w.task}/checkpoints",
+        cache=lambda w: f"results/{w.task}/cache",
+        launcher=finetune_launcher(),
+    log:
+        "logs/finetune/{task}.log",
+    threads: FINETUNE["threads"]
+    resources:
+        gpu=FINETUNE["gpus"],
+        mem_mb=FINETUNE["mem_mb"],
+    conda:
+        "../../envs/cavl.yaml"
+    shell:
+        "{params.launcher} cavl.finetune --task {wildcards.task} --config {params.config} --threads {threads} "
+        "--backbone {input.backbone} --train {input.train} --features {input.features} "
+        "--out {output.model} --log {output.log} --curves {output.curves} "
+        "--checkpoints {params.checkpoints} --cache {params.cache} > {log} 2>&1"
+
+
+rule evaluate:
+    """The task's official metric (+ chance) on its eval split → metrics.json, predictions.parquet."""
+    input:
+        model="results/{task}/model",
+        backbone="results/pretrain/model",
+        eval=lambda w: finetune_split(w.task, "eval_split"),
+        train=lambda w: finetune_split(w.task, "train_split"),
+        features=lambda w: finetune_features(w.task),
+    output:
+        metrics="results/{task}/metrics.json",
+        predictions="results/{task}/predictions.parquet",
+    wildcard_constraints:
+        task="|".join(TRAINED_TASKS),
+    params:
+        split=lambda w: FINETUNE["tasks"][w.task]["eval_split"],
+    log:
+        "logs/evaluate/{task}.log",
+    threads: FINETUNE["threads"]
+    resources:
+        gpu=min(1, FINETUNE["gpus"]),
+        mem_mb=FINETUNE["mem_mb"],
+    conda:
+        "../../envs/cavl.yaml"
+    shell:
+        "python -m cavl.evaluate --task {wildcards.task} --model {input.model} --backbone {input.backbone} "
+        "--eval {input.eval} --split {params.split} --train {input.train} --features {input.features} "
+        "--metrics {output.metrics} --predictions {output.predictions} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_zero_shot:
+    """Evaluate-only tasks (zs_tir): the pretrained model as it is → metrics.json, predictions.parquet."""
+    input:
+        backbone="results/pretrain/model",
+        eval=lambda w: finetune_split(w.task, "eval_split"),
+        features=lambda w: finetune_features(w.task),
+    output:
+        metrics="results/{task}/metrics.json",
+        predictions="results/{task}/predictions.parquet",
+    wildcard_constraints:
+        task="|".join(ZERO_SHOT_TASKS),
+    params:
+        config=lambda w: finetune_config_arg(w.task),
+        split=lambda w: FINETUNE["tasks"][w.task]["eval_split"],
+    log:
+        "logs/evaluate/{task}.log",
+    threads: FINETUNE["threads"]
+    resources:
+        gpu=min(1, FINETUNE["gpus"]),
+        mem_mb=FINETUNE["mem_mb"],
+    conda:
+        "../../envs/cavl.yaml"
+    shell:
+        "python -m cavl.evaluate --task {wildcards.task} --config {params.config} --backbone {input.backbone} "
+        "--eval {input.eval} --split {params.split} --features {input.features} "
+        "--metrics {output.metrics} --predictions {output.predictions} --threads {threads} > {log} 2>&1"
