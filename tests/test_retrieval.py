@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cavl import retrieval
-from cavl.metrics.retrieval import i2t_ranks, retrieval_recall, t2i_ranks
+from cavl.metrics.retrieval import i2t_ranks, retrieval_recall
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,7 +3,6 @@ segment-b sequence, IoU targets and the loss, the grounding metric through the t
 path on hand-made boxes, and finetune + evaluate end to end."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -18,7 +18,6 @@ from cavl import evaluate, finetune
 from cavl.bench_retrieval import write_synthetic_flickr30k, write_tiny_pretrained
 from cavl.losses import PairwiseContrastiveLoss
 from cavl.metrics.chance import retrieval_chance
-from cavl.metrics.retrieval import i2t_ranks, t2i_ranks
 from cavl.tasks import REGISTRY, get_task
 from cavl.tasks.base import TaskBatches
 from cavl.tasks.tir import draw_negatives, masked_pwcl, retrieval_set
