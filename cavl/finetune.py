@@ -27,9 +27,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from cavl.adapters import (AdapterSettings, ShortcutAdapter, backbone_frozen, ch
                            count_parameters, install_bottleneck_adapters, params_line, state_checksum,
                            trainable_state, uses_adapter1, uses_adapter2)
 from cavl.backbone_cache import BackboneCache
+from cavl.io import atomic_dir
 from cavl.config import read_config_specs as read_config
 from cavl.model import WEIGHTS_NAME, CavlModel
 from cavl.pretrain_data import make_loader
@@ -294,22 +293,9 @@ class FinetuneModel(nn.Module):
 
 
 def write_dir_atomic(directory, write):
-    """Run `write(tmp_dir)` and rename tmp_dir to `directory`: it appears complete or not at all."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-    try:
+    """Run `write(tmp_dir)` in a folder that appears as `directory` only when complete."""
+    with atomic_dir(directory) as tmp:
         write(tmp)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def model_checksum(directory) -> str:

@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +30,36 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def atomic_dir(path):
+    """Yield a temporary folder beside `path`; rename it to `path` only if the block succeeds.
+
+    The folder appears complete or not at all; an existing `path` is replaced. Stale temp
+    folders left by a killed writer are removed first. Files get the usual permissions.
+    """
+    directory = Path(path)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".{directory.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        mask = _umask()
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; a result folder is shared
+        for f in tmp.rglob("*"):
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask():

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -29,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cavl.io import atomic_dir
 from cavl.losses import ItmLoss, MlmLoss, make_contrastive_loss
 
 log = logging.getLogger(__name__)
@@ -590,31 +588,10 @@ def _config_json(config: CavlConfig, architecture: str) -> dict:
 
 
 def _save_dir(directory, state: dict, config: dict, extra=None):
-    """Write weights + config (+ `extra(tmp_dir)`) into a temp dir, then rename it to
-    `directory`: the folder appears complete or not at all."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in directory.parent.glob(f".{directory.name}.*.tmp"):  # left by a killed save
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the model folder is a shared result
-    try:
+    """Write weights + config (+ `extra(tmp_dir)`) atomically: the folder appears complete or not at all."""
+    with atomic_dir(directory) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         if extra is not None:
             extra(tmp)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
