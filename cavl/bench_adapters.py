@@ -250,7 +250,7 @@ def accuracy_table(args, methods) -> str:
             t0 = time.perf_counter()
             finetune.main(["--task", name, "--method", method, *sum((["--config", c] for c in args.config), []),
                            "--backbone", str(args.backbone), "--train", str(train), "--features", str(index),
-                           "--out", str(out / "model"), "--log", str(out / "log.jsonl"),
+                           "--out", str(out / "model"), "--train-log", str(out / "log.jsonl"),
                            "--curves", str(out / "curves.png"), "--checkpoints", str(out / "checkpoints"),
                            "--cache", str(out / "cache"), "--cpu"])
             metrics, _ = evaluate(name, out / "model", ev, train, index, device="cpu")

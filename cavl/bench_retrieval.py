@@ -212,7 +212,7 @@ def demo_set(args, tmp: Path):
         finetune.main(["--task", "tir", "--config", json.dumps(config), "--cpu", "--backbone", str(root / "backbone"),
                        "--train", str(root / "tasks/tir/train.parquet"),
                        "--features", str(root / "features/flickr30k/index.parquet"), "--out", str(out / "model"),
-                       "--log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
+                       "--train-log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
                        "--checkpoints", str(out / "ck"), "--cache", str(out / "cache")])
         model_dir, eval_path = out / "model", root / "tasks/tir/test.parquet"
         features = root / "features/flickr30k/index.parquet"

@@ -355,7 +355,7 @@ def default_paths(task: str, s: FinetuneSettings, args) -> dict:
         "eval": args.eval or f"resources/tasks/{task}/{s.eval_split}.parquet",
         "features": args.features or f"resources/features/{dataset}/index.parquet",
         "out": args.out or f"results/{task}/model",
-        "log": args.log or f"results/{task}/log.jsonl",
+        "log": args.train_log or f"results/{task}/log.jsonl",
         "curves": args.curves or f"results/{task}/curves.png",
         "checkpoints": args.checkpoints or f"results/{task}/checkpoints",
         "cache": args.cache or f"results/{task}/cache",
@@ -374,7 +374,8 @@ def parse_args(argv):
                                    "default resources/tasks/{task}/{eval_split}.parquet)")
     p.add_argument("--features", help="feature index of the task's images (default resources/features/{dataset}/index.parquet)")
     p.add_argument("--out", help="model folder written at the end (default results/{task}/model)")
-    p.add_argument("--log", help="training log, JSON lines (default results/{task}/log.jsonl)")
+    # Not `--log`: torchrun would take it for its own --log-* options.
+    p.add_argument("--train-log", help="training log, JSON lines (default results/{task}/log.jsonl)")
     p.add_argument("--curves", help="PNG of the loss curves (default results/{task}/curves.png)")
     p.add_argument("--checkpoints", help="checkpoint folder for resume (default results/{task}/checkpoints)")
     p.add_argument("--cache", help="backbone cache folder (default results/{task}/cache)")

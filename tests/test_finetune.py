@@ -51,7 +51,7 @@ def cli(root, task, out, method=None, config=TINY, extra=()):
     args = ["--task", task, "--config", json.dumps(config), "--cpu", "--backbone", str(root / "backbone"),
             "--train", str(root / "tasks" / task / "train.parquet"),
             "--features", str(root / "features" / DATASET[task] / "index.parquet"),
-            "--out", str(out / "model"), "--log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
+            "--out", str(out / "model"), "--train-log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
             "--checkpoints", str(out / "checkpoints"), "--cache", str(out / "cache"), *extra]
     return args + (["--method", method] if method else [])
 

@@ -177,7 +177,7 @@ def test_finetune_then_evaluate(root, tmp_path):
     feats = str(root / "features/flickr30k/index.parquet")
     assert finetune.main(["--task", "rpg", "--config", json.dumps(TINY), "--cpu", "--backbone", str(root / "backbone"),
                           "--train", str(root / "tasks/rpg/train.parquet"), "--features", feats,
-                          "--out", str(out / "model"), "--log", str(out / "log.jsonl"),
+                          "--out", str(out / "model"), "--train-log", str(out / "log.jsonl"),
                           "--curves", str(out / "curves.png"), "--checkpoints", str(out / "ck"),
                           "--cache", str(out / "cache")]) == 0
     assert evaluate.main(["--task", "rpg", "--model", str(out / "model"), "--cpu",

@@ -215,7 +215,7 @@ def test_head_starts_as_the_pretrained_itm_head(root, tmp_path):
 def train_cli(root, out, config=TINY):
     return ["--task", "tir", "--config", json.dumps(config), "--cpu", "--backbone", str(root / "backbone"),
             "--train", str(root / "tasks/tir/train.parquet"), "--features", features(root),
-            "--out", str(out / "model"), "--log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
+            "--out", str(out / "model"), "--train-log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
             "--checkpoints", str(out / "checkpoints"), "--cache", str(out / "cache")]
 
 

@@ -66,7 +66,7 @@ rule finetune:
     shell:
         "{params.launcher} cavl.finetune --task {wildcards.task} --config {params.config} --threads {threads} "
         "--backbone {input.backbone} --train {input.train} --features {input.features} "
-        "--out {output.model} --log {output.log} --curves {output.curves} "
+        "--out {output.model} --train-log {output.log} --curves {output.curves} "
         "--checkpoints {params.checkpoints} --cache {params.cache} > {log} 2>&1"
 
 
