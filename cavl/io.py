@@ -1,5 +1,6 @@
 """Atomic file writing: a file appears under its final name only when it is complete."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -90,3 +91,12 @@ def write_json_atomic(obj, path):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
             f.write("\n")
+
+
+def file_sha256(path, chunk_size=1 << 20):
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

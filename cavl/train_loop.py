@@ -24,7 +24,6 @@ it at the end, since Snakemake deletes the declared outputs of a failed job.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -43,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cavl.io import atomic_path, write_json_atomic
+from cavl.io import atomic_path, file_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -206,14 +205,6 @@ def build_scheduler(optimizer, total_steps: int, warmup_fraction: float):
 # ---------------------------------------------------------------------------------------------
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class CheckpointManager:
     """`step-XXXXXXXX.pt` + `step-XXXXXXXX.json` pairs in one folder (see the module docstring)."""
 
@@ -242,7 +233,7 @@ class CheckpointManager:
         pt = self._pt(step)
         with atomic_path(pt) as tmp:
             torch.save(state, tmp)
-        info = {**meta, "step": step, "file": pt.name, "sha256": _sha256(pt), "bytes": pt.stat().st_size,
+        info = {**meta, "step": step, "file": pt.name, "sha256": file_sha256(pt), "bytes": pt.stat().st_size,
                 "fingerprint": self.fingerprint, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(info, self._json(step))
         self._prune()
@@ -272,7 +263,7 @@ class CheckpointManager:
                     stale.append(step)
                     continue
                 pt = self._pt(step)
-                if _sha256(pt) != meta["sha256"]:
+                if file_sha256(pt) != meta["sha256"]:
                     raise ValueError("SHA-256 mismatch (file changed or truncated)")
                 state = torch.load(pt, map_location="cpu", weights_only=True)
                 return state, meta

@@ -31,6 +31,7 @@ from torch import nn
 
 from cavl.adapters import TaskHead
 from cavl.features import FeatureReader
+from cavl.io import file_sha256
 from cavl.pretrain_data import normalise_boxes, pad_regions
 
 log = logging.getLogger(__name__)
@@ -108,14 +109,6 @@ class RegionSource:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.reader = FeatureReader(self.index_path)
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
