@@ -22,6 +22,7 @@ from extract.detector import DetectorConfig, RegionExtractor, load_weights, read
 from extract.shard import run_shard, shard_range
 from extract.synthetic import write_manifest, write_scenes
 from extract.writer import ShardWriter
+from test_extract_boxes import iou  # the independent numpy IoU reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(min_size=96, max_size=160, proposals=200)  # small inputs keep CPU tests fast
@@ -29,12 +30,6 @@ MAX_BOXES, NMS = 20, 0.5
 SIZES = [(64, 96), (120, 80), (160, 160), (100, 150), (90, 90), (72, 128)]
 
 
-def iou(a, b):
-    ix1, iy1 = np.maximum(a[:, None, 0], b[None, :, 0]), np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2, iy2 = np.minimum(a[:, None, 2], b[None, :, 2]), np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
 @pytest.fixture(scope="module")
