@@ -1,27 +1,12 @@
 """The Snakemake workflow itself: the DAG builds, bad configs stop it, the data stages run."""
 
 import os
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
-import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SNAKEMAKE = os.path.join(os.path.dirname(sys.executable), "snakemake")
+from workflow_run import snakemake
+
 IMAGE_DATASETS = ["coco", "vg", "flickr30k", "nlvr2", "vcr"]
-
-
-def snakemake(workdir, *args, configfiles=(), timeout=600):
-    """Run the repo's workflow in `workdir` (outputs land there, not in the checkout).
-
-    `configfiles` are merged over config.yaml; they go last because --configfile takes
-    every following argument up to the next option.
-    """
-    cmd = [SNAKEMAKE, "-s", os.path.join(ROOT, "Snakefile"), "--directory", str(workdir), *args,
-           "--configfile", os.path.join(ROOT, "config.yaml"), *map(str, configfiles)]
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
 def test_dry_run_lists_the_data_stages(tmp_path):
