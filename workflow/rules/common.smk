@@ -65,4 +65,6 @@ def all_targets():
     targets += [feature_index(d) for d in IMAGE_DATASETS]
     targets += ["results/pretrain/model"]
     targets += [f"results/{task}/metrics.json" for task in config["finetune"]["tasks"]]
+    if config["finetune"]["tasks"]:
+        targets += ["results/summary.md", "results/summary.csv"]
     return targets

@@ -47,7 +47,12 @@ rule finetune:
     output:
         model=directory("results/{task}/model"),
         log="results/{task}/log.jsonl",
-        curves="results/{task}/curves.png",
+        curves=report(
+            "results/{task}/curves.png",
+            caption="../report/finetune_curves.rst",
+            category="3. Finetuning",
+            subcategory="{task}",
+        ),
     wildcard_constraints:
         task="|".join(TRAINED_TASKS),
     params:

@@ -23,7 +23,11 @@ rule pretrain:
     output:
         model=directory("results/pretrain/model"),
         log="results/pretrain/log.jsonl",
-        curves="results/pretrain/curves.png",
+        curves=report(
+            "results/pretrain/curves.png",
+            caption="../report/pretrain_curves.rst",
+            category="2. Pretraining",
+        ),
     params:
         config=json_arg({"model": config["model"], "pretrain": PRETRAIN}),
         features=os.path.dirname(os.path.dirname(feature_index("coco"))),

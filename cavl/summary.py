@@ -1,0 +1,241 @@
+"""One table of every task's results, a comparison of the finetuning methods, and a chance plot.
+
+    python -m cavl.summary --metrics results/*/metrics.json --train-logs results/*/log.jsonl \
+        --md results/summary.md --csv results/summary.csv \
+        --methods results/methods.csv --plot results/summary.png
+
+- summary (CSV + Markdown): one row per task and metric — task, split, method, metric, value,
+  chance, examples — from each `results/{task}/metrics.json` (percent, as papers report them).
+- methods (CSV): one row per task — method, trainable parameters (and % of the model), median
+  training throughput and step time from the task's `log.jsonl` (none for zero-shot tasks), the
+  task's main metric, its chance level and the gain over chance: what each adapter method costs
+  and buys on this run.
+- plot (PNG): each task's main metric beside its chance level.
+
+A training log is matched to its metrics by folder (results/{task}/). Every file is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from cavl.io import atomic_path
+from cavl.tasks import REGISTRY
+
+SUMMARY_COLUMNS = ["task", "split", "method", "metric", "value", "chance", "examples"]
+METHOD_COLUMNS = ["task", "method", "trainable_params", "trainable_pct", "samples_per_s",
+                  "step_s", "main_metric", "value", "chance", "gain"]
+REQUIRED_KEYS = ("task", "split", "method", "metrics", "chance")
+MARKDOWN_DECIMALS = {"step_s": 2}  # other floats: 1 decimal, as papers report percentages
+
+
+class SummaryError(ValueError):
+    """A metrics file or training log that cannot be summarised (the message names the file)."""
+
+
+def load_metrics(path) -> dict:
+    """A metrics.json, checked for the keys the summary needs."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SummaryError(f"{path}: cannot read metrics: {error}") from error
+    if not isinstance(record, dict):
+        raise SummaryError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    for key in REQUIRED_KEYS:
+        if key not in record:
+            raise SummaryError(f"{path}: missing key {key!r}")
+    for key in ("metrics", "chance"):
+        if not isinstance(record[key], dict):
+            raise SummaryError(f"{path}: {key!r} must be an object of metric → number")
+    if not record["metrics"]:
+        raise SummaryError(f"{path}: 'metrics' is empty")
+    for name, value in record["metrics"].items():
+        if not _is_number(value):
+            raise SummaryError(f"{path}: metrics[{name!r}] is not a number: {value!r}")
+    return record
+
+
+def load_train_log(path) -> list[dict]:
+    """The records of a log.jsonl (one JSON object per logged step)."""
+    path = Path(path)
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise SummaryError(f"{path}: line {number} is not JSON: {error}") from error
+    return records
+
+
+def main_metric(task: str, metrics: dict) -> str:
+    """The metric a task is judged by (the task's own; the first one for unregistered tasks)."""
+    if task in REGISTRY:
+        from cavl.tasks import get_task  # imports the model code: only when needed
+
+        name = get_task(task).main_metric
+        if name in metrics:
+            return name
+    return next(iter(metrics))
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """One row per task and metric, tasks in registry order, metrics in their file's order."""
+    rows = []
+    for record in sorted(records, key=_task_order):
+        for metric, value in record["metrics"].items():
+            chance = record["chance"].get(metric)
+            rows.append({"task": record["task"], "split": record["split"], "method": record["method"],
+                         "metric": metric, "value": value,
+                         "chance": chance if _is_number(chance) else None,
+                         "examples": record.get("num_examples")})
+    return rows
+
+
+def method_rows(records: list[dict], logs: dict[str, list[dict]]) -> list[dict]:
+    """One row per task: what its method trains, how fast it trained, and what it reached."""
+    rows = []
+    for record in sorted(records, key=_task_order):
+        task = record["task"]
+        metric = main_metric(task, record["metrics"])
+        value, chance = record["metrics"][metric], record["chance"].get(metric)
+        trainable, total = record.get("trainable_params"), record.get("total_params")
+        speeds = [r["samples_per_s"] for r in logs.get(task, []) if _is_number(r.get("samples_per_s"))]
+        speed = statistics.median(speeds) if speeds else None
+        batch = ((record.get("config") or {}).get("train") or {}).get("batch_size")
+        rows.append({
+            "task": task, "method": record["method"], "trainable_params": trainable,
+            "trainable_pct": 100 * trainable / total if trainable is not None and total else None,
+            "samples_per_s": speed,
+            "step_s": batch / speed if speed and _is_number(batch) else None,
+            "main_metric": metric, "value": value,
+            "chance": chance if _is_number(chance) else None,
+            "gain": value - chance if _is_number(chance) else None,
+        })
+    return rows
+
+
+def to_csv(rows: list[dict], columns: list[str]) -> str:
+    """Rows as CSV text; None → empty cell, floats with 4 decimals."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row[c], 4) for c in columns])
+    return out.getvalue()
+
+
+def to_markdown(rows: list[dict], columns: list[str]) -> str:
+    """Rows as a Markdown table; None → "–", floats with 1 decimal."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c], MARKDOWN_DECIMALS.get(c, 1)) or "–" for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(summary: list[dict], methods: list[dict]) -> str:
+    """The summary document: the results table, then the method comparison."""
+    return (
+        "# CAVL results\n\n"
+        "All metrics in percent; `chance` is a random (or majority-answer) predictor on the same split.\n\n"
+        + to_markdown(summary, SUMMARY_COLUMNS)
+        + "\n## Finetuning methods\n\n"
+        "Trainable parameters, median training throughput (samples/s) and step time (s) from each "
+        "task's log.jsonl, and the task's main metric against chance.\n\n"
+        + to_markdown(methods, METHOD_COLUMNS)
+    )
+
+
+def plot_main_metrics(methods: list[dict], path) -> None:
+    """Each task's main metric beside its chance level (one panel per task: scales differ, rsum
+    runs to 600), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(1.8 * len(methods) + 1, 3.2), squeeze=False)
+    for ax, row in zip(axes[0], methods):
+        values = [row["value"], row["chance"] or 0.0]
+        bars = ax.bar(["CAVL", "chance"], values, color=["tab:blue", "tab:gray"])
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_title(f"{row['task']} ({row['method']})", fontsize=9)
+        ax.set_ylabel(row["main_metric"], fontsize=8)
+        ax.set_ylim(0, max(values + [1.0]) * 1.2)
+        ax.tick_params(labelsize=8)
+    fig.suptitle("Main metric per task against chance (percent)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_text_atomic(text: str, path) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--metrics", nargs="+", required=True, help="results/{task}/metrics.json files")
+    p.add_argument("--train-logs", nargs="*", default=[],
+                   help="results/{task}/log.jsonl files (matched to metrics by folder)")
+    p.add_argument("--md", required=True, help="Markdown summary to write")
+    p.add_argument("--csv", required=True, help="CSV summary to write")
+    p.add_argument("--methods", help="CSV method comparison to write")
+    p.add_argument("--plot", help="PNG of main metric vs chance to write")
+    args = p.parse_args(argv)
+    try:
+        records = [load_metrics(path) for path in args.metrics]
+        tasks = [record["task"] for record in records]
+        if len(set(tasks)) != len(tasks):
+            raise SummaryError(f"two metrics files for one task: {', '.join(args.metrics)}")
+        by_folder = {Path(path).parent: record["task"] for path, record in zip(args.metrics, records)}
+        logs = {}
+        for path in args.train_logs:
+            task = by_folder.get(Path(path).parent)
+            if task is None:
+                raise SummaryError(f"{path}: no metrics.json in the same folder")
+            logs[task] = load_train_log(path)
+    except SummaryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary, methods = summary_rows(records), method_rows(records, logs)
+    write_text_atomic(to_csv(summary, SUMMARY_COLUMNS), args.csv)
+    write_text_atomic(summary_markdown(summary, methods), args.md)
+    if args.methods:
+        write_text_atomic(to_csv(methods, METHOD_COLUMNS), args.methods)
+    if args.plot:
+        plot_main_metrics(methods, args.plot)
+    return 0
+
+
+def _task_order(record):
+    order = list(REGISTRY)
+    return (order.index(record["task"]) if record["task"] in order else len(order), record["task"])
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _cell(value, decimals) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{decimals}f}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

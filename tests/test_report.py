@@ -1,0 +1,97 @@
+"""`snakemake --report` on a complete demo run: a self-contained HTML file with the summary
+table (every task's metrics and chance), the method comparison and every loss curve, that opens
+in headless Chromium (screenshot and rendered page checked)."""
+
+import base64
+import csv
+import io
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+
+from workflow_run import snakemake
+
+TRAINED_TASKS = ["vqa", "vcr", "nlvr2", "rpg", "tir"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report(demo_run, tmp_path_factory):
+    """Path of report.html made from the demo run (the run's folder is only read)."""
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    result = snakemake(demo_run, "--report", str(path), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return path
+
+
+def embedded_files(html):
+    """{path in the run folder: bytes} of every result the report embeds as a data URI."""
+    files = {}
+    pattern = r'"(results/[^"]+)": \{"name": .*?"data_uri": "data:[^;,]+;[^,]*?base64,([A-Za-z0-9+/=]+)"'
+    for path, data in re.findall(pattern, html):
+        files[path] = base64.b64decode(data)
+    return files
+
+
+def test_report_embeds_summary_methods_and_curves(report, demo_run, demo_metrics):
+    html = report.read_text()
+    files = embedded_files(html)
+    expected = ["results/summary.csv", "results/methods.csv", "results/summary.png",
+                "results/pretrain/curves.png", *(f"results/{t}/curves.png" for t in TRAINED_TASKS)]
+    assert sorted(files) == sorted(expected)
+    for path in expected:  # byte for byte what the run wrote
+        assert files[path] == (demo_run / path).read_bytes(), path
+
+    # The summary table holds every metric and chance level of every task.
+    rows = {(r["task"], r["metric"]): r for r in csv.DictReader(io.StringIO(files["results/summary.csv"].decode()))}
+    assert {task for task, _ in rows} == set(demo_metrics) == {*TRAINED_TASKS, "zs_tir"}
+    for task, record in demo_metrics.items():
+        for metric, value in record["metrics"].items():
+            row = rows[task, metric]
+            assert float(row["value"]) == pytest.approx(value, abs=1e-4)
+            assert float(row["chance"]) == pytest.approx(record["chance"][metric], abs=1e-4)
+            assert row["method"] == record["method"]
+
+    methods = {r["task"]: r for r in csv.DictReader(io.StringIO(files["results/methods.csv"].decode()))}
+    assert set(methods) == set(demo_metrics)
+    for task in TRAINED_TASKS:  # every trained task has its trainable share and speed
+        assert 0 < float(methods[task]["trainable_pct"]) < 100
+        assert float(methods[task]["step_s"]) > 0
+
+    # Self-contained: captions and categories inline, nothing fetched from elsewhere.
+    assert "1. Results" in html and "2. Pretraining" in html and "3. Finetuning" in html
+    assert "majority-answer) predictor on the same split" in html  # the summary caption
+    assert not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', html)
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CAVL_REQUIRE_CHROMIUM"),
+                    reason="chromium is not installed (Debian package `chromium`; .ci/run installs it)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    assert CHROMIUM, "CAVL_REQUIRE_CHROMIUM is set but chromium is not installed"
+    # --no-sandbox: CI runs as root; its own profile folder keeps runs apart.
+    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+            "--window-size=1400,1000", "--hide-scrollbars"]
+    url = report.as_uri()
+
+    # The page's script renders the navigation and the workflow description from the embedded data.
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for text in ("1. Results", "2. Pretraining", "3. Finetuning", "Contrastive and Adaptive"):
+        assert text in dom.stdout, text
+
+    shot = tmp_path / "report.png"
+    result = subprocess.run([*base, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1400, 1000)
+    # Not blank: many colours, and a good share of the page differs from its corner colour.
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 50
+    background = image.getpixel((image.width - 1, image.height - 1))
+    drawn = sum(count for count, colour in colours if colour != background)
+    assert drawn > 0.05 * image.width * image.height

@@ -1,0 +1,44 @@
+# Summary of every task's results (python -m cavl.summary): one table of metrics and chance
+# levels, the comparison of the finetuning methods the run used, and a plot of each task's main
+# metric against chance. Tagged for `snakemake --report report.html` with the training curves.
+
+localrules:
+    summary,
+
+
+rule summary:
+    """results/summary.md + .csv (task, split, method, metric, value, chance), methods.csv, plot."""
+    input:
+        metrics=expand("results/{task}/metrics.json", task=FINETUNE_TASKS),
+        logs=expand("results/{task}/log.jsonl", task=TRAINED_TASKS),
+    output:
+        md="results/summary.md",
+        csv=report(
+            "results/summary.csv",
+            caption="../report/summary.rst",
+            category="1. Results",
+            labels={"table": "metrics and chance"},
+        ),
+        methods=report(
+            "results/methods.csv",
+            caption="../report/methods.rst",
+            category="1. Results",
+            labels={"table": "finetuning methods"},
+        ),
+        plot=report(
+            "results/summary.png",
+            caption="../report/summary_plot.rst",
+            category="1. Results",
+            labels={"table": "main metric vs chance (plot)"},
+        ),
+    log:
+        "logs/summary.log",
+    conda:
+        "../../envs/cavl.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "python -m cavl.summary --metrics {input.metrics} --train-logs {input.logs} "
+        "--md {output.md} --csv {output.csv} --methods {output.methods} "
+        "--plot {output.plot} > {log} 2>&1"
