@@ -1,0 +1,111 @@
+"""Caching across the whole DAG, from `snakemake -n` job lists on a complete demo run: a second
+run does nothing; a finetune setting of one task reruns only that task; a detector setting
+reruns extraction and everything after it; editing the README reruns nothing.
+
+Only dry runs touch the demo run's folder, so its outputs stay as they are."""
+
+import re
+import shutil
+import subprocess
+
+import yaml
+
+from workflow_run import ROOT, SNAKEMAKE, snakemake, snakemake_env
+
+IMAGE_DATASETS = ["coco", "vg", "flickr30k", "nlvr2", "vcr"]
+TRAINED_TASKS = ["vqa", "vcr", "nlvr2", "rpg", "tir"]
+JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
+WILDCARDS = re.compile(r"^\s+wildcards: (.*)$")
+TOTAL = re.compile(r"^total\s+(\d+)$")
+
+
+def planned_jobs(result):
+    """The jobs a dry run plans, as a sorted list of (rule, "name=value, ...") pairs.
+
+    Reads each job's block (`rule NAME:` … `wildcards: …`) and checks the count against the
+    dry run's own job-stats total, so a change in the output format fails loudly here.
+    """
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    output = result.stdout + result.stderr
+    if "Nothing to be done" in output:
+        return []
+    jobs, total = [], None
+    for line in output.splitlines():
+        if header := JOB_HEADER.match(line):
+            jobs.append([header.group(1), ""])
+        elif (wildcards := WILDCARDS.match(line)) and jobs:
+            jobs[-1][1] = wildcards.group(1)
+        elif count := TOTAL.match(line):
+            total = int(count.group(1))
+    assert total == len(jobs), f"parsed {len(jobs)} jobs, the dry run says {total}:\n{output[-4000:]}"
+    return sorted(map(tuple, jobs))
+
+
+def dry_run(workdir, configfiles=()):
+    return planned_jobs(snakemake(workdir, "-n", configfiles=configfiles))
+
+
+def override(tmp_path, name, settings):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def demo_config():
+    with open(ROOT + "/config.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def test_second_run_does_nothing(demo_run):
+    assert dry_run(demo_run) == []
+
+
+def test_finetune_setting_of_one_task_reruns_only_that_task(demo_run, tmp_path):
+    epochs = demo_config()["finetune"]["tasks"]["vcr"]["epochs"]
+    change = override(tmp_path, "vcr_epochs", {"finetune": {"tasks": {"vcr": {"epochs": epochs + 1}}}})
+    assert dry_run(demo_run, [change]) == sorted([
+        ("finetune", "task=vcr"), ("evaluate", "task=vcr"), ("summary", ""), ("all", "")])
+
+
+def test_detector_setting_reruns_extraction_and_everything_after(demo_run, tmp_path):
+    seed = demo_config()["extract"]["detector"]["seed"]
+    change = override(tmp_path, "detector_seed", {"extract": {"detector": {"seed": seed + 1}}})
+    jobs = dry_run(demo_run, [change])
+    shards = sorted(("extract_shard", f"dataset={p.parent.name}, shard={p.name[6:11]}")
+                    for p in demo_run.glob("resources/features/*/shard-?????.parquet"))
+    assert {d for _, w in shards for d in IMAGE_DATASETS if w.startswith(f"dataset={d},")} == set(IMAGE_DATASETS)
+    expected = [*shards, *(("gather_features", f"dataset={d}") for d in IMAGE_DATASETS), ("pretrain", ""),
+                *(("finetune", f"task={t}") for t in TRAINED_TASKS),
+                *(("evaluate", f"task={t}") for t in TRAINED_TASKS),
+                ("evaluate_zero_shot", "task=zs_tir"), ("summary", ""), ("all", "")]
+    assert jobs == sorted(expected)  # and so no demo_data, manifest or task_data job
+
+
+def workflow_copy(tmp_path):
+    """The repo's workflow files (Snakefile, rules, config, README, envs, profiles) in tmp_path."""
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("Snakefile", "config.yaml", "README.md"):
+        shutil.copy2(f"{ROOT}/{name}", copy / name)
+    for name in ("workflow", "envs", "profiles"):
+        shutil.copytree(f"{ROOT}/{name}", copy / name)
+    return copy
+
+
+def copy_dry_run(copy, workdir):
+    """`snakemake -n` of the copied workflow on the demo run's folder."""
+    command = [SNAKEMAKE, "-s", str(copy / "Snakefile"), "--directory", str(workdir), "-n",
+               "--configfile", str(copy / "config.yaml")]
+    return planned_jobs(subprocess.run(command, capture_output=True, text=True, timeout=600,
+                                       env=snakemake_env(), cwd=copy))
+
+
+def test_editing_the_readme_reruns_nothing(demo_run, tmp_path):
+    copy = workflow_copy(tmp_path)
+    readme = copy / "README.md"
+    readme.write_text(readme.read_text() + "\nA line added after the run.\n")
+    assert copy_dry_run(copy, demo_run) == []
+    # The copy is sensitive to what does matter: a changed summary command reruns the summary.
+    rules = copy / "workflow" / "rules" / "summary.smk"
+    rules.write_text(rules.read_text().replace("python -m cavl.summary ", "python -m cavl.summary  "))
+    assert copy_dry_run(copy, demo_run) == [("all", ""), ("summary", "")]
