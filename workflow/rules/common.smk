@@ -1,9 +1,11 @@
 # Config validation and target lists shared by every stage.
 import json
+import math
 import os
 import shlex
 import sys
 
+import pyarrow.parquet as pq
 from snakemake.exceptions import WorkflowError
 
 from cavl.config import ConfigError, validate_config
@@ -17,7 +19,8 @@ except ConfigError as error:
 # Rules call `python -m ...`: make that the interpreter running Snakemake (e.g. .venv/bin/snakemake
 # used without activating .venv). With --software-deployment-method conda, each job's activated
 # environment comes first on PATH and wins.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# (PATH is set here, not required from the user: no `envvars:` entry.)
+os.environ.update(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
 
 # Datasets that have images (and so a manifest and features); VQA uses coco's.
 IMAGE_DATASETS = ["coco", "vg", "flickr30k", "nlvr2", "vcr"]
@@ -68,3 +71,40 @@ def all_targets():
     if config["finetune"]["tasks"]:
         targets += ["results/summary.md", "results/summary.csv"]
     return targets
+
+# Region features (extract.smk) -----------------------------------------------------------------
+EXTRACT = config["extract"]
+
+
+def feature_index(dataset):
+    """The image_id → (shard, row) index of a dataset's features: what downstream rules depend on."""
+    return f"resources/features/{dataset}/index.parquet"
+
+
+def feature_shards(dataset):
+    """All shard files of a dataset (reads the row count of its manifest checkpoint)."""
+    manifest = checkpoints.manifest.get(dataset=dataset).output[0]
+    count = max(1, math.ceil(pq.read_metadata(manifest).num_rows / EXTRACT["shard_size"]))
+    return [f"resources/features/{dataset}/shard-{k:05d}.parquet" for k in range(count)]
+
+
+def extract_options(dataset):
+    """Every option that shapes the features (params: changing one re-extracts the dataset)."""
+    d, b = EXTRACT["detector"], EXTRACT["boxes"]
+    options = [
+        "--detector-config", d["config"], "--weights", d["weights"] or "none", "--seed", d["seed"],
+        "--device", d["device"],
+        "--mode", b["mode"], "--max-boxes", b["max_boxes"], "--min-boxes", b["min_boxes"],
+        "--score-threshold", b["score_threshold"], "--nms", b["nms_threshold"],
+        "--given-boxes", EXTRACT["given_boxes"][dataset],
+        "--feature-dtype", EXTRACT["feature_dtype"], "--batch-size", EXTRACT["batch_size"],
+        "--row-group-size", EXTRACT["row_group_size"], "--max-image-pixels", EXTRACT["max_image_pixels"],
+    ]
+    for key, flag in (("min_size", "--min-size"), ("max_size", "--max-size"), ("proposals", "--proposals")):
+        if d[key] is not None:
+            options += [flag, d[key]]
+    if not d["amp"]:
+        options.append("--no-amp")
+    if d["opts"]:
+        options += ["--opts", *d["opts"]]
+    return " ".join(shlex.quote(str(o)) for o in options)

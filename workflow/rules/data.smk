@@ -9,7 +9,7 @@ if config["demo"]["enabled"]:
             sorted({f for d in ["coco", "vg", "vqa", "vcr", "nlvr2", "flickr30k"] for f in annotation_files(d)}),
             scenes=f"{config['demo']['out_dir']}/scenes.json",
         params:
-            out=config["demo"]["out_dir"],
+            out=lambda w, output: os.path.dirname(output.scenes),
             seed=config["demo"]["seed"],
             size=config["demo"]["image_size"],
             counts=" ".join(f"--count {k}={v}" for k, v in sorted(config["demo"]["images"].items())),

@@ -1,50 +1,10 @@
 # Region features: one Detectron2 extraction job per manifest shard, then an index per dataset.
 # Shard k of a dataset holds manifest rows [k·S, (k+1)·S), S = extract.shard_size; the number of
 # shards is known once the manifest (a checkpoint) exists. Downstream rules depend on
-# feature_index(dataset) and read features with cavl.features.FeatureReader.
-import math
-import shlex
-
-import pyarrow.parquet as pq
-
-EXTRACT = config["extract"]
-
+# feature_index(dataset) and read features with cavl.features.FeatureReader. The helper functions
+# (feature_index, feature_shards, extract_options) are in common.smk.
 localrules:
     gather_features,
-
-
-def feature_index(dataset):
-    """The image_id → (shard, row) index of a dataset's features: what downstream rules depend on."""
-    return f"resources/features/{dataset}/index.parquet"
-
-
-def feature_shards(dataset):
-    """All shard files of a dataset (reads the row count of its manifest checkpoint)."""
-    manifest = checkpoints.manifest.get(dataset=dataset).output[0]
-    count = max(1, math.ceil(pq.read_metadata(manifest).num_rows / EXTRACT["shard_size"]))
-    return [f"resources/features/{dataset}/shard-{k:05d}.parquet" for k in range(count)]
-
-
-def extract_options(dataset):
-    """Every option that shapes the features (params: changing one re-extracts the dataset)."""
-    d, b = EXTRACT["detector"], EXTRACT["boxes"]
-    options = [
-        "--detector-config", d["config"], "--weights", d["weights"] or "none", "--seed", d["seed"],
-        "--device", d["device"],
-        "--mode", b["mode"], "--max-boxes", b["max_boxes"], "--min-boxes", b["min_boxes"],
-        "--score-threshold", b["score_threshold"], "--nms", b["nms_threshold"],
-        "--given-boxes", EXTRACT["given_boxes"][dataset],
-        "--feature-dtype", EXTRACT["feature_dtype"], "--batch-size", EXTRACT["batch_size"],
-        "--row-group-size", EXTRACT["row_group_size"], "--max-image-pixels", EXTRACT["max_image_pixels"],
-    ]
-    for key, flag in (("min_size", "--min-size"), ("max_size", "--max-size"), ("proposals", "--proposals")):
-        if d[key] is not None:
-            options += [flag, d[key]]
-    if not d["amp"]:
-        options.append("--no-amp")
-    if d["opts"]:
-        options += ["--opts", *d["opts"]]
-    return " ".join(shlex.quote(str(o)) for o in options)
 
 
 rule extract_shard:
