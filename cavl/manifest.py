@@ -51,11 +51,12 @@ def manifest_rows(dataset, spec):
         pairs = []
         for split, entry in captions.items():
             w = f"{where}.captions.{split}"
-            pairs.append((spec_get(entry, "annotations", w, str), spec_get(entry, "images", w, str)))
+            pairs.append((spec_get(entry, "annotations", w, str), spec_get(entry, "images", w, str),
+                          entry.get("instances")))
         return coco.manifest_rows(pairs)
     if dataset == "vg":
         return vg.manifest_rows(spec_get(spec, "image_data", where, str),
-                                spec_get(spec, "image_root", where, str))
+                                spec_get(spec, "image_root", where, str), spec.get("objects"))
     if dataset == "flickr30k":
         return flickr30k.manifest_rows(spec_get(spec, "karpathy_split", where, str),
                                        spec_get(spec, "image_root", where, str),

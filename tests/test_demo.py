@@ -412,6 +412,32 @@ def test_vg_official_and_regions_true(demo):
                 assert any(o["bbox"] == [x1, y1, x2, y2] and fits(o, ms[0]) for o in inside), r
 
 
+def test_object_boxes_official_and_equal_to_the_scenes(demo):
+    """COCO instances_*.json and VG objects.json hold one box per scene object, named by shape."""
+    out, scenes = demo
+    for split in ("train", "val"):
+        doc = _json(out / "coco" / "annotations" / f"instances_{split}2014.json")
+        assert set(doc) == {"info", "images", "licenses", "annotations", "categories"}
+        captions = _json(out / "coco" / "annotations" / f"captions_{split}2014.json")
+        assert doc["images"] == captions["images"]
+        names = {c["id"]: c["name"] for c in doc["categories"]}
+        assert set(names.values()) == SHAPES
+        got = collections.defaultdict(list)
+        for a in doc["annotations"]:
+            x, y, w, h = a["bbox"]
+            assert a["area"] == w * h and a["iscrowd"] == 0
+            got[a["image_id"]].append(([x, y, x + w, y + h], names[a["category_id"]]))
+        for im in doc["images"]:
+            objs = scenes["coco"][str(im["id"])]["objects"]
+            assert got[im["id"]] == [(o["bbox"], o["shape"]) for o in objs]
+    objects = _json(out / "vg" / "objects.json")
+    assert len(objects) == COUNTS["vg"]
+    for entry in objects:
+        objs = scenes["vg"][str(entry["image_id"])]["objects"]
+        assert [([o["x"], o["y"], o["x"] + o["w"], o["y"] + o["h"]], o["names"]) for o in entry["objects"]] \
+            == [(o["bbox"], [o["shape"]]) for o in objs]
+
+
 # ---------------------------------------------------------------- VCR
 VCR_KEYS = {"movie", "objects", "interesting_scores", "answer_likelihood", "img_fn",
             "metadata_fn", "answer_orig", "question_orig", "rationale_orig", "question",

@@ -167,6 +167,36 @@ def test_manifest_coco_cli(stage):
     assert t.column("gt_box_labels").to_pylist() == [[], [], []]
 
 
+def test_coco_instances_become_gt_boxes():
+    boxes = coco.read_instances(FIXTURES / "coco/annotations/instances_train2014.json")
+    # [x, y, w, h] → corners, file order kept; the crowd region and the zero-width box are skipped
+    assert boxes == {9: ([[1.0, 2.0, 11.5, 22.0], [40.0, 1.0, 60.0, 9.0]], ["broccoli", "person"]),
+                     25: ([[3.0, 4.0, 33.0, 28.0]], ["giraffe"])}
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("instances_unknown_category.json", "annotations[3]: category_id 7 is not in 'categories'"),
+    ("instances_short_bbox.json", "annotations[0]: bbox must be [x, y, width, height], got 3 numbers"),
+])
+def test_coco_instances_malformed(name, fragment):
+    with pytest.raises(FormatError) as exc:
+        coco.read_instances(FIXTURES / "coco/bad" / name)
+    assert f"{name}: {fragment}" in str(exc.value)
+
+
+def test_manifest_coco_with_instances(stage):
+    stage("coco")
+    spec = json.loads(json.dumps(SPECS["coco"]))
+    spec["captions"]["train"]["instances"] = "coco/annotations/instances_train2014.json"
+    rc, t = run_manifest("coco", spec)
+    assert rc == 0
+    rows = {r["image_id"]: r for r in t.to_pylist()}
+    assert rows["9"]["gt_boxes"] == [[1.0, 2.0, 11.5, 22.0], [40.0, 1.0, 60.0, 9.0]]
+    assert rows["9"]["gt_box_labels"] == ["broccoli", "person"]
+    assert rows["25"]["gt_box_labels"] == ["giraffe"]
+    assert rows["42"]["gt_boxes"] == []  # val has no instances file here
+
+
 def test_manifest_coco_missing_image(stage, capsys):
     root = stage("coco")
     (root / "coco/train2014/COCO_train2014_000000000025.jpg").unlink()
@@ -204,6 +234,19 @@ def test_vg_manifest(stage):
     assert rows[0]["path"] == os.path.join("vg", "VG_100K_2", "1.jpg")
     assert rows[1]["path"] == os.path.join("vg", "VG_100K", "10.jpg")
     assert [(r["width"], r["height"]) for r in rows] == [(80, 60), (50, 40)]
+
+
+def test_vg_objects_become_gt_boxes(stage):
+    stage("vg")
+    rc, t = run_manifest("vg", dict(SPECS["vg"], objects="vg/objects.json"))
+    assert rc == 0
+    rows = t.to_pylist()
+    # x, y, w, h → corners; first name; the object without height is skipped; old "id"/"name" keys
+    assert rows[0]["gt_boxes"] == [[2.0, 5.0, 32.0, 25.0], [50.0, 10.0, 65.0, 50.0]]
+    assert rows[0]["gt_box_labels"] == ["trees", "man"]
+    assert rows[1]["gt_boxes"] == [[4.0, 3.0, 12.0, 15.0]] and rows[1]["gt_box_labels"] == ["shade"]
+    with pytest.raises(FormatError, match=r"objects_missing_w\.json: \[0\]\.objects\[2\]: missing key 'w'"):
+        vg.read_objects(FIXTURES / "vg/bad/objects_missing_w.json")
 
 
 def test_vg_image_found_in_other_release_folder(stage):

@@ -1,10 +1,11 @@
-"""COCO 2014 captions (``coco/annotations/captions_{train,val}2014.json`` + images)."""
+"""COCO 2014 captions and object instances (``coco/annotations/captions_{train,val}2014.json``,
+``instances_{train,val}2014.json``) + images."""
 
 import os
 
 from .files import rel, split_counts, write_json_atomic
 from .language import captions, plain
-from .scenes import public, sample_scene, save_image
+from .scenes import SHAPES, public, sample_scene, save_image
 
 SPLITS = ("train", "val")
 HOST = "https://example.invalid"
@@ -13,6 +14,26 @@ INFO = {"description": "CAVL embedded demo: synthetic scenes in the COCO 2014 ca
         "contributor": "cavl.demo", "date_created": "2015-01-27 09:11:52.357475"}
 LICENSES = [{"url": f"{HOST}/licenses/{k}", "id": k, "name": f"Demo license {k}"}
             for k in range(1, 9)]
+
+
+# Instances: one category per shape (the colour is an attribute, as in COCO's noun categories).
+CATEGORIES = [{"supercategory": "shape", "id": k, "name": name} for k, name in enumerate(SHAPES, 1)]
+
+
+def instances(doc, scenes):
+    """The instances file of one split: the captions file's images + a box per scene object.
+
+    Annotation ids derive from the image id (no draw from the rng: the other files stay as they were)."""
+    category = {c["name"]: c["id"] for c in CATEGORIES}
+    anns = []
+    for image_id, scene in scenes:
+        for k, obj in enumerate(scene["objects"]):
+            x1, y1, x2, y2 = obj["bbox"]
+            anns.append({"segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]], "area": (x2 - x1) * (y2 - y1),
+                         "iscrowd": 0, "image_id": image_id, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                         "category_id": category[obj["shape"]], "id": image_id * 100 + k})
+    return {"info": doc["info"], "images": doc["images"], "licenses": doc["licenses"],
+            "annotations": anns, "categories": CATEGORIES}
 
 
 def file_name(split, image_id):
@@ -52,6 +73,8 @@ def write(out_dir, rng, count, image_size):
                 n_caps += 1
         write_json_atomic(doc, os.path.join(out_dir, "coco", "annotations",
                                             f"captions_{split}2014.json"))
+        write_json_atomic(instances(doc, images[split]),
+                          os.path.join(out_dir, "coco", "annotations", f"instances_{split}2014.json"))
     summary = (f"coco: {n_train} train + {n_val} val images, {n_caps} captions "
                f"→ {os.path.join(out_dir, 'coco')}")
     return images, entries, summary

@@ -1,12 +1,15 @@
-"""COCO captions (``captions_{train,val}2014.json``).
+"""COCO captions (``captions_{train,val}2014.json``) and, optionally, object instances
+(``instances_{train,val}2014.json``), whose boxes become the manifest's ground-truth boxes.
 
 Official structure: ``{"info", "licenses", "images": [{"id", "file_name", "width", "height",
-…}], "annotations": [{"id", "image_id", "caption"}]}``.
+…}], "annotations": [{"id", "image_id", "caption"}]}``; instances files have the same
+``images`` and ``annotations: [{"id", "image_id", "category_id", "bbox": [x, y, w, h],
+"area", "iscrowd", "segmentation"}]`` plus ``categories: [{"id", "name", "supercategory"}]``.
 """
 
 import os
 
-from ._common import get, load_json, positive_int, require_image
+from ._common import check_type, get, load_json, positive_int, require_image
 from .errors import FormatError
 
 
@@ -49,14 +52,51 @@ def read_captions(path):
     return images, annotations
 
 
+def read_instances(path):
+    """Parse one instances file → {image_id: ([[x1, y1, x2, y2], …], [category name, …])}.
+
+    Boxes keep the file's annotation order. Crowd regions (``iscrowd`` 1) and boxes without
+    area (COCO has a few with w or h 0) are not objects a region token could stand for: skipped.
+    """
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise FormatError(path, None, "top level must be a JSON object")
+    names = {}
+    for i, cat in enumerate(get(data, "categories", list, path, None)):
+        names[get(cat, "id", int, path, f"categories[{i}]")] = get(cat, "name", str, path, f"categories[{i}]")
+    known = {get(im, "id", int, path, f"images[{i}]")
+             for i, im in enumerate(get(data, "images", list, path, None))}
+    boxes = {}
+    for i, ann in enumerate(get(data, "annotations", list, path, None)):
+        rec = f"annotations[{i}]"
+        image_id = get(ann, "image_id", int, path, rec)
+        if image_id not in known:
+            raise FormatError(path, rec, f"image_id {image_id} is not in 'images'")
+        category = get(ann, "category_id", int, path, rec)
+        if category not in names:
+            raise FormatError(path, rec, f"category_id {category} is not in 'categories'")
+        bbox = get(ann, "bbox", list, path, rec)
+        if len(bbox) != 4:
+            raise FormatError(path, rec, f"bbox must be [x, y, width, height], got {len(bbox)} numbers")
+        x, y, w, h = (float(check_type(v, (int, float), path, rec, "bbox value")) for v in bbox)
+        if get(ann, "iscrowd", int, path, rec, default=0) or w <= 0 or h <= 0:
+            continue
+        entry = boxes.setdefault(image_id, ([], []))
+        entry[0].append([x, y, x + w, y + h])
+        entry[1].append(names[category])
+    return boxes
+
+
 def manifest_rows(splits):
     """Manifest rows for every image of every split (first occurrence of an id wins).
 
-    splits: iterable of (captions json path, image folder) pairs.
+    splits: iterable of (captions json path, image folder, instances json path or None) triples;
+    with an instances file, its boxes are the images' ground-truth boxes.
     """
     rows, seen = [], set()
-    for ann_path, image_dir in splits:
+    for ann_path, image_dir, instances_path in splits:
         images, _ = read_captions(ann_path)
+        instances = read_instances(instances_path) if instances_path else {}
         for i, im in enumerate(images):
             image_id = str(im["id"])
             if image_id in seen:
@@ -64,8 +104,9 @@ def manifest_rows(splits):
             seen.add(image_id)
             image_path = os.path.join(image_dir, im["file_name"])
             require_image(image_path, ann_path, f"images[{i}]")
+            boxes, labels = instances.get(im["id"], ([], []))
             rows.append({"image_id": image_id, "path": image_path, "width": im["width"],
-                         "height": im["height"], "gt_boxes": [], "gt_box_labels": []})
+                         "height": im["height"], "gt_boxes": boxes, "gt_box_labels": labels})
     return rows
 
 

@@ -6,6 +6,9 @@ Official structure:
   ``…/VG_100K/{image_id}.jpg`` or ``…/VG_100K_2/{image_id}.jpg``: the release folder.
 - region_descriptions.json: ``[{"id": image_id, "regions": [{"region_id", "image_id",
   "phrase", "x", "y", "width", "height"}, …]}, …]``.
+- objects.json (optional; its boxes become the manifest's ground-truth boxes):
+  ``[{"image_id" (older dumps: "id"), "objects": [{"object_id", "x", "y", "w", "h",
+  "names": [...], "synsets": [...]}, …]}, …]``.
 """
 
 import os
@@ -59,7 +62,31 @@ def find_image(image_root, image_id, url):
     return None
 
 
-def manifest_rows(image_data_path, image_root):
+def read_objects(path):
+    """Parse objects.json → {image_id: ([[x1, y1, x2, y2], …], [first name, …])}.
+
+    Objects without area are skipped (no region token can stand for them)."""
+    data = check_type(load_json(path), list, path, None, "top level")
+    out = {}
+    for i, entry in enumerate(data):
+        rec = f"[{i}]"
+        image_id = _image_id(entry, path, rec)
+        boxes, labels = out.setdefault(image_id, ([], []))
+        for j, obj in enumerate(get(entry, "objects", list, path, rec)):
+            orec = f"[{i}].objects[{j}]"
+            x, y, w, h = (float(get(obj, k, (int, float), path, orec)) for k in ("x", "y", "w", "h"))
+            names = get(obj, "names", list, path, orec, default=None)
+            name = get(obj, "name", str, path, orec, default="") if not names else names[0]
+            if w <= 0 or h <= 0:
+                continue
+            boxes.append([x, y, x + w, y + h])
+            labels.append(check_type(name, str, path, orec, "object name"))
+    return out
+
+
+def manifest_rows(image_data_path, image_root, objects_path=None):
+    """Manifest rows of image_data.json; with objects.json, its boxes are the gt boxes."""
+    objects = read_objects(objects_path) if objects_path else {}
     rows, seen = [], set()
     for i, im in enumerate(read_image_data(image_data_path)):
         image_id = str(im["image_id"])
@@ -71,8 +98,9 @@ def manifest_rows(image_data_path, image_root):
             raise FormatError(image_data_path, f"[{i}]",
                               f"image file missing: no {im['image_id']}.jpg under "
                               f"{image_root}/{{{','.join(IMAGE_FOLDERS)}}}")
+        boxes, labels = objects.get(im["image_id"], ([], []))
         rows.append({"image_id": image_id, "path": image_path, "width": im["width"],
-                     "height": im["height"], "gt_boxes": [], "gt_box_labels": []})
+                     "height": im["height"], "gt_boxes": boxes, "gt_box_labels": labels})
     return rows
 
 
