@@ -26,6 +26,7 @@ os.environ.update(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ
 IMAGE_DATASETS = ["coco", "vg", "flickr30k", "nlvr2", "vcr"]
 DATASETS = config["datasets"]
 
+
 wildcard_constraints:
     dataset="|".join(IMAGE_DATASETS),
     task="|".join(TASK_SOURCES),
@@ -40,10 +41,9 @@ def annotation_files(dataset):
     """The official annotation files of one dataset, as listed in the config."""
     spec = DATASETS[dataset]
     if dataset == "coco":
-        splits = spec["captions"].values()
-        return [s["annotations"] for s in splits] + [s["instances"] for s in splits if s.get("instances")]
+        return [split["annotations"] for split in spec["captions"].values()]
     if dataset == "vg":
-        return [spec["image_data"], spec["region_descriptions"]] + ([spec["objects"]] if spec.get("objects") else [])
+        return [spec["image_data"], spec["region_descriptions"]]
     if dataset == "vqa":
         return [f for split in spec["splits"].values() for f in (split["questions"], split["annotations"])]
     if dataset in ("vcr", "nlvr2"):
@@ -93,20 +93,28 @@ def feature_shards(dataset):
 def extract_options(dataset):
     """Every option that shapes the features (params: changing one re-extracts the dataset)."""
     d, b = EXTRACT["detector"], EXTRACT["boxes"]
-    options = [
-        "--detector-config", d["config"], "--weights", d["weights"] or "none", "--seed", d["seed"],
-        "--device", d["device"],
-        "--mode", b["mode"], "--max-boxes", b["max_boxes"], "--min-boxes", b["min_boxes"],
-        "--score-threshold", b["score_threshold"], "--nms", b["nms_threshold"],
-        "--given-boxes", EXTRACT["given_boxes"][dataset],
-        "--feature-dtype", EXTRACT["feature_dtype"], "--batch-size", EXTRACT["batch_size"],
-        "--row-group-size", EXTRACT["row_group_size"], "--max-image-pixels", EXTRACT["max_image_pixels"],
+    pairs = [
+        ("--detector-config", d["config"]),
+        ("--weights", d["weights"] or "none"),
+        ("--seed", d["seed"]),
+        ("--device", d["device"]),
+        ("--mode", b["mode"]),
+        ("--max-boxes", b["max_boxes"]),
+        ("--min-boxes", b["min_boxes"]),
+        ("--score-threshold", b["score_threshold"]),
+        ("--nms", b["nms_threshold"]),
+        ("--given-boxes", EXTRACT["given_boxes"][dataset]),
+        ("--feature-dtype", EXTRACT["feature_dtype"]),
+        ("--batch-size", EXTRACT["batch_size"]),
+        ("--row-group-size", EXTRACT["row_group_size"]),
+        ("--max-image-pixels", EXTRACT["max_image_pixels"]),
+        ("--min-size", d["min_size"]),
+        ("--max-size", d["max_size"]),
+        ("--proposals", d["proposals"]),
     ]
-    for key, flag in (("min_size", "--min-size"), ("max_size", "--max-size"), ("proposals", "--proposals")):
-        if d[key] is not None:
-            options += [flag, d[key]]
+    options = [str(o) for pair in pairs if pair[1] is not None for o in pair]
     if not d["amp"]:
         options.append("--no-amp")
     if d["opts"]:
-        options += ["--opts", *d["opts"]]
-    return " ".join(shlex.quote(str(o)) for o in options)
+        options += ["--opts", *map(str, d["opts"])]
+    return " ".join(shlex.quote(o) for o in options)

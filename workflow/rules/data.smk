@@ -6,17 +6,19 @@ if config["demo"]["enabled"]:
     rule demo_data:
         """Synthetic scenes in the official formats of all seven datasets."""
         output:
-            sorted({f for d in ["coco", "vg", "vqa", "vcr", "nlvr2", "flickr30k"] for f in annotation_files(d)}),
+            sorted(
+                {f for d in ["coco", "vg", "vqa", "vcr", "nlvr2", "flickr30k"] for f in annotation_files(d)}
+            ),
             scenes=f"{config['demo']['out_dir']}/scenes.json",
+        log:
+            "logs/demo_data.log",
+        conda:
+            "../../envs/cavl.yaml"
         params:
             out=lambda w, output: os.path.dirname(output.scenes),
             seed=config["demo"]["seed"],
             size=config["demo"]["image_size"],
             counts=" ".join(f"--count {k}={v}" for k, v in sorted(config["demo"]["images"].items())),
-        log:
-            "logs/demo_data.log",
-        conda:
-            "../../envs/cavl.yaml"
         shell:
             "python -m cavl.demo --out {params.out} --seed {params.seed} "
             "--image-size {params.size} {params.counts} > {log} 2>&1"
@@ -28,12 +30,12 @@ checkpoint manifest:
         lambda w: annotation_files(w.dataset),
     output:
         "resources/manifests/{dataset}.parquet",
-    params:
-        spec=lambda w: json_arg(DATASETS[w.dataset]),
     log:
         "logs/manifest/{dataset}.log",
     conda:
         "../../envs/cavl.yaml"
+    params:
+        spec=lambda w: json_arg(DATASETS[w.dataset]),
     shell:
         "python -m cavl.manifest --dataset {wildcards.dataset} --spec {params.spec} "
         "--out {output} > {log} 2>&1"
@@ -45,12 +47,12 @@ rule task_data:
         lambda w: [f for source in TASK_SOURCES[w.task] for f in annotation_files(source)],
     output:
         "resources/tasks/{task}/{split}.parquet",
-    params:
-        spec=lambda w: json_arg({s: DATASETS[s] for s in TASK_SOURCES[w.task]}),
     log:
         "logs/task_data/{task}/{split}.log",
     conda:
         "../../envs/cavl.yaml"
+    params:
+        spec=lambda w: json_arg({s: DATASETS[s] for s in TASK_SOURCES[w.task]}),
     shell:
         "python -m cavl.task_data --task {wildcards.task} --split {wildcards.split} "
         "--spec {params.spec} --out {output} > {log} 2>&1"

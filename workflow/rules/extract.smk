@@ -15,20 +15,20 @@ rule extract_shard:
     output:
         shard="resources/features/{dataset}/shard-{shard}.parquet",
         failures="resources/features/{dataset}/shard-{shard}.failures.parquet",
-    wildcard_constraints:
-        shard=r"\d{5}",
-    params:
-        options=lambda w: extract_options(w.dataset),
-        shard_size=EXTRACT["shard_size"],
-        workers=EXTRACT["num_workers"],
     log:
         "logs/extract/{dataset}/shard-{shard}.log",
+    wildcard_constraints:
+        shard=r"\d{5}",
+    conda:
+        "../../envs/cavl.yaml"
     threads: EXTRACT["threads"]
     resources:
         gpu=EXTRACT["gpu"],
         mem_mb=EXTRACT["mem_mb"],
-    conda:
-        "../../envs/cavl.yaml"
+    params:
+        options=lambda w: extract_options(w.dataset),
+        shard_size=EXTRACT["shard_size"],
+        workers=EXTRACT["num_workers"],
     shell:
         "python -m extract --manifest {input.manifest} --shard {wildcards.shard} "
         "--shard-size {params.shard_size} --out {output.shard} --failures-out {output.failures} "

@@ -2,6 +2,7 @@
 # levels, the comparison of the finetuning methods the run used, and a plot of each task's main
 # metric against chance. Tagged for `snakemake --report report.html` with the training curves.
 
+
 localrules:
     summary,
 
