@@ -118,3 +118,39 @@ def extract_options(dataset):
     if d["opts"]:
         options += ["--opts", *map(str, d["opts"])]
     return " ".join(shlex.quote(o) for o in options)
+
+
+# Pretraining (pretrain.smk) --------------------------------------------------------------------
+
+
+def pretrain_launcher():
+    """`torchrun` with one process per GPU, or plain python when training on CPU."""
+    gpus = PRETRAIN["gpus"]
+    return f"torchrun --standalone --nproc_per_node {gpus} -m" if gpus > 0 else "python -m"
+
+
+# Finetuning and evaluation (finetune.smk) ------------------------------------------------------
+
+
+def finetune_split(task, key):
+    """The task table of the split named by `finetune.tasks.<task>.<key>` (train_split, eval_split);
+    zs_tir reads tir's tables."""
+    tables = TASK_REGISTRY[task].tables or task
+    return f"resources/tasks/{tables}/{FINETUNE['tasks'][task][key]}.parquet"
+
+
+def finetune_features(task):
+    """Feature index of the task's image dataset (VQA reads coco's)."""
+    return feature_index(TASK_REGISTRY[task].image_datasets[0])
+
+
+def finetune_config_arg(task):
+    """The shared finetune settings and this task's own, as one JSON argument."""
+    shared = {k: v for k, v in FINETUNE.items() if k not in ("tasks", "mem_mb")}
+    return json_arg({"finetune": {**shared, "tasks": {task: FINETUNE["tasks"][task]}}})
+
+
+def finetune_launcher():
+    """`torchrun` with one process per GPU, or plain python when training on CPU."""
+    gpus = FINETUNE["gpus"]
+    return f"torchrun --standalone --nproc_per_node {gpus} -m" if gpus > 0 else "python -m"

@@ -14,30 +14,6 @@ TRAINED_TASKS = [task for task in FINETUNE_TASKS if not TASK_REGISTRY[task].zero
 ZERO_SHOT_TASKS = [task for task in FINETUNE_TASKS if TASK_REGISTRY[task].zero_shot]
 
 
-def finetune_split(task, key):
-    """The task table of the split named by `finetune.tasks.<task>.<key>` (train_split, eval_split);
-    zs_tir reads tir's tables."""
-    tables = TASK_REGISTRY[task].tables or task
-    return f"resources/tasks/{tables}/{FINETUNE['tasks'][task][key]}.parquet"
-
-
-def finetune_features(task):
-    """Feature index of the task's image dataset (VQA reads coco's)."""
-    return feature_index(TASK_REGISTRY[task].image_datasets[0])
-
-
-def finetune_config_arg(task):
-    """The shared finetune settings and this task's own, as one JSON argument."""
-    shared = {k: v for k, v in FINETUNE.items() if k not in ("tasks", "mem_mb")}
-    return json_arg({"finetune": {**shared, "tasks": {task: FINETUNE["tasks"][task]}}})
-
-
-def finetune_launcher():
-    """`torchrun` with one process per GPU, or plain python when training on CPU."""
-    gpus = FINETUNE["gpus"]
-    return f"torchrun --standalone --nproc_per_node {gpus} -m" if gpus > 0 else "python -m"
-
-
 rule finetune:
     """Adapters + head of one task on the frozen pretrained backbone → results/{task}/model/."""
     input:
@@ -53,21 +29,21 @@ rule finetune:
             category="3. Finetuning",
             subcategory="{task}",
         ),
+    log:
+        "logs/finetune/{task}.log",
     wildcard_constraints:
         task="|".join(TRAINED_TASKS),
+    conda:
+        "../../envs/cavl.yaml"
+    threads: FINETUNE["threads"]
+    resources:
+        gpu=FINETUNE["gpus"],
+        mem_mb=FINETUNE["mem_mb"],
     params:
         config=lambda w: finetune_config_arg(w.task),
         checkpoints=lambda w: f"results/{w.task}/checkpoints",
         cache=lambda w: f"results/{w.task}/cache",
         launcher=finetune_launcher(),
-    log:
-        "logs/finetune/{task}.log",
-    threads: FINETUNE["threads"]
-    resources:
-        gpu=FINETUNE["gpus"],
-        mem_mb=FINETUNE["mem_mb"],
-    conda:
-        "../../envs/cavl.yaml"
     shell:
         "{params.launcher} cavl.finetune --task {wildcards.task} --config {params.config} --threads {threads} "
         "--backbone {input.backbone} --train {input.train} --features {input.features} "
@@ -86,18 +62,18 @@ rule evaluate:
     output:
         metrics="results/{task}/metrics.json",
         predictions="results/{task}/predictions.parquet",
-    wildcard_constraints:
-        task="|".join(TRAINED_TASKS),
-    params:
-        split=lambda w: FINETUNE["tasks"][w.task]["eval_split"],
     log:
         "logs/evaluate/{task}.log",
+    wildcard_constraints:
+        task="|".join(TRAINED_TASKS),
+    conda:
+        "../../envs/cavl.yaml"
     threads: FINETUNE["threads"]
     resources:
         gpu=min(1, FINETUNE["gpus"]),
         mem_mb=FINETUNE["mem_mb"],
-    conda:
-        "../../envs/cavl.yaml"
+    params:
+        split=lambda w: FINETUNE["tasks"][w.task]["eval_split"],
     shell:
         "python -m cavl.evaluate --task {wildcards.task} --model {input.model} --backbone {input.backbone} "
         "--eval {input.eval} --split {params.split} --train {input.train} --features {input.features} "
@@ -113,19 +89,19 @@ rule evaluate_zero_shot:
     output:
         metrics="results/{task}/metrics.json",
         predictions="results/{task}/predictions.parquet",
-    wildcard_constraints:
-        task="|".join(ZERO_SHOT_TASKS),
-    params:
-        config=lambda w: finetune_config_arg(w.task),
-        split=lambda w: FINETUNE["tasks"][w.task]["eval_split"],
     log:
         "logs/evaluate/{task}.log",
+    wildcard_constraints:
+        task="|".join(ZERO_SHOT_TASKS),
+    conda:
+        "../../envs/cavl.yaml"
     threads: FINETUNE["threads"]
     resources:
         gpu=min(1, FINETUNE["gpus"]),
         mem_mb=FINETUNE["mem_mb"],
-    conda:
-        "../../envs/cavl.yaml"
+    params:
+        config=lambda w: finetune_config_arg(w.task),
+        split=lambda w: FINETUNE["tasks"][w.task]["eval_split"],
     shell:
         "python -m cavl.evaluate --task {wildcards.task} --config {params.config} --backbone {input.backbone} "
         "--eval {input.eval} --split {params.split} --features {input.features} "

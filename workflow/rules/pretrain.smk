@@ -8,12 +8,6 @@ import os
 PRETRAIN = config["pretrain"]
 
 
-def pretrain_launcher():
-    """`torchrun` with one process per GPU, or plain python when training on CPU."""
-    gpus = PRETRAIN["gpus"]
-    return f"torchrun --standalone --nproc_per_node {gpus} -m" if gpus > 0 else "python -m"
-
-
 rule pretrain:
     """MLM + ITM + PwCL pretraining → results/pretrain/model/ (CavlModel.from_pretrained loads it)."""
     input:
@@ -28,19 +22,19 @@ rule pretrain:
             caption="../report/pretrain_curves.rst",
             category="2. Pretraining",
         ),
-    params:
-        config=json_arg({"model": config["model"], "pretrain": PRETRAIN}),
-        features=os.path.dirname(os.path.dirname(feature_index("coco"))),
-        checkpoints="results/pretrain/checkpoints",
-        launcher=pretrain_launcher(),
     log:
         "logs/pretrain.log",
+    conda:
+        "../../envs/cavl.yaml"
     threads: PRETRAIN["threads"]
     resources:
         gpu=PRETRAIN["gpus"],
         mem_mb=PRETRAIN["mem_mb"],
-    conda:
-        "../../envs/cavl.yaml"
+    params:
+        config=json_arg({"model": config["model"], "pretrain": PRETRAIN}),
+        features=lambda w, input: os.path.dirname(os.path.dirname(input.features[0])),
+        checkpoints="results/pretrain/checkpoints",
+        launcher=pretrain_launcher(),
     shell:
         "{params.launcher} cavl.pretrain --config {params.config} --threads {threads} "
         "--train {input.train} --val {input.val} --features {params.features} "
