@@ -10,7 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "workflow", "schemas", "config.schema.yaml")
@@ -54,6 +53,8 @@ def _fill_defaults(instance, schema):
 
 def validate_config(config, schema=None):
     """Return a copy of `config` with defaults filled in; raise ConfigError naming the key."""
+    import jsonschema  # here, not at the top: the stage CLIs import read_config_specs without it
+
     schema = schema or load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     resolved = copy.deepcopy(dict(config))
