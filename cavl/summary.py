@@ -1,10 +1,11 @@
 """One table of every task's results, a comparison of the finetuning methods, and a chance plot.
 
     python -m cavl.summary --metrics results/*/metrics.json --train-logs results/*/log.jsonl \
-        --md results/summary.md --csv results/summary.csv \
+        --md results/summary.md --csv results/summary.csv --html results/summary.html \
         --methods results/methods.csv --plot results/summary.png
 
-- summary (CSV + Markdown): one row per task and metric — task, split, method, metric, value,
+- summary (CSV, Markdown, and an HTML page with both tables for the Snakemake report, which
+  shows HTML results inline and offers CSV only as a download): one row per task and metric — task, split, method, metric, value,
   chance, examples — from each `results/{task}/metrics.json` (percent, as papers report them).
 - methods (CSV): one row per task — method, trainable parameters (and % of the model), median
   training throughput and step time from the task's `log.jsonl` (none for zero-shot tasks), the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import html
 import io
 import json
 import math
@@ -156,6 +158,29 @@ def summary_markdown(summary: list[dict], methods: list[dict]) -> str:
     )
 
 
+def to_html_table(rows: list[dict], columns: list[str]) -> str:
+    """Rows as an HTML table (cells escaped, numbers as in the Markdown table)."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_html_cell(row[c], c) for c in columns) + "</tr>\n" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
+
+
+def summary_html(summary: list[dict], methods: list[dict]) -> str:
+    """A standalone page with the results table and the method comparison."""
+    style = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
+             "margin-bottom:2em}th,td{border:1px solid #bbb;padding:.25em .6em;text-align:left}"
+             "th{background:#eef}td.n{text-align:right}")
+    return (
+        f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>CAVL results</title>"
+        f"<style>{style}</style></head><body>\n<h1>CAVL results</h1>\n"
+        "<p>All metrics in percent; <em>chance</em> is a random (or majority-answer) predictor on the "
+        "same split.</p>\n" + to_html_table(summary, SUMMARY_COLUMNS)
+        + "<h2>Finetuning methods</h2>\n<p>Trainable parameters, median training throughput "
+        "(samples/s) and step time (s) from each task's log.jsonl, and the task's main metric "
+        "against chance.</p>\n" + to_html_table(methods, METHOD_COLUMNS) + "</body></html>\n"
+    )
+
+
 def plot_main_metrics(methods: list[dict], path) -> None:
     """Each task's main metric beside its chance level (one panel per task: scales differ, rsum
     runs to 600), written atomically."""
@@ -192,6 +217,7 @@ def main(argv=None) -> int:
                    help="results/{task}/log.jsonl files (matched to metrics by folder)")
     p.add_argument("--md", required=True, help="Markdown summary to write")
     p.add_argument("--csv", required=True, help="CSV summary to write")
+    p.add_argument("--html", help="HTML page with the summary and method tables to write")
     p.add_argument("--methods", help="CSV method comparison to write")
     p.add_argument("--plot", help="PNG of main metric vs chance to write")
     args = p.parse_args(argv)
@@ -213,6 +239,8 @@ def main(argv=None) -> int:
     summary, methods = summary_rows(records), method_rows(records, logs)
     write_text_atomic(to_csv(summary, SUMMARY_COLUMNS), args.csv)
     write_text_atomic(summary_markdown(summary, methods), args.md)
+    if args.html:
+        write_text_atomic(summary_html(summary, methods), args.html)
     if args.methods:
         write_text_atomic(to_csv(methods, METHOD_COLUMNS), args.methods)
     if args.plot:
@@ -227,6 +255,11 @@ def _task_order(record):
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _html_cell(value, column) -> str:
+    text = html.escape(_cell(value, MARKDOWN_DECIMALS.get(column, 1)) or "–")
+    return f'<td class="n">{text}</td>' if _is_number(value) else f"<td>{text}</td>"
 
 
 def _cell(value, decimals) -> str:

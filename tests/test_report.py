@@ -40,7 +40,7 @@ def embedded_files(html):
 def test_report_embeds_summary_methods_and_curves(report, demo_run, demo_metrics):
     html = report.read_text()
     files = embedded_files(html)
-    expected = ["results/summary.csv", "results/methods.csv", "results/summary.png",
+    expected = ["results/summary.html", "results/summary.csv", "results/methods.csv", "results/summary.png",
                 "results/pretrain/curves.png", *(f"results/{t}/curves.png" for t in TRAINED_TASKS)]
     assert sorted(files) == sorted(expected)
     for path in expected:  # byte for byte what the run wrote
@@ -56,6 +56,14 @@ def test_report_embeds_summary_methods_and_curves(report, demo_run, demo_metrics
             assert float(row["chance"]) == pytest.approx(record["chance"][metric], abs=1e-4)
             assert row["method"] == record["method"]
 
+    # The page the report shows inline has one row per task and metric, and the method table.
+    page = files["results/summary.html"].decode()
+    for task, record in demo_metrics.items():
+        for metric in record["metrics"]:
+            assert f"<tr><td>{task}</td><td>{record['split']}</td><td>{record['method']}</td><td>{metric}</td>" \
+                in page.replace("&#x27;", "'"), (task, metric)
+    assert "<h2>Finetuning methods</h2>" in page
+
     methods = {r["task"]: r for r in csv.DictReader(io.StringIO(files["results/methods.csv"].decode()))}
     assert set(methods) == set(demo_metrics)
     for task in TRAINED_TASKS:  # every trained task has its trainable share and speed
@@ -68,30 +76,56 @@ def test_report_embeds_summary_methods_and_curves(report, demo_run, demo_metrics
     assert not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', html)
 
 
+# Shows the summary page the way clicking it in the report's Results menu does, through the
+# report's own view functions (`app`, `results` are its globals).
+SHOW_SUMMARY = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const path = "results/summary.html";
+  app.showCategory("1. Results");
+  app.setView({content: "html", contentPath: results[path].data_uri, resultPath: path});
+}, 200));
+</script>
+"""
+
+
+def chromium(tmp_path, *args):
+    """Run headless Chromium (--no-sandbox: CI runs as root; its own profile keeps runs apart)."""
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+               "--window-size=1400,1000", "--hide-scrollbars", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def assert_not_blank(path):
+    image = Image.open(path).convert("RGB")
+    assert image.size == (1400, 1000)
+    # Many colours, and a good share of the page differs from its corner colour.
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 50, path
+    background = image.getpixel((image.width - 1, image.height - 1))
+    drawn = sum(count for count, colour in colours if colour != background)
+    assert drawn > 0.05 * image.width * image.height, path
+
+
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CAVL_REQUIRE_CHROMIUM"),
                     reason="chromium is not installed (Debian package `chromium`; .ci/run installs it)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
     assert CHROMIUM, "CAVL_REQUIRE_CHROMIUM is set but chromium is not installed"
-    # --no-sandbox: CI runs as root; its own profile folder keeps runs apart.
-    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-            "--window-size=1400,1000", "--hide-scrollbars"]
-    url = report.as_uri()
-
     # The page's script renders the navigation and the workflow description from the embedded data.
-    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
+    dom = chromium(tmp_path, "--dump-dom", report.as_uri())
     for text in ("1. Results", "2. Pretraining", "3. Finetuning", "Contrastive and Adaptive"):
-        assert text in dom.stdout, text
+        assert text in dom, text
+    chromium(tmp_path, f"--screenshot={tmp_path / 'report.png'}", report.as_uri())
+    assert_not_blank(tmp_path / "report.png")
 
-    shot = tmp_path / "report.png"
-    result = subprocess.run([*base, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    image = Image.open(shot).convert("RGB")
-    assert image.size == (1400, 1000)
-    # Not blank: many colours, and a good share of the page differs from its corner colour.
-    colours = image.getcolors(maxcolors=1 << 20)
-    assert len(colours) > 50
-    background = image.getpixel((image.width - 1, image.height - 1))
-    drawn = sum(count for count, colour in colours if colour != background)
-    assert drawn > 0.05 * image.width * image.height
+    # The summary page opens inside the report (an iframe of its embedded data).
+    view = tmp_path / "report_summary.html"
+    html = report.read_text()
+    end = html.rindex("</body>")
+    view.write_text(html[:end] + SHOW_SUMMARY + html[end:])
+    dom = chromium(tmp_path, "--dump-dom", view.as_uri())
+    assert re.search(r'<iframe[^>]+src="data:text/html', dom), dom[-2000:]
+    chromium(tmp_path, f"--screenshot={tmp_path / 'report_summary.png'}", view.as_uri())
+    assert_not_blank(tmp_path / "report_summary.png")

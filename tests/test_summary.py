@@ -44,7 +44,7 @@ def test_summary_files(run):
     out = root / "out"
     args = ["--metrics", *map(str, metrics), "--train-logs", *map(str, logs),
             "--md", str(out / "summary.md"), "--csv", str(out / "summary.csv"),
-            "--methods", str(out / "methods.csv"), "--plot", str(out / "summary.png")]
+            "--html", str(out / "summary.html"), "--methods", str(out / "methods.csv"), "--plot", str(out / "summary.png")]
     assert summary.main(args) == 0
 
     rows = list(csv.DictReader((out / "summary.csv").open()))
@@ -67,6 +67,10 @@ def test_summary_files(run):
     md = (out / "summary.md").read_text()
     assert "| vqa | val | adapter2 | accuracy | 43.5 | 21.8 | 10 |" in md
     assert "| zs_tir | zero-shot | 0 | 0.0 | – | – | rsum | 134.0 | 150.0 | -16.0 |" in md
+    page = (out / "summary.html").read_text()
+    assert ('<tr><td>vqa</td><td>val</td><td>adapter2</td><td>accuracy</td><td class="n">43.5</td>'
+            '<td class="n">21.8</td>') in page
+    assert '<td>zs_tir</td><td>zero-shot</td><td class="n">0</td><td class="n">0.0</td><td>–</td><td>–</td>' in page
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
 
@@ -117,3 +121,8 @@ def test_two_files_for_one_task(run, capsys):
                          "--md", str(root / "s.md"), "--csv", str(root / "s.csv")])
     assert code == 2
     assert "two metrics files for one task" in capsys.readouterr().err
+
+
+def test_html_cells_are_escaped():
+    table = summary.to_html_table([{"task": "<b>x</b>", "value": 1.25}], ["task", "value"])
+    assert '<td>&lt;b&gt;x&lt;/b&gt;</td><td class="n">1.2</td>' in table

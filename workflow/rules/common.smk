@@ -62,6 +62,10 @@ def task_data_paths(task):
     return [f"resources/tasks/{task}/{split}.parquet" for split in task_splits(task, DATASETS)]
 
 
+# Rule summary's outputs, all requested (the report embeds them; a new one is then made at once).
+SUMMARY_FILES = ["summary.md", "summary.csv", "summary.html", "summary.png", "methods.csv"]
+
+
 def all_targets():
     """Everything `snakemake --cores all` builds, growing as stages are added."""
     targets = [manifest_path(d) for d in IMAGE_DATASETS]
@@ -70,7 +74,7 @@ def all_targets():
     targets += ["results/pretrain/model"]
     targets += [f"results/{task}/metrics.json" for task in config["finetune"]["tasks"]]
     if config["finetune"]["tasks"]:
-        targets += ["results/summary.md", "results/summary.csv"]
+        targets += [f"results/{name}" for name in SUMMARY_FILES]
     return targets
 
 

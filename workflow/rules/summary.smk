@@ -8,29 +8,35 @@ localrules:
 
 
 rule summary:
-    """results/summary.md + .csv (task, split, method, metric, value, chance), methods.csv, plot."""
+    """results/summary.md/.csv/.html (task, split, method, metric, value, chance), methods.csv, plot."""
     input:
         metrics=expand("results/{task}/metrics.json", task=FINETUNE_TASKS),
         logs=expand("results/{task}/log.jsonl", task=TRAINED_TASKS),
     output:
         md="results/summary.md",
-        csv=report(
-            "results/summary.csv",
+        html=report(
+            "results/summary.html",
             caption="../report/summary.rst",
             category="1. Results",
-            labels={"table": "metrics and chance"},
-        ),
-        methods=report(
-            "results/methods.csv",
-            caption="../report/methods.rst",
-            category="1. Results",
-            labels={"table": "finetuning methods"},
+            labels={"result": "1 summary: every task, metric and chance; methods"},
         ),
         plot=report(
             "results/summary.png",
             caption="../report/summary_plot.rst",
             category="1. Results",
-            labels={"table": "main metric vs chance (plot)"},
+            labels={"result": "2 main metric vs chance (plot)"},
+        ),
+        csv=report(
+            "results/summary.csv",
+            caption="../report/summary_csv.rst",
+            category="1. Results",
+            labels={"result": "3 summary table (CSV download)"},
+        ),
+        methods=report(
+            "results/methods.csv",
+            caption="../report/methods.rst",
+            category="1. Results",
+            labels={"result": "4 finetuning methods (CSV download)"},
         ),
     log:
         "logs/summary.log",
@@ -41,5 +47,5 @@ rule summary:
         mem_mb=1000,
     shell:
         "python -m cavl.summary --metrics {input.metrics} --train-logs {input.logs} "
-        "--md {output.md} --csv {output.csv} --methods {output.methods} "
+        "--md {output.md} --csv {output.csv} --html {output.html} --methods {output.methods} "
         "--plot {output.plot} > {log} 2>&1"
