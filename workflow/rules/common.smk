@@ -127,6 +127,14 @@ def extract_options(dataset):
 # Pretraining (pretrain.smk) --------------------------------------------------------------------
 
 
+def pretrain_config_arg():
+    """The model and pretraining settings as one JSON argument; mem_mb only schedules the job, so
+    changing it reruns nothing."""
+    return json_arg(
+        {"model": config["model"], "pretrain": {k: v for k, v in PRETRAIN.items() if k != "mem_mb"}}
+    )
+
+
 def pretrain_launcher():
     """`torchrun` with one process per GPU, or plain python when training on CPU."""
     gpus = PRETRAIN["gpus"]

@@ -31,7 +31,7 @@ rule pretrain:
         gpu=PRETRAIN["gpus"],
         mem_mb=PRETRAIN["mem_mb"],
     params:
-        config=json_arg({"model": config["model"], "pretrain": PRETRAIN}),
+        config=pretrain_config_arg(),
         features=lambda w, input: os.path.dirname(os.path.dirname(input.features[0])),
         checkpoints="results/pretrain/checkpoints",
         launcher=pretrain_launcher(),
