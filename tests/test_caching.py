@@ -1,6 +1,7 @@
 """Caching across the whole DAG, from `snakemake -n` job lists on a complete demo run: a second
 run does nothing; a finetune setting of one task reruns only that task; a detector setting
-reruns extraction and everything after it; a job's memory or editing the README reruns nothing.
+reruns extraction and everything after it; a job's memory, the number of decoding processes or
+editing the README rerun nothing.
 
 Only dry runs touch the demo run's folder, so its outputs stay as they are."""
 
@@ -81,12 +82,13 @@ def test_detector_setting_reruns_extraction_and_everything_after(demo_run, tmp_p
     assert jobs == sorted(expected)  # and so no demo_data, manifest or task_data job
 
 
-def test_memory_of_a_job_reruns_nothing(demo_run, tmp_path):
-    # mem_mb only sizes cluster jobs; it is no part of any result.
+def test_memory_and_decoding_processes_rerun_nothing(demo_run, tmp_path):
+    # mem_mb only sizes cluster jobs and extract.num_workers only speeds up image decoding: no
+    # part of any result.
     config = demo_config()
-    change = override(tmp_path, "memory", {stage: {"mem_mb": config[stage]["mem_mb"] * 2}
-                                           for stage in ("extract", "pretrain", "finetune")})
-    assert dry_run(demo_run, [change]) == []
+    settings = {stage: {"mem_mb": config[stage]["mem_mb"] * 2} for stage in ("extract", "pretrain", "finetune")}
+    settings["extract"]["num_workers"] = config["extract"]["num_workers"] + 1
+    assert dry_run(demo_run, [override(tmp_path, "operational", settings)]) == []
 
 
 def workflow_copy(tmp_path):

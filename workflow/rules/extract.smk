@@ -22,17 +22,19 @@ rule extract_shard:
     conda:
         "../../envs/cavl.yaml"
     threads: EXTRACT["threads"]
+    # decode_workers (image-decoding processes) is a resource, not a param: it changes speed,
+    # not features, so changing it re-extracts nothing.
     resources:
         gpu=EXTRACT["gpu"],
         mem_mb=EXTRACT["mem_mb"],
+        decode_workers=EXTRACT["num_workers"],
     params:
         options=lambda w: extract_options(w.dataset),
         shard_size=EXTRACT["shard_size"],
-        workers=EXTRACT["num_workers"],
     shell:
         "python -m extract --manifest {input.manifest} --shard {wildcards.shard} "
         "--shard-size {params.shard_size} --out {output.shard} --failures-out {output.failures} "
-        "{params.options} --num-workers {params.workers} --threads {threads} > {log} 2>&1"
+        "{params.options} --num-workers {resources.decode_workers} --threads {threads} > {log} 2>&1"
 
 
 rule gather_features:
