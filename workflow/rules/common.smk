@@ -41,9 +41,12 @@ def annotation_files(dataset):
     """The official annotation files of one dataset, as listed in the config."""
     spec = DATASETS[dataset]
     if dataset == "coco":
-        return [split["annotations"] for split in spec["captions"].values()]
+        splits = spec["captions"].values()
+        return [s["annotations"] for s in splits] + [s["instances"] for s in splits if s.get("instances")]
     if dataset == "vg":
-        return [spec["image_data"], spec["region_descriptions"]]
+        return [spec["image_data"], spec["region_descriptions"]] + (
+            [spec["objects"]] if spec.get("objects") else []
+        )
     if dataset == "vqa":
         return [f for split in spec["splits"].values() for f in (split["questions"], split["annotations"])]
     if dataset in ("vcr", "nlvr2"):
