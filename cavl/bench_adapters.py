@@ -180,8 +180,8 @@ def measure(method: str, args) -> dict:
     from cavl.train_loop import build_optimizer
 
     torch.set_num_threads(args.threads)
-    cuda = torch.cuda.is_available() and not args.cpu
-    device = torch.device("cuda" if cuda else "cpu")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     task = get_task(args.task)
     s = settings_from_config(read_config(args.config), args.task, method)
     tokenizer = load_tokenizer(args.backbone)
@@ -353,7 +353,8 @@ def parse_args(argv):
                    help="time the ratios use: cpu (process CPU time: fair on shared machines), wall, "
                         "or auto (cpu on CPU, wall on CUDA)")
     p.add_argument("--json", help="write all figures to this JSON file")
-    p.add_argument("--cpu", action="store_true", help="measure on CPU even when a GPU is visible")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
+    p.add_argument("--cpu", action="store_true", help="the same as --device cpu")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one method, print JSON
     p.add_argument("--table", help=argparse.SUPPRESS)
     p.add_argument("--index", help=argparse.SUPPRESS)
@@ -363,6 +364,12 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.cpu:
+        args.device = "cpu"
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.config = args.config or ["config.yaml"]
@@ -385,7 +392,7 @@ def main(argv=None) -> int:
         cmd = [sys.executable, "-m", "cavl.bench_adapters", "--worker", method, "--task", args.task,
                *sum((["--config", c] for c in args.config), []), "--backbone", args.backbone, "--table", str(table),
                "--index", str(index), "--batch", str(args.batch), "--steps", str(args.steps),
-               "--threads", str(args.threads), "--work", str(work)] + (["--cpu"] if args.cpu else [])
+               "--threads", str(args.threads), "--work", str(work), "--device", args.device]
         done = subprocess.run(cmd, capture_output=True, text=True)
         result = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
         if done.returncode or not result:
