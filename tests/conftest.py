@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tiny_run import complete_run
 from workflow_run import snakemake
 
 # The whole demo (`snakemake --cores all` on config.yaml) takes minutes; it runs once per test
@@ -18,6 +19,13 @@ def demo_run(tmp_path_factory):
     result = snakemake(workdir, "--cores", "2", timeout=DEMO_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_run(tmp_path_factory):
+    """Folder of one complete, uninterrupted run of tests/fixtures/tiny_demo.yaml (~3-5 min):
+    the reference for the crash-and-resume and SLURM tests."""
+    return complete_run(tmp_path_factory.mktemp("tiny_demo_run") / "run")
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
 """profiles/slurm on a real one-node SLURM cluster started by scripts/slurm/cluster.py.
 
-The workflow is submitted job by job through the Snakemake SLURM executor plugin; its outputs
-must equal those of a local run. A failing job and a job cancelled under Snakemake's feet must
-make Snakemake exit non-zero instead of waiting forever.
+The whole tiny demo (tests/fixtures/tiny_demo.yaml: data, extraction, pretraining, finetuning,
+evaluation) is submitted job by job through the Snakemake SLURM executor plugin; its tables,
+weights and metrics must equal those of a local run (the session's `tiny_demo_run`). A failing
+job and a job cancelled under Snakemake's feet must make Snakemake exit non-zero instead of
+waiting forever, and a GPU count in the config must reach both sbatch and torchrun.
 
 Runs as root with SLURM and MUNGE installed (scripts/slurm/install.sh); otherwise it is skipped,
 unless CAVL_REQUIRE_SLURM=1 (CI), where a cluster that cannot start is an error.
@@ -24,6 +26,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+import tiny_run
+from workflow_run import snakemake_env
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "profiles" / "slurm"
 SNAKEMAKE = os.path.join(os.path.dirname(sys.executable), "snakemake")
@@ -41,34 +46,9 @@ if not REQUIRED:
         pytest.skip("SLURM/MUNGE not installed: run scripts/slurm/install.sh (set "
                     "CAVL_REQUIRE_SLURM=1 to make this an error)", allow_module_level=True)
 
-# What the cluster run builds (and the local run it is compared with). Extend towards the full
-# demo as stages are added.
-SLURM_TARGETS = [
-    "resources/manifests/coco.parquet",
-    "resources/manifests/vg.parquet",
-    "resources/manifests/flickr30k.parquet",
-    "resources/manifests/nlvr2.parquet",
-    "resources/manifests/vcr.parquet",
-    "resources/tasks/pretrain/train.parquet",
-    "resources/tasks/pretrain/val.parquet",
-    "resources/tasks/vqa/train.parquet",
-    "resources/tasks/vqa/val.parquet",
-    "resources/tasks/vcr/train.parquet",
-    "resources/tasks/vcr/val.parquet",
-    "resources/tasks/nlvr2/train.parquet",
-    "resources/tasks/nlvr2/dev.parquet",
-    "resources/tasks/nlvr2/test1.parquet",
-    "resources/tasks/rpg/train.parquet",
-    "resources/tasks/rpg/val.parquet",
-    "resources/tasks/rpg/test.parquet",
-    "resources/tasks/tir/train.parquet",
-    "resources/tasks/tir/val.parquet",
-    "resources/tasks/tir/test.parquet",
-]
-# Merged over config.yaml for both runs: a small demo.
-SMALL_DEMO = {"demo": {"images": {"coco": 12, "vg": 4, "flickr30k": 12, "nlvr2": 16, "vcr": 8},
-                       "image_size": 96}}
 RUN_TIMEOUT = 600  # seconds for one snakemake run; a hang (the dropped-job trap) fails the test
+# The whole tiny demo through SLURM: ~40 jobs, each a SLURM job whose step starts Snakemake again.
+WORKFLOW_TIMEOUT = 1800
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +99,6 @@ def _kill_group(proc):
             continue
 
 
-def small_config(tmp_path):
-    path = tmp_path / "small.yaml"
-    path.write_text(yaml.safe_dump(SMALL_DEMO))
-    return ["--configfile", ROOT / "config.yaml", path]  # last: --configfile eats what follows
-
-
 def submitted_jobs(output):
     """(run id, {SLURM job id: rule}) from the executor's log lines."""
     run_id = re.search(r"SLURM run ID: (\S+)", output)
@@ -133,18 +107,24 @@ def submitted_jobs(output):
     return (run_id.group(1) if run_id else None), dict(jobs)
 
 
-def test_data_stages_on_slurm_equal_a_local_run(cluster, tmp_path):
-    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
+def test_whole_workflow_on_slurm_equals_a_local_run(cluster, tiny_demo_run, tmp_path):
+    """Extraction, pretraining, finetuning and evaluation of the tiny demo, one SLURM job each."""
+    on_slurm, local = tmp_path / "slurm", tiny_demo_run
     started = time.monotonic()
-    rc, out = snakemake(["--profile", PROFILE, "--slurm-keep-successful-logs", *SLURM_TARGETS,
-                         *small_config(tmp_path)], on_slurm, env=cluster.env())
+    rc, out = tiny_run.run(on_slurm, "--profile", PROFILE, "--slurm-keep-successful-logs",
+                           out_name="slurm", timeout=WORKFLOW_TIMEOUT,
+                           env=cluster.env(snakemake_env()))
     slurm_seconds = time.monotonic() - started
     assert rc == 0, out[-6000:] + "\n" + cluster.log_tails(lines=5)
 
-    # Every job went through SLURM: submitted, in the controller's completion log under this
-    # run's job name, with the profile's wall time, and with its sbatch log in the working dir.
+    # Every job but the local rules went through SLURM: submitted, in the controller's
+    # completion log under this run's job name, with the profile's wall time, and with its sbatch
+    # log in the working dir.
     run_id, jobs = submitted_jobs(out)
-    assert run_id and {"demo_data", "manifest", "task_data"} <= set(jobs.values()), out[-4000:]
+    rules = set(jobs.values())
+    assert run_id and {"demo_data", "manifest", "task_data", "extract_shard", "pretrain", "finetune",
+                       "evaluate", "evaluate_zero_shot"} <= rules, out[-4000:]
+    assert "gather_features" not in rules  # a localrule
     records = {r["JobId"]: r for r in cluster.completed_jobs() if r.get("Name") == run_id}
     assert set(records) == set(jobs), (records, jobs)
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
@@ -155,18 +135,23 @@ def test_data_stages_on_slurm_equal_a_local_run(cluster, tmp_path):
         assert records[slurm_id]["TimeLimit"] == str(runtime), (rule, records[slurm_id])
     logs = sorted((on_slurm / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in logs} == set(jobs), logs
-    (coco_log,) = (on_slurm / ".snakemake/slurm_logs/rule_manifest/coco").glob("*.log")
-    assert "(Rule: manifest)" in coco_log.read_text()
+    (pretrain_log,) = (on_slurm / ".snakemake/slurm_logs/rule_pretrain").rglob("*.log")
+    assert "(Rule: pretrain)" in pretrain_log.read_text()
 
-    # The same targets built locally give the same tables.
-    rc, out = snakemake(["--cores", "2", *SLURM_TARGETS, *small_config(tmp_path)], local)
-    assert rc == 0, out[-4000:]
-    for target in SLURM_TARGETS:
-        assert (on_slurm / target).exists() and (local / target).exists(), target
-        if target.endswith(".parquet"):
-            a, b = pq.read_table(on_slurm / target), pq.read_table(local / target)
-            assert a.num_rows > 0 or "/tasks/" in target, target  # a tiny split may be empty
-            assert a.equals(b, check_metadata=True), target
+    # The same results as the local run: tables, features, weights and every task's metrics.
+    tables = sorted(str(p.relative_to(local)) for p in (local / "resources").rglob("*.parquet"))
+    assert any("/features/" in t for t in tables) and any("/tasks/" in t for t in tables), tables
+    for table in tables:
+        a, b = pq.read_table(on_slurm / table), pq.read_table(local / table)
+        assert a.equals(b, check_metadata=True), table
+    weights = sorted(str(p.relative_to(local)) for p in (local / "results").rglob("*.safetensors"))
+    assert "results/pretrain/model/model.safetensors" in weights, weights
+    for path in weights:
+        assert (on_slurm / path).read_bytes() == (local / path).read_bytes(), path
+    expected = tiny_run.all_metrics(local)
+    assert len(expected) == 6, sorted(expected)
+    assert (tiny_run.without_timings(tiny_run.all_metrics(on_slurm))
+            == tiny_run.without_timings(expected))
     print(f"{len(jobs)} SLURM jobs in {slurm_seconds:.0f}s "
           f"(cluster start {cluster.start_seconds:.1f}s)")
 
@@ -248,3 +233,19 @@ def test_gpu_resource_becomes_sbatch_gpus(cluster, tmp_path):
     (call,) = re.findall(r"^\s*sbatch --parsable .*$", out, flags=re.M)
     assert " --gpus=a100:2" in call and "--ntasks-per-gpu" not in call, call
     assert "--gres" not in call, call
+
+
+def test_pretrain_on_gpus_asks_for_them_and_starts_one_process_per_gpu(cluster, tiny_demo_run,
+                                                                      tmp_path):
+    """The real pretrain rule with `pretrain.gpus: 2`: sbatch --gpus=2 and torchrun with two
+    processes, both from the one config key. The node has no GPUs, so SLURM refuses the job."""
+    workdir = tmp_path / "gpus"  # the tiny demo's inputs of pretraining, without any results
+    shutil.copytree(tiny_demo_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("results"))
+    gpus = tmp_path / "gpus.yaml"
+    gpus.write_text(yaml.safe_dump({"pretrain": {"gpus": 2}}))
+    rc, out = tiny_run.run(workdir, "--profile", PROFILE, "results/pretrain/model", out_name="gpus",
+                           timeout=120, env=cluster.env(snakemake_env()), configfiles=[gpus])
+    assert rc != 0 and "SLURM sbatch failed" in out, out[-4000:]
+    (call,) = re.findall(r"^\s*sbatch --parsable .*$", out, flags=re.M)
+    assert " --gpus=2" in call and "--ntasks-per-gpu" not in call and "--gres" not in call, call
+    assert "torchrun --standalone --nproc_per_node 2 -m cavl.pretrain " in out, out[-4000:]
