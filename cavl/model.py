@@ -62,6 +62,7 @@ class CavlConfig:
     mask_token_id: int = 103  # [MASK] id (MLM)
     visual_dim: int = 2048  # width of one detector region feature (pooled res5 of Faster R-CNN)
     box_dim: int = 5  # box encoding: x1/W, y1/H, x2/W, y2/H, box area / image area
+    visual_feature_norm: bool = True  # LayerNorm over each raw region feature before the projection
 
     @classmethod
     def from_dict(cls, d: dict) -> "CavlConfig":
@@ -78,6 +79,9 @@ class CavlConfig:
         return cfg
 
 
+PWCL_ENCODINGS = ("joint", "joint_clean", "separate")
+
+
 @dataclass
 class ObjectiveConfig:
     """The pretraining objectives and how they are weighted."""
@@ -86,13 +90,13 @@ class ObjectiveConfig:
     itm_weight: float = 1.0  # weight of the image-text matching loss (0 = off)
     pwcl_weight: float = 1.0  # weight of the pair-wise contrastive loss (0 = off)
     pwcl_loss: str = "pairwise"  # pairwise: the paper's PwCL; infonce: CLIP's symmetric per-sample loss
-    pwcl_encoding: str = "joint"  # joint: E', F' from the fused pass of each matched pair; separate: text-only and image-only passes
+    pwcl_encoding: str = "joint"  # joint: E', F' from the matched rows of the MLM/ITM fused pass; joint_clean: a second fused pass over the clean pairs; separate: text-only and image-only passes
     temperature: float = 0.5  # tau in s(e, f) = exp(cos(e, f) / tau); PwCL needs a soft tau (see losses.py)
     learnable_temperature: bool = False  # learn log(tau) with the model (clamped to tau >= 0.01)
 
     def __post_init__(self):
-        if self.pwcl_encoding not in ("joint", "separate"):
-            raise ValueError(f"pwcl_encoding must be 'joint' or 'separate', got {self.pwcl_encoding!r}")
+        if self.pwcl_encoding not in PWCL_ENCODINGS:
+            raise ValueError(f"pwcl_encoding must be one of {PWCL_ENCODINGS}, got {self.pwcl_encoding!r}")
         if self.pwcl_loss not in ("pairwise", "infonce"):
             raise ValueError(f"pwcl_loss must be 'pairwise' or 'infonce', got {self.pwcl_loss!r}")
         if min(self.mlm_weight, self.itm_weight, self.pwcl_weight) < 0:
@@ -129,6 +133,13 @@ class CavlEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(cfg.vocab_size, H, padding_idx=cfg.pad_token_id)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, H)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, H)
+        # Detector features are post-ReLU activations of arbitrary scale (pooled res5: mostly < 10;
+        # the demo's random-init R50-FPN box head: up to ~3000). Normalising each one before the
+        # projection keeps the projection's input, and so its gradients, at unit scale whatever
+        # the detector; without it a large-feature detector's projection gradients dominate the
+        # global gradient norm and clipping starves every other parameter.
+        self.visual_feature_norm = (nn.LayerNorm(cfg.visual_dim, eps=1e-5) if cfg.visual_feature_norm
+                                    else nn.Identity())
         self.visual_projection = nn.Linear(cfg.visual_dim, H)  # region feature → hidden size
         self.box_projection = nn.Linear(cfg.box_dim, H)  # box-position embedding
         self.visual_token_type = nn.Parameter(torch.zeros(H))  # the visual token-type embedding
@@ -147,7 +158,7 @@ class CavlEmbeddings(nn.Module):
         )  # (B, L, H)
         if visual_feats is not None:
             v = (
-                self.visual_projection(visual_feats)
+                self.visual_projection(self.visual_feature_norm(visual_feats))
                 + self.box_projection(visual_boxes)
                 + self.visual_token_type
             )  # (B, R, H)
@@ -481,9 +492,13 @@ class CavlForPretraining(nn.Module):
                                                positions of matched rows
       itm_labels (B,)                          1 matched, 0 swapped
       visual_feats (B, R, D), visual_boxes (B, R, 5), visual_mask (B, R)
-    Passes: one fused pass over the MLM/ITM inputs; for PwCL either one fused pass over the clean
-    matched pairs (`joint`) or a text-only and an image-only pass (`separate`). A pass whose
-    losses all have weight 0 is skipped.
+    Passes: one fused pass over the MLM/ITM inputs. PwCL's E' and F' come from
+      joint        the matched rows (itm_labels 1) of that same pass: no extra pass, but PwCL sees
+                   B·(1 − itm negative fraction) pairs and captions with their MLM corruption;
+      joint_clean  a second fused pass over all B clean matched pairs (twice the encoder work);
+      separate     a text-only and an image-only pass (a dual encoder: the embeddings then serve
+                   fast retrieval).
+    A pass whose losses all have weight 0 is skipped.
     """
 
     def __init__(self, config: CavlConfig, objective: ObjectiveConfig | None = None):
@@ -520,9 +535,15 @@ class CavlForPretraining(nn.Module):
         out = self.bert(ids, torch.ones_like(ids), visual_feats, visual_boxes, visual_mask)
         return masked_mean(out.region_states, visual_mask)
 
-    def contrastive_embeddings(self, batch):
+    def contrastive_embeddings(self, batch, fused: CavlOutput | None = None):
+        """E', F' (P, H) for PwCL; `fused`: the MLM/ITM pass, whose matched rows `joint` takes."""
         vis = (batch["visual_feats"], batch["visual_boxes"], batch["visual_mask"])
-        if self.objective.pwcl_encoding == "joint":
+        encoding = self.objective.pwcl_encoding
+        if encoding == "joint":
+            matched = batch["itm_labels"] == 1  # (B,) rows that show their own caption
+            e = masked_mean(fused.text_states[matched], batch["mlm_mask"][matched])  # (P, H)
+            return e, masked_mean(fused.region_states[matched], batch["visual_mask"][matched])  # (P, H)
+        if encoding == "joint_clean":
             return self.pair_embeddings(batch["text_ids"], batch["text_mask"], *vis)
         return self.text_embedding(batch["text_ids"], batch["text_mask"]), self.image_embedding(*vis)
 
@@ -532,7 +553,9 @@ class CavlForPretraining(nn.Module):
         obj = self.objective
         losses = {}
         total = 0.0
-        if obj.mlm_weight > 0 or obj.itm_weight > 0:
+        out = None
+        shared = obj.pwcl_weight > 0 and obj.pwcl_encoding == "joint"  # PwCL reads the fused pass
+        if obj.mlm_weight > 0 or obj.itm_weight > 0 or shared:
             out = self.bert(
                 batch["mlm_ids"], batch["mlm_mask"],
                 batch["visual_feats"], batch["visual_boxes"], batch["visual_mask"],
@@ -547,7 +570,7 @@ class CavlForPretraining(nn.Module):
                 losses.update(self.itm_loss(self.itm_head(out.pooled_output), batch["itm_labels"]))
                 total = total + obj.itm_weight * losses["itm_loss"]
         if obj.pwcl_weight > 0:
-            e, f = self.contrastive_embeddings(batch)  # (B, H) each
+            e, f = self.contrastive_embeddings(batch, out)  # (P, H) each
             losses.update(self.pwcl_loss(e, f))
             total = total + obj.pwcl_weight * losses["pwcl_loss"]
         if not losses:
@@ -565,7 +588,16 @@ class CavlForPretraining(nn.Module):
         head = {k[len("mlm_head.") :]: v for k, v in state.items() if k.startswith("mlm_head.")}
         if head:
             model.mlm_head.load_state_dict(head, strict=True)
+        loaded = {k if k.startswith("mlm_head.") else f"bert.{k}" for k in state}
+        # the visual token type is copied from BERT's second text type, so it is not new either
+        loaded.add("bert.embeddings.visual_token_type")
+        model._new_names = [n for n, _ in model.named_parameters() if n not in loaded]
         return model
+
+    def new_parameter_names(self) -> list:
+        """Parameters `from_bert` did not take from the checkpoint (visual projections, heads, …);
+        the optimiser may train them faster (`optim.new_lr_scale`). Empty for other constructions."""
+        return list(getattr(self, "_new_names", []))
 
     def save_pretrained(self, directory, extra=None):
         """Write `model.safetensors` + `config.json` (+ whatever `extra(tmp_dir)` writes) atomically;

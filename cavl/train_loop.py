@@ -64,10 +64,13 @@ class OptimConfig:
     eps: float = 1e-8  # AdamW epsilon
     warmup_fraction: float = 0.15  # linear warm-up over this fraction of the steps, then linear decay to 0
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
+    new_lr_scale: float = 1.0  # lr multiplier for the model's `new_parameter_names()` (weights that start from scratch)
 
     def __post_init__(self):
         if self.name not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.name!r}")
+        if self.new_lr_scale <= 0:
+            raise ValueError(f"new_lr_scale must be > 0, got {self.new_lr_scale}")
 
 
 @dataclass
@@ -171,12 +174,17 @@ def set_rng_state(state: dict):
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Trainable parameters only; no weight decay on 0/1-dimensional ones (biases, norms, tau)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+    """Trainable parameters only; no weight decay on 0/1-dimensional ones (biases, norms, tau).
+    Parameters the model names in `new_parameter_names()` (if it has that method) train at
+    `cfg.lr * cfg.new_lr_scale`; the schedule scales every group alike."""
+    new = set(model.new_parameter_names()) if hasattr(model, "new_parameter_names") else set()
+    buckets = {}  # (decays, new) → parameters, in model order
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            buckets.setdefault((p.ndim >= 2, name in new), []).append(p)
+    groups = [{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
+               "lr": cfg.lr * (cfg.new_lr_scale if is_new else 1.0)}
+              for (decays, is_new), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)

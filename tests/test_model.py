@@ -104,13 +104,13 @@ def test_backbone_shapes_and_masks():
     feats[1, -1] += 100.0
     out2 = model(b["text_ids"], b["text_mask"], feats, b["visual_boxes"], b["visual_mask"])
     assert torch.allclose(out.last_hidden_state[1, :-3], out2.last_hidden_state[1, :-3], atol=1e-6)
-    # ... while a real one does
-    feats[1, 0] += 1.0
+    # ... while a real one does (a change of its pattern: the feature LayerNorm removes offsets)
+    feats[1, 0] += torch.linspace(-1.0, 1.0, feats.shape[-1])
     out3 = model(b["text_ids"], b["text_mask"], feats, b["visual_boxes"], b["visual_mask"])
     assert not torch.allclose(out.last_hidden_state[1, 0], out3.last_hidden_state[1, 0], atol=1e-4)
 
 
-@pytest.mark.parametrize("encoding", ["joint", "separate"])
+@pytest.mark.parametrize("encoding", ["joint", "joint_clean", "separate"])
 @pytest.mark.parametrize("kind", ["pairwise", "infonce"])
 def test_pretraining_losses_and_gradients(encoding, kind):
     torch.manual_seed(0)
@@ -124,6 +124,34 @@ def test_pretraining_losses_and_gradients(encoding, kind):
     for p in (emb.visual_projection.weight, emb.box_projection.weight, emb.visual_token_type,
               model.mlm_head.dense.weight, model.itm_head.classifier.weight, emb.word_embeddings.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_joint_pwcl_reads_the_matched_rows_of_the_mlm_itm_pass():
+    """`joint`: E', F' are the masked means over the matched rows of the one fused MLM/ITM pass
+    (no second pass); `joint_clean` runs a second fused pass over the clean captions."""
+    from cavl.losses import PairwiseContrastiveLoss
+    from cavl.model import masked_mean
+
+    torch.manual_seed(0)
+    model = CavlForPretraining(tiny_config(), ObjectiveConfig(pwcl_encoding="joint")).eval()
+    b = tiny_batch(B=6, seed=1)
+    b["itm_labels"] = torch.tensor([1, 0, 1, 1, 0, 1])
+    b["mlm_ids"][:, 3] = 4  # masked captions differ from the clean ones
+    calls = []
+    model.bert.register_forward_hook(lambda m, args, out: calls.append(args[0]))
+    out = model(b)
+    assert len(calls) == 1 and torch.equal(calls[0], b["mlm_ids"])  # one pass, over the MLM inputs
+    fused = model.bert(b["mlm_ids"], b["mlm_mask"], b["visual_feats"], b["visual_boxes"], b["visual_mask"])
+    rows = b["itm_labels"] == 1
+    e = masked_mean(fused.text_states[rows], b["mlm_mask"][rows])  # (4, H)
+    f = masked_mean(fused.region_states[rows], b["visual_mask"][rows])  # (4, H)
+    expected = PairwiseContrastiveLoss(temperature=0.5)(e, f)["pwcl_loss"]
+    assert torch.allclose(out["pwcl_loss"], expected, atol=1e-6)
+    model.objective.pwcl_encoding = "joint_clean"
+    calls.clear()
+    clean = model(b)["pwcl_loss"]
+    assert len(calls) == 2 and torch.equal(calls[1], b["text_ids"])
+    assert not torch.allclose(clean, expected)
 
 
 def test_loss_weights_switch_objectives_off():

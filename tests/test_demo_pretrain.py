@@ -1,0 +1,51 @@
+"""The demo run's pretraining log: the objectives learn, and E'·F' retrieval on held-out pairs.
+
+Reads results/pretrain/log.jsonl of the one full demo run (`demo_run` fixture, config.yaml).
+Train records carry step, epoch, lr, loss, mlm_loss, itm_loss, pwcl_loss, samples_per_s (each a
+mean over the `log_every` steps before `step`); the final val record carries val_loss,
+val_mlm_loss, val_itm_loss, val_pwcl_loss, val_t2i_r@1, val_i2t_r@1 and val_chance_r@1
+(100 / retrieval_pairs). Findings behind the two expected failures: docs/pretraining.md.
+"""
+
+import json
+
+import pytest
+
+LAST = 3  # train records averaged for "the end of training"
+
+
+@pytest.fixture(scope="module")
+def log(demo_run):
+    path = demo_run / "results" / "pretrain" / "log.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    train = [r for r in records if "lr" in r]
+    val = [r for r in records if "val_t2i_r@1" in r]
+    assert len(train) >= 2 * LAST and val, f"{path}: {len(train)} train and {len(val)} val records"
+    return train, val[-1]
+
+
+def fall(train, key):
+    """(first logged value, mean of the last LAST logged values)."""
+    return train[0][key], sum(r[key] for r in train[-LAST:]) / LAST
+
+
+@pytest.mark.parametrize("key,ratio", [("mlm_loss", 0.5), ("pwcl_loss", 0.7)])
+def test_mlm_and_pwcl_fall_clearly(log, key, ratio):
+    first, last = fall(log[0], key)
+    assert last < ratio * first, f"{key}: first {first:.3f}, last {last:.3f} (want < {ratio} × first)"
+
+
+@pytest.mark.xfail(strict=True, reason="ITM needs ~400+ steps to start falling on the demo data (even with "
+                   "oracle features), over the demo's CPU budget; see docs/pretraining.md")
+def test_itm_falls_clearly(log):
+    first, last = fall(log[0], "itm_loss")
+    assert last < 0.9 * first, f"itm_loss: first {first:.3f}, last {last:.3f}"
+
+
+@pytest.mark.xfail(strict=True, reason="joint E'/F' share the fused pass, so PwCL is minimised without "
+                   "cross-modal alignment and E'·F' retrieval stays at chance; see docs/pretraining.md")
+def test_held_out_retrieval_beats_chance_both_ways(log):
+    val = log[1]
+    chance = val["val_chance_r@1"]
+    assert chance == pytest.approx(100 / 24)  # every demo val image is a retrieval pair
+    assert val["val_t2i_r@1"] > chance and val["val_i2t_r@1"] > chance, val
