@@ -106,6 +106,12 @@ def settings_from_config(config: dict) -> tuple[ModelSettings, PretrainSettings]
     )
     if p:
         raise ValueError(f"unknown key(s) in pretrain: {sorted(p)}")
+    obj, B = settings.objective, settings.train.batch_size
+    matched = B - int(round(B * settings.data.itm_negative_fraction))
+    if obj.pwcl_weight > 0 and obj.pwcl_encoding == "joint" and matched < 2:
+        raise ValueError(f"pretrain.pwcl.encoding 'joint' takes PwCL's pairs from the matched rows of a batch: "
+                         f"pretrain.train.batch_size {B} with pretrain.itm.negative_fraction "
+                         f"{settings.data.itm_negative_fraction} leaves {matched} (need >= 2)")
     return model, settings
 
 

@@ -172,6 +172,14 @@ def records(path):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_joint_pwcl_needs_two_matched_rows_per_batch():
+    from cavl.pretrain import settings_from_config
+
+    with pytest.raises(ValueError, match=r"batch_size 3 .*negative_fraction 0.5 leaves 1"):
+        settings_from_config({"pretrain": {"train": {"batch_size": 3}}})
+    settings_from_config({"pretrain": {"train": {"batch_size": 3}, "pwcl": {"encoding": "joint_clean"}}})
+
+
 def test_mlm_masking_statistics():
     from cavl.pretrain_data import mask_tokens
 
