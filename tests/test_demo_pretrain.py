@@ -47,5 +47,8 @@ def test_itm_falls_clearly(log):
 def test_held_out_retrieval_beats_chance_both_ways(log):
     val = log[1]
     chance = val["val_chance_r@1"]
-    assert chance == pytest.approx(100 / 24)  # every demo val image is a retrieval pair
-    assert val["val_t2i_r@1"] > chance and val["val_i2t_r@1"] > chance, val
+    pairs = 24  # every demo val image is a retrieval pair
+    assert chance == pytest.approx(100 / pairs)
+    # Compare whole queries right (R@1 is logged in float32: 1 of 24 reads 4.1666668 > 100/24).
+    right = {d: round(val[f"val_{d}_r@1"] * pairs / 100) for d in ("t2i", "i2t")}
+    assert min(right.values()) > 1, val
