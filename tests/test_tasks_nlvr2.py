@@ -79,3 +79,11 @@ def test_decoding_metrics_and_chance():
     train = pd.DataFrame({"label": [False, False, True]})
     assert TASK.chance(train, EXAMPLES, {}) == nlvr2_majority_chance(
         EXAMPLES["identifier"].tolist(), EXAMPLES["label"].to_numpy(bool), np.array([False, False, True]))
+
+
+def test_an_empty_split_table_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "dev.parquet"
+    pd.DataFrame({"identifier": pd.Series([], dtype=str), "sentence": pd.Series([], dtype=str),
+                  "label": pd.Series([], dtype=bool)}).to_parquet(path)
+    with pytest.raises(ValueError, match=r"dev\.parquet: the split has no examples"):
+        get_task("nlvr2").read(path)

@@ -227,8 +227,11 @@ class Task:
         return RegionSource(index_path)
 
     def read(self, path) -> pd.DataFrame:
-        """The task table of one split (docs/contracts.md)."""
-        return pd.read_parquet(path)
+        """The task table of one split (docs/contracts.md); an empty one is an error naming it."""
+        table = pd.read_parquet(path)
+        if table.empty:
+            raise ValueError(f"{path}: the split has no examples (too few images for it in the data?)")
+        return table
 
     def prepare(self, train: pd.DataFrame, options: dict) -> dict:
         """Task state learnt from the train split (e.g. the answer vocabulary); JSON-serialisable,
