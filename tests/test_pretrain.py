@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from cavl.io import write_parquet_atomic
+from cavl.tasks.synthetic import _regions as synthetic_regions
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "blue", "green", "yellow"]
@@ -55,16 +56,9 @@ def _scene(rng, n_objects):
 
 
 def _regions(rng, objects, w=200, h=160):
-    feats, boxes = [], []
-    for colour, shape in objects + [(None, None)]:  # one distractor region without content
-        f = rng.normal(0, 0.1, FEATURE_DIM).astype(np.float32)
-        if colour is not None:
-            f[COLOURS.index(colour)] += 1.0
-            f[len(COLOURS) + SHAPES.index(shape)] += 1.0
-        x1, y1 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
-        feats.append(f)
-        boxes.append([x1, y1, x1 + rng.uniform(10, w / 2), y1 + rng.uniform(10, h / 2)])
-    return np.stack(feats), np.asarray(boxes, np.float32), w, h
+    """Features, pixel boxes, width, height: the objects plus one distractor region without content."""
+    feats, boxes = synthetic_regions(rng, objects, extra=1, w=w, h=h, dim=FEATURE_DIM)
+    return feats, boxes, w, h
 
 
 def _write_shard(root, dataset, items):
