@@ -7,10 +7,12 @@
 set -u
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
+work=$(mktemp -d)  # installed wheels and the short runs' models, checkpoints and caches
+site=$work/site gpu=$work/gpu
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD
+export PYTHONPATH=$site:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
@@ -33,14 +35,14 @@ check extract_bench 150 python3 -m extract.bench --device cuda --images 64 --hei
 overrides='{"model": {"bert": ".devmodel/tinybert"}, "pretrain": {"data": {"num_workers": 2},
   "train": {"max_steps": 12, "checkpoint_every": 4, "log_every": 2, "precision": "bf16"}}}'
 check pretrain_gpu 150 torchrun --standalone --nproc_per_node 1 -m cavl.pretrain --config config.yaml \
-    --config "$overrides" --out /tmp/gpu/model --train-log "$OUT/pretrain_log.jsonl" \
-    --curves /tmp/gpu/curves.png --checkpoints /tmp/gpu/checkpoints
+    --config "$overrides" --out $gpu/model --train-log "$OUT/pretrain_log.jsonl" \
+    --curves $gpu/curves.png --checkpoints $gpu/checkpoints
 check finetune_gpu 120 torchrun --standalone --nproc_per_node 1 -m cavl.finetune --task vqa --config config.yaml \
     --config '{"finetune": {"tasks": {"vqa": {"method": "adapter2", "epochs": 1}}}}' \
-    --backbone /tmp/gpu/model --train resources/tasks/vqa/train.parquet \
-    --features resources/features/coco/index.parquet --out /tmp/gpu/vqa --train-log "$OUT/finetune_log.jsonl" \
-    --curves /tmp/gpu/vqa.png --checkpoints /tmp/gpu/vqa-checkpoints --cache /tmp/gpu/vqa-cache
-check evaluate_gpu 60 python3 -m cavl.evaluate --task vqa --model /tmp/gpu/vqa --backbone /tmp/gpu/model \
+    --backbone $gpu/model --train resources/tasks/vqa/train.parquet \
+    --features resources/features/coco/index.parquet --out $gpu/vqa --train-log "$OUT/finetune_log.jsonl" \
+    --curves $gpu/vqa.png --checkpoints $gpu/vqa-checkpoints --cache $gpu/vqa-cache
+check evaluate_gpu 60 python3 -m cavl.evaluate --task vqa --model $gpu/vqa --backbone $gpu/model \
     --eval resources/tasks/vqa/val.parquet --split val --train resources/tasks/vqa/train.parquet \
     --features resources/features/coco/index.parquet --metrics "$OUT/vqa_metrics.json" \
-    --predictions /tmp/gpu/vqa_predictions.parquet
+    --predictions $gpu/vqa_predictions.parquet
