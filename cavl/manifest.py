@@ -9,7 +9,6 @@ gt_boxes list<list<float32>>, gt_box_labels list<str>.
 
 import argparse
 import json
-import os
 import sys
 
 import pyarrow as pa

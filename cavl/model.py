@@ -140,6 +140,13 @@ class CavlEmbeddings(nn.Module):
         # global gradient norm and clipping starves every other parameter.
         self.visual_feature_norm = (nn.LayerNorm(cfg.visual_dim, eps=1e-5) if cfg.visual_feature_norm
                                     else nn.Identity())
+        # Per-dimension standardisation of raw region features, (x - mean) * scale, with the mean
+        # and 1/std over the pretraining regions (`set_visual_feature_statistics`; identity until
+        # set). Saved with the weights, so finetuning and evaluation standardise alike. Detector
+        # features share a large common component (demo: 88% mean cosine between regions); left
+        # in, it dominates the projection and its updates, and the regions look alike to the model.
+        self.register_buffer("visual_feature_mean", torch.zeros(cfg.visual_dim))
+        self.register_buffer("visual_feature_scale", torch.ones(cfg.visual_dim))
         self.visual_projection = nn.Linear(cfg.visual_dim, H)  # region feature → hidden size
         self.box_projection = nn.Linear(cfg.box_dim, H)  # box-position embedding
         self.visual_token_type = nn.Parameter(torch.zeros(H))  # the visual token-type embedding
@@ -157,8 +164,9 @@ class CavlEmbeddings(nn.Module):
             + self.position_embeddings(positions)
         )  # (B, L, H)
         if visual_feats is not None:
+            standardised = (visual_feats - self.visual_feature_mean) * self.visual_feature_scale  # (B, R, D)
             v = (
-                self.visual_projection(self.visual_feature_norm(visual_feats))
+                self.visual_projection(self.visual_feature_norm(standardised))
                 + self.box_projection(visual_boxes)
                 + self.visual_token_type
             )  # (B, R, H)
@@ -326,6 +334,19 @@ class CavlModel(nn.Module):
         types = self.embeddings.token_type_embeddings.weight
         with torch.no_grad():
             self.embeddings.visual_token_type.copy_(types[1 if types.shape[0] > 1 else 0])
+
+    def set_visual_feature_statistics(self, mean, std, eps: float = 1e-6):
+        """Standardise region features with this per-dimension mean and std (each (visual_dim,));
+        a constant dimension (std below eps) is only centred."""
+        mean = torch.as_tensor(mean, dtype=torch.float32)
+        std = torch.as_tensor(std, dtype=torch.float32)
+        e = self.embeddings
+        if mean.shape != e.visual_feature_mean.shape or std.shape != e.visual_feature_mean.shape:
+            raise ValueError(f"feature statistics of shape {tuple(mean.shape)}/{tuple(std.shape)}, "
+                             f"expected ({self.config.visual_dim},)")
+        with torch.no_grad():
+            e.visual_feature_mean.copy_(mean)
+            e.visual_feature_scale.copy_(torch.where(std > eps, 1.0 / std.clamp(min=eps), torch.ones_like(std)))
 
     @classmethod
     def from_pretrained(cls, directory) -> "CavlModel":

@@ -27,7 +27,7 @@ import yaml
 
 from cavl.config import read_config_specs as read_config
 from cavl.model import CavlForPretraining, ObjectiveConfig, resolve_checkpoint_path
-from cavl.pretrain_data import (PretrainBatches, PretrainDataConfig, load_examples, make_loader,
+from cavl.pretrain_data import (PretrainBatches, PretrainDataConfig, feature_statistics, load_examples, make_loader,
                                 open_region_store, pad_regions)
 from cavl.train_loop import (OptimConfig, Trainer, TrainConfig, cleanup_distributed, finalize_log,
                              seed_everything, setup_distributed)
@@ -48,6 +48,7 @@ class ModelSettings:
     hidden_dropout: float | None = None  # override the checkpoint's hidden_dropout_prob (None = keep)
     attention_dropout: float | None = None  # override attention_probs_dropout_prob (None = keep)
     visual_feature_norm: bool = False  # LayerNorm over each raw region feature before its projection
+    standardize_features: bool = True  # per-dimension mean/std of the pretraining regions, kept with the model
 
 
 @dataclass
@@ -268,6 +269,8 @@ def main(argv=None) -> int:
                                              hidden_dropout_prob=model_s.hidden_dropout,
                                              attention_probs_dropout_prob=model_s.attention_dropout,
                                              visual_feature_norm=model_s.visual_feature_norm)
+        if model_s.standardize_features:
+            model.bert.set_visual_feature_statistics(*feature_statistics(store, train_ex, s.data.max_regions))
         if env.is_main:
             n = sum(p.numel() for p in model.parameters())
             t = sum(p.numel() for p in model.parameters() if p.requires_grad)

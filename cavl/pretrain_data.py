@@ -175,6 +175,26 @@ def pad_regions(regions: list, max_regions: int, feature_dim: int):
     return feats, boxes, mask
 
 
+def feature_statistics(store: RegionStore, examples: pd.DataFrame, max_regions: int, max_images: int = 20000):
+    """Per-dimension mean and std (each (D,), float64) of the region features the model sees: the
+    first `max_regions` regions of each distinct image of `examples` (an evenly spaced subset of
+    at most `max_images` images). Deterministic, so every DDP rank and a resumed run agree."""
+    images = examples[["dataset", "image_id"]].drop_duplicates().sort_values(["dataset", "image_id"])
+    if len(images) > max_images:
+        images = images.iloc[np.linspace(0, len(images) - 1, max_images).round().astype(int)]
+    D = store.feature_dim
+    total, total_sq, n = np.zeros(D), np.zeros(D), 0
+    for dataset, image_id in images.itertuples(index=False):
+        f = store.get(dataset, image_id).features[:max_regions].astype(np.float64)  # (N, D)
+        total += f.sum(0)
+        total_sq += (f * f).sum(0)
+        n += len(f)
+    if n == 0:
+        raise ValueError("no region features to standardise with: every image has 0 regions")
+    mean = total / n
+    return mean, np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
+
+
 def mask_tokens(ids, special, rng, vocab_size, mask_id, probability=0.15):
     """BERT masking. ids (B, L), special (B, L) bool (never chosen: [CLS], [SEP], [PAD]).
 

@@ -230,6 +230,34 @@ def test_save_and_load_roundtrip(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_feature_standardisation_feeds_the_projection_and_is_saved(tmp_path):
+    torch.manual_seed(0)
+    model = CavlModel(tiny_config()).eval()
+    b = tiny_batch()
+    feats = b["visual_feats"] * 50 + 300  # large, shared offset: what detector features look like
+    mean, std = feats.flatten(0, 1).mean(0), feats.flatten(0, 1).std(0, unbiased=False)
+    std[2] = 0.0  # a constant dimension is only centred, never divided by zero
+    args = (b["text_ids"], b["text_mask"])
+    with torch.no_grad():
+        raw = model(*args, feats, b["visual_boxes"], b["visual_mask"]).last_hidden_state
+        model.set_visual_feature_statistics(mean, std)
+        standardised = model(*args, feats, b["visual_boxes"], b["visual_mask"]).last_hidden_state
+        z = (feats - mean) / torch.where(std > 0, std, torch.ones_like(std))
+        fresh = CavlModel(tiny_config()).eval()
+        fresh.load_state_dict(model.state_dict())
+        fresh.set_visual_feature_statistics(torch.zeros(6), torch.ones(6))  # identity
+        expected = fresh(*args, z, b["visual_boxes"], b["visual_mask"]).last_hidden_state
+    assert not torch.allclose(raw, standardised)
+    torch.testing.assert_close(standardised, expected, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path / "m")
+    again = CavlModel.from_pretrained(tmp_path / "m").eval()
+    assert torch.equal(again.embeddings.visual_feature_mean, mean)
+    with torch.no_grad():
+        assert torch.equal(again(*args, feats, b["visual_boxes"], b["visual_mask"]).last_hidden_state, standardised)
+    with pytest.raises(ValueError, match="expected \\(6,\\)"):
+        model.set_visual_feature_statistics(torch.zeros(5), torch.ones(5))
+
+
 def test_bert_for_pretraining_checkpoint_maps_mlm_head_and_old_names(tmp_path):
     """`bert.` prefixes, LayerNorm gamma/beta and the MLM transform of BertForPreTraining load;
     the MLM logits then equal Hugging Face's at the same positions."""

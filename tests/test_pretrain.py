@@ -217,6 +217,25 @@ def test_region_store_reads_shards_and_normalises_boxes(data):
     assert normalise_boxes([[0, 0, 300, 50]], 200, 100).tolist() == [[0.0, 0.0, 1.0, 0.5, 0.5]]
 
 
+def test_feature_statistics_cover_the_regions_the_model_sees(data):
+    from cavl.pretrain_data import PretrainDataConfig, feature_statistics, load_examples, open_region_store
+
+    store = open_region_store(data / "features", ["coco", "vg"])
+    examples = load_examples(data / "tasks/pretrain/train.parquet", PretrainDataConfig(), seed=0)
+    images = examples[["dataset", "image_id"]].drop_duplicates()
+    assert len(images) < len(examples)  # several captions per image: each image counts once
+    seen = np.concatenate([store.get(d, i).features[:1] for d, i in images.itertuples(index=False)])
+    mean, std = feature_statistics(store, examples, max_regions=1)
+    assert mean.shape == std.shape == (FEATURE_DIM,)
+    assert np.allclose(mean, seen.mean(0), rtol=1e-6, atol=1e-6)
+    assert np.allclose(std, seen.std(0), rtol=1e-5, atol=1e-6)
+    every = np.concatenate([store.get(d, i).features for d, i in images.itertuples(index=False)])
+    assert not np.allclose(feature_statistics(store, examples, max_regions=100)[0], mean)  # more regions
+    assert np.allclose(feature_statistics(store, examples, max_regions=100)[0], every.mean(0), atol=1e-6)
+    subset, _ = feature_statistics(store, examples, max_regions=1, max_images=4)
+    assert not np.allclose(subset, mean)
+
+
 def test_examples_sources_and_caption_cap(data):
     from cavl.pretrain_data import PretrainDataConfig, load_examples, open_region_store
 

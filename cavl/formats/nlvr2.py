@@ -10,7 +10,7 @@ last part, plus ``-img0``/``-img1``).
 
 import os
 
-from ._common import check_type, get, image_size, iter_json_lines
+from ._common import get, image_size, iter_json_lines
 from .errors import FormatError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
