@@ -4,7 +4,7 @@ Reads results/pretrain/log.jsonl of the one full demo run (`demo_run` fixture, c
 Train records carry step, epoch, lr, loss, mlm_loss, itm_loss, pwcl_loss, samples_per_s (each a
 mean over the `log_every` steps before `step`); the final val record carries val_loss,
 val_mlm_loss, val_itm_loss, val_pwcl_loss, val_t2i_r@1, val_i2t_r@1 and val_chance_r@1
-(100 / retrieval_pairs). Findings behind the two expected failures: docs/pretraining.md.
+(100 / retrieval_pairs). What the demo needs to learn within its budget: docs/pretraining.md.
 """
 
 import json
@@ -29,21 +29,16 @@ def fall(train, key):
     return train[0][key], sum(r[key] for r in train[-LAST:]) / LAST
 
 
-@pytest.mark.parametrize("key,ratio", [("mlm_loss", 0.5), ("pwcl_loss", 0.7)])
-def test_mlm_and_pwcl_fall_clearly(log, key, ratio):
+# ITM starts at ln 2 (0.693) and loses 10% only once the model matches captions to regions (after
+# ~150 of the demo's 408 steps; docs/pretraining.md). PwCL (`separate`) starts at log(B − 1) = 2.71
+# for B = 16 (all pairs alike) and cannot go below ≈ 0.6 at τ = 0.5: 0.75 × first is a fall of a
+# third of that range (measured 0.66–0.69 × first over three seeds).
+@pytest.mark.parametrize("key,ratio", [("mlm_loss", 0.5), ("pwcl_loss", 0.75), ("itm_loss", 0.9)])
+def test_losses_fall_clearly(log, key, ratio):
     first, last = fall(log[0], key)
     assert last < ratio * first, f"{key}: first {first:.3f}, last {last:.3f} (want < {ratio} × first)"
 
 
-@pytest.mark.xfail(strict=True, reason="ITM needs ~400+ steps to start falling on the demo data (even with "
-                   "oracle features), over the demo's CPU budget; see docs/pretraining.md")
-def test_itm_falls_clearly(log):
-    first, last = fall(log[0], "itm_loss")
-    assert last < 0.9 * first, f"itm_loss: first {first:.3f}, last {last:.3f}"
-
-
-@pytest.mark.xfail(strict=True, reason="joint E'/F' share the fused pass, so PwCL is minimised without "
-                   "cross-modal alignment and E'·F' retrieval stays at chance; see docs/pretraining.md")
 def test_held_out_retrieval_beats_chance_both_ways(log):
     val = log[1]
     chance = val["val_chance_r@1"]

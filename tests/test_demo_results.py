@@ -56,13 +56,7 @@ def test_nlvr2_beats_majority_label(demo_metrics):
     _check(demo_metrics, "nlvr2", "accuracy", min_items=3)
 
 
-# Open (issue #6): zero-shot retrieval needs pretraining that learns image-text matching and a
-# `separate`-encoding E'.F' (the shortlist); the demo's pretraining does not yet (ITM and E'.F'
-# both flat on the demo test split). strict: once it passes, the marker must go.
-ZS_TIR_OPEN = pytest.mark.xfail(strict=True, reason="pretraining learns no image-text matching yet")
-
-
-@pytest.mark.parametrize("task", ["tir", pytest.param("zs_tir", marks=ZS_TIR_OPEN)])
+@pytest.mark.parametrize("task", ["tir", "zs_tir"])
 def test_retrieval_recall_at_1_beats_random_ranking(demo_metrics, task):
     if task == "zs_tir":
         assert demo_metrics[task]["method"] == "zero-shot" and demo_metrics[task]["trainable_params"] == 0
