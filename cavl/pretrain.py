@@ -27,8 +27,8 @@ import yaml
 
 from cavl.config import read_config_specs as read_config
 from cavl.model import CavlForPretraining, ObjectiveConfig, resolve_checkpoint_path
-from cavl.pretrain_data import (PretrainBatches, PretrainDataConfig, feature_statistics, load_examples, make_loader,
-                                open_region_store, pad_regions)
+from cavl.pretrain_data import (PretrainBatches, PretrainDataConfig, feature_statistics, load_examples,
+                                make_loader, open_region_store, pad_regions)
 from cavl.train_loop import (OptimConfig, Trainer, TrainConfig, cleanup_distributed, finalize_log,
                              seed_everything, setup_distributed)
 
