@@ -7,8 +7,20 @@ cd "$(dirname "$0")/.."
 venv=${1:-.venv}
 python=${PYTHON:-python3.11}
 
+# A fresh environment takes about 7 GB (torch's CUDA build alone 5.5 GB): say so up front
+# rather than let pip stop half-way with "No space left on device".
+need_gb=8
+if ! [ -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    mkdir -p "$venv"
+    free_gb=$(df -Pk "$venv" | awk 'NR == 2 {print int($4 / 1048576)}')
+    if [ "$free_gb" -lt "$need_gb" ]; then
+        echo "setup_env.sh: only ${free_gb} GB free under $venv; the environment needs about ${need_gb} GB" >&2
+        exit 1
+    fi
+fi
+
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+pip=("$venv/bin/python" -m pip --disable-pip-version-check --no-cache-dir)
 
 # torch first and alone: a looser request elsewhere would pull a different CUDA build.
 "${pip[@]}" install torch==2.14.1 torchvision==0.29.1
