@@ -96,6 +96,29 @@ def task_splits(task, datasets_config):
     return list(splits)
 
 
+def eval_image_ids(datasets_config, vg_spec):
+    """(COCO image ids, Flickr30k image ids) of the evaluation images of the datasets named in
+    `datasets.vg.exclude_eval_images`: COCO's images in every captions split but train (val2014
+    holds VQA's val and Karpathy's COCO val/test images), Flickr30k's Karpathy val and test."""
+    names = vg_spec.get("exclude_eval_images") or []
+    unknown = set(names) - {"coco", "flickr30k"}
+    if unknown:
+        raise SpecError(f"datasets.vg.exclude_eval_images: unknown dataset(s) {sorted(unknown)} "
+                        "(coco, flickr30k)")
+    coco_ids, flickr_ids = set(), set()
+    if "coco" in names:
+        captions = spec_get(spec_get(datasets_config, "coco", "--spec"), "captions", "datasets.coco", dict)
+        for name, entry in captions.items():
+            if name != "train":
+                images, _ = coco.read_captions(spec_get(entry, "annotations", f"datasets.coco.captions.{name}", str))
+                coco_ids.update(str(im["id"]) for im in images)
+    if "flickr30k" in names:
+        spec = spec_get(datasets_config, "flickr30k", "--spec (datasets.vg.exclude_eval_images names it)")
+        karpathy = flickr30k.read_karpathy(spec_get(spec, "karpathy_split", "datasets.flickr30k", str))
+        flickr_ids.update(im["image_id"] for im in karpathy if im["split"] != "train")
+    return coco_ids, flickr_ids
+
+
 def task_rows(task, datasets_config, split=None):
     """{split: rows} of `task`: every split of task_splits, or only `split`."""
     _check_task(task)
@@ -117,8 +140,15 @@ def task_rows(task, datasets_config, split=None):
                                                    f"datasets.coco.captions.{split}", str))
             if split == "train":
                 vg_spec = datasets_config["vg"]
-                rows += vg.caption_rows(spec_get(vg_spec, "region_descriptions", "datasets.vg", str),
-                                        spec_get(vg_spec, "image_data", "datasets.vg", str))
+                image_data = spec_get(vg_spec, "image_data", "datasets.vg", str)
+                vg_rows = vg.caption_rows(spec_get(vg_spec, "region_descriptions", "datasets.vg", str),
+                                          image_data)
+                held_out = vg.images_also_in(image_data, *eval_image_ids(datasets_config, vg_spec))
+                kept = [r for r in vg_rows if r["image_id"] not in held_out]
+                rows += kept
+                print(f"pretrain train: left out {len(held_out)} VG images ({len(vg_rows) - len(kept)} of "
+                      f"{len(vg_rows)} region descriptions) that are evaluation images of "
+                      f"{', '.join(vg_spec.get('exclude_eval_images') or []) or 'no dataset'}", file=sys.stderr)
             out[split] = rows
         return out
     spec = datasets_config[TASK_SOURCES[task][0]]

@@ -82,6 +82,17 @@ def test_detector_setting_reruns_extraction_and_everything_after(demo_run, tmp_p
     assert jobs == sorted(expected)  # and so no demo_data, manifest or task_data job
 
 
+def test_vg_evaluation_overlap_setting_rebuilds_only_the_pretraining_table(demo_run, tmp_path):
+    # which VG pictures give captions is decided when the pretrain table is built: no manifest or
+    # shard is redone. The demo's VG pictures are in no other dataset, so the table comes out the
+    # same; Snakemake still reruns what follows it (it compares files by time, not content).
+    change = override(tmp_path, "vg_overlap", {"datasets": {"vg": {"exclude_eval_images": ["coco"]}}})
+    jobs = dry_run(demo_run, [change])
+    assert not [j for j in jobs if j[0] in ("demo_data", "manifest", "extract_shard", "gather_features")], jobs
+    assert [j for j in jobs if j[0] == "task_data"] == [("task_data", "task=pretrain, split=train"),
+                                                         ("task_data", "task=pretrain, split=val")]
+
+
 def test_memory_and_decoding_processes_rerun_nothing(demo_run, tmp_path):
     # mem_mb only sizes cluster jobs and extract.num_workers only speeds up image decoding: no
     # part of any result.

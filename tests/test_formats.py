@@ -314,6 +314,54 @@ def test_task_pretrain_cli(stage):
                                                               ("coco-302", "42")]
 
 
+def _vg_overlapping(root):
+    """The fixture's VG pictures re-labelled: image 1 is COCO val image 42, image 10 Flickr30k
+    test image 1002 (the release marks such pictures with coco_id / flickr_id)."""
+    path = root / "vg/image_data.json"
+    data = json.loads(path.read_text())
+    data[0]["coco_id"], data[1]["coco_id"], data[1]["flickr_id"] = 42, 25, 1002
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("exclude, vg_rows, left_out", [
+    ([], ["vg-1382", "vg-1383", "vg-5000"], 0),
+    (["coco"], ["vg-5000"], 1),
+    (["flickr30k"], ["vg-1382", "vg-1383"], 1),
+    (["coco", "flickr30k"], [], 2),
+])
+def test_task_pretrain_leaves_out_evaluation_images(stage, capsys, exclude, vg_rows, left_out):
+    _vg_overlapping(stage("coco", "vg", "flickr30k"))
+    spec = {"coco": SPECS["coco"], "vg": {**SPECS["vg"], "exclude_eval_images": exclude},
+            "flickr30k": SPECS["flickr30k"]}
+    rc, tables = run_task("pretrain", spec)
+    assert rc == 0
+    train = tables["train"].to_pylist()
+    assert [r["example_id"] for r in train if r["dataset"] == "vg"] == vg_rows
+    assert [r["example_id"] for r in train if r["dataset"] == "coco"] == ["coco-48", "coco-67", "coco-120"]
+    assert f"left out {left_out} VG images" in capsys.readouterr().err
+
+
+def test_task_pretrain_evaluation_overlap_errors(stage, capsys):
+    _vg_overlapping(stage("coco", "vg"))
+    rc, _ = run_task("pretrain", {"coco": SPECS["coco"], "vg": {**SPECS["vg"], "exclude_eval_images": ["flickr30k"]}})
+    assert_cli_error(capsys, rc, "datasets.vg.exclude_eval_images names it", "missing key 'flickr30k'")
+    rc, _ = run_task("pretrain", {"coco": SPECS["coco"], "vg": {**SPECS["vg"], "exclude_eval_images": ["vqa"]}})
+    assert_cli_error(capsys, rc, "datasets.vg.exclude_eval_images: unknown dataset(s) ['vqa']")
+
+
+def test_vg_image_data_overlap_ids(tmp_path):
+    p = tmp_path / "image_data.json"
+    p.write_text(json.dumps([{"image_id": 7, "width": 5, "height": 6, "coco_id": 3, "flickr_id": None},
+                             {"image_id": 8, "width": 5, "height": 6},
+                             {"image_id": 9, "width": 5, "height": 6, "flickr_id": 11}]))
+    assert [(r["coco_id"], r["flickr_id"]) for r in vg.read_image_data(p)] == [(3, None), (None, None), (None, 11)]
+    assert vg.images_also_in(p, coco_ids={"3"}, flickr_ids={"11", "12"}) == {"7", "9"}
+    assert vg.images_also_in(p) == set()
+    p.write_text(json.dumps([{"image_id": 7, "width": 5, "height": 6, "coco_id": "3"}]))
+    with pytest.raises(FormatError, match=r"\[0\]: key 'coco_id' must be integer"):
+        vg.read_image_data(p)
+
+
 def test_task_pretrain_missing_source(stage, capsys):
     stage("coco")
     rc, _ = run_task("pretrain", {"coco": SPECS["coco"]})

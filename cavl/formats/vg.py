@@ -29,7 +29,8 @@ def _image_id(entry, path, rec):
 
 
 def read_image_data(path):
-    """Parse image_data.json → list of {image_id:int, url:str|None, width:int, height:int}."""
+    """Parse image_data.json → list of {image_id:int, url:str|None, width:int, height:int,
+    coco_id:int|None, flickr_id:int|None} (the last two: the same picture in COCO / Flickr30k)."""
     data = check_type(load_json(path), list, path, None, "top level")
     out = []
     for i, entry in enumerate(data):
@@ -39,8 +40,19 @@ def read_image_data(path):
             "url": get(entry, "url", (str, type(None)), path, rec, default=None),
             "width": positive_int(get(entry, "width", int, path, rec), path, rec, "width"),
             "height": positive_int(get(entry, "height", int, path, rec), path, rec, "height"),
+            "coco_id": get(entry, "coco_id", (int, type(None)), path, rec, default=None),
+            "flickr_id": get(entry, "flickr_id", (int, type(None)), path, rec, default=None),
         })
     return out
+
+
+def images_also_in(image_data_path, coco_ids=(), flickr_ids=()):
+    """VG image ids (str) of the pictures that image_data.json marks as COCO images in `coco_ids`
+    or Flickr30k images in `flickr_ids` (ids as strings)."""
+    coco_ids, flickr_ids = set(map(str, coco_ids)), set(map(str, flickr_ids))
+    return {str(im["image_id"]) for im in read_image_data(image_data_path)
+            if (im["coco_id"] is not None and str(im["coco_id"]) in coco_ids)
+            or (im["flickr_id"] is not None and str(im["flickr_id"]) in flickr_ids)}
 
 
 def find_image(image_root, image_id, url):

@@ -57,6 +57,21 @@ def annotation_files(dataset):
     raise ValueError(f"unknown dataset {dataset!r}")
 
 
+def manifest_spec(dataset):
+    """What the manifest of a dataset is built from: its `datasets` entry less the keys that only
+    choose pretraining captions (so changing them re-extracts nothing)."""
+    return {k: v for k, v in DATASETS[dataset].items() if k != "exclude_eval_images"}
+
+
+def task_data_sources(task):
+    """Datasets whose files build a task's tables: the task's sources, plus for pretrain those whose
+    evaluation images are kept out of VG's captions (datasets.vg.exclude_eval_images)."""
+    sources = list(TASK_SOURCES[task])
+    if task == "pretrain":
+        sources += [d for d in DATASETS["vg"].get("exclude_eval_images") or [] if d not in sources]
+    return sources
+
+
 def manifest_path(dataset):
     return f"resources/manifests/{dataset}.parquet"
 

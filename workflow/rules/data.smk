@@ -35,7 +35,7 @@ checkpoint manifest:
     conda:
         "../../envs/cavl.yaml"
     params:
-        spec=lambda w: json_arg(DATASETS[w.dataset]),
+        spec=lambda w: json_arg(manifest_spec(w.dataset)),
     shell:
         "python -m cavl.manifest --dataset {wildcards.dataset} --spec {params.spec} "
         "--out {output} > {log} 2>&1"
@@ -44,7 +44,7 @@ checkpoint manifest:
 rule task_data:
     """Normalised examples of one task, one Parquet per split."""
     input:
-        lambda w: [f for source in TASK_SOURCES[w.task] for f in annotation_files(source)],
+        lambda w: [f for source in task_data_sources(w.task) for f in annotation_files(source)],
     output:
         "resources/tasks/{task}/{split}.parquet",
     log:
@@ -52,7 +52,7 @@ rule task_data:
     conda:
         "../../envs/cavl.yaml"
     params:
-        spec=lambda w: json_arg({s: DATASETS[s] for s in TASK_SOURCES[w.task]}),
+        spec=lambda w: json_arg({s: DATASETS[s] for s in task_data_sources(w.task)}),
     shell:
         "python -m cavl.task_data --task {wildcards.task} --split {wildcards.split} "
         "--spec {params.spec} --out {output} > {log} 2>&1"
