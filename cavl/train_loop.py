@@ -14,7 +14,9 @@ next step) and nothing half-accumulated is ever saved.
 
 Resume: `work_dir` holds `step-XXXXXXXX.pt` (torch.save of tensors, Python scalars and lists
 only; loaded with weights_only=True, never unpickled) plus `step-XXXXXXXX.json` (step, data
-position, SHA-256 of the .pt, config fingerprint). The .json is written after the .pt, both
+position, SHA-256 of the .pt, config fingerprint). The .pt holds the trainable parameters and
+buffers only: frozen parameters (a finetuning backbone) are rebuilt from their source, which the
+fingerprint pins, so each checkpoint is the size of what trains. The .json is written after the .pt, both
 atomically, so a checkpoint exists only once both are complete; a checkpoint whose hash or load
 fails is skipped with a warning and the previous one is used. The live log
 `work_dir/log.jsonl` is cut back to the resumed step (so no step appears twice) and gets a
@@ -417,10 +419,14 @@ class Trainer:
         dist.all_gather_object(out, obj)
         return out
 
+    def _frozen_names(self) -> set:
+        return {n for n, p in self.model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
     def _state(self, window):
         per_rank = self._gather_objects({"rng": get_rng_state(), "window": window})
+        frozen = self._frozen_names()  # e.g. a finetuning backbone: rebuilt from its source on resume
         return {
-            "model": self.model.state_dict(),
+            "model": {k: v for k, v in self.model.state_dict().items() if k not in frozen},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -428,7 +434,10 @@ class Trainer:
         }
 
     def _restore(self, state, meta):
-        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) - self._frozen_names():
+            raise ValueError(f"checkpoint {meta.get('file')} does not fit the model: missing trainable "
+                             f"{sorted(set(missing) - self._frozen_names())[:5]}, unexpected {unexpected[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -255,6 +255,12 @@ def test_a_run_killed_mid_way_resumes_to_the_same_weights(root, tmp_path, monkey
     a = load_file(str(tmp_path / "straight" / "model" / "finetuned.safetensors"))
     b = load_file(str(tmp_path / "killed" / "model" / "finetuned.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the resume came from a checkpoint without the frozen backbone: it holds what trains
+    ckpt = torch.load(sorted((tmp_path / "killed" / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
+    model, _ = FinetuneModel.from_finetuned(tmp_path / "killed" / "model", root / "backbone")
+    buffers = {name for name, _ in model.named_buffers()}
+    assert set(ckpt["model"]) - buffers == set(a)  # the model folder's trainable weights, no more
+    assert sum(v.numel() for v in ckpt["model"].values()) < 0.3 * sum(p.numel() for p in model.parameters())
     log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
     assert {"event": "resume", "step": 4} in [{k: r.get(k) for k in ("event", "step")} for r in log]
     assert [r["step"] for r in log if "event" not in r] == [1, 2, 3, 4, 5, 6]
