@@ -435,9 +435,10 @@ class Trainer:
 
     def _restore(self, state, meta):
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        if unexpected or set(missing) - self._frozen_names():
+        missing_trainable = sorted(set(missing) - self._frozen_names())
+        if unexpected or missing_trainable:
             raise ValueError(f"checkpoint {meta.get('file')} does not fit the model: missing trainable "
-                             f"{sorted(set(missing) - self._frozen_names())[:5]}, unexpected {unexpected[:5]}")
+                             f"{missing_trainable[:5]}, unexpected {unexpected[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
