@@ -98,15 +98,20 @@ def chromium(tmp_path, *args):
     return result.stdout
 
 
+SIDEBAR_PX = 280  # the report's navigation column, left of the page content
+
+
 def assert_not_blank(path):
+    """The page content (right of the sidebar) has text or drawing on it. Ink, not "differs from
+    the background": the sidebar's fill fades in, so it is grey in some screenshots and white in
+    others (measured on the demo report: 3.6 % vs 20 % of the page off-white, same content)."""
     image = Image.open(path).convert("RGB")
     assert image.size == (1400, 1000)
-    # Many colours, and a good share of the page differs from its corner colour.
-    colours = image.getcolors(maxcolors=1 << 20)
-    assert len(colours) > 50, path
-    background = image.getpixel((image.width - 1, image.height - 1))
-    drawn = sum(count for count, colour in colours if colour != background)
-    assert drawn > 0.05 * image.width * image.height, path
+    assert len(image.getcolors(maxcolors=1 << 20)) > 50, path  # anti-aliased text, not a flat fill
+    content = image.crop((SIDEBAR_PX, 0, image.width, image.height)).convert("L")
+    ink = sum(count for count, level in content.getcolors(256) if level < 160)  # dark text and lines
+    # Demo report: ~16,800 ink pixels on the front page, ~39,000 on the summary; blank: 0.
+    assert ink > 0.005 * image.width * image.height, (path, ink)
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CAVL_REQUIRE_CHROMIUM"),
