@@ -134,3 +134,13 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert re.search(r'<iframe[^>]+src="data:text/html', dom), dom[-2000:]
     chromium(tmp_path, f"--screenshot={tmp_path / 'report_summary.png'}", view.as_uri())
     assert_not_blank(tmp_path / "report_summary.png")
+
+
+def test_blank_screenshot_is_rejected(tmp_path):
+    """The screenshot check fails on a page that rendered nothing, with or without the grey sidebar."""
+    blank = Image.new("RGB", (1400, 1000), "white")
+    for x in range(SIDEBAR_PX):  # a light sidebar fill in many shades, so only the ink check is left
+        blank.paste((200 + x % 56, 201 + x % 54, 203 + x % 52), (x, 0, x + 1, 1000))
+    blank.save(tmp_path / "blank.png")
+    with pytest.raises(AssertionError, match=r"blank.png'\), 0\)"):
+        assert_not_blank(tmp_path / "blank.png")
