@@ -67,12 +67,73 @@ def validate_config(config, schema=None):
     return resolved
 
 
+def _paths(node, key):
+    """(dotted key, value) of every string under `node` (the file and folder paths of `datasets`)."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if name not in _NOT_PATHS:
+                yield from _paths(value, f"{key}.{name}")
+    elif isinstance(node, str):
+        yield key, node
+
+
+def _inside(path, folder):
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def resolve_datasets(config):
+    """The `datasets` section the run reads. With the demo enabled it is the demo's layout, and a
+    path the user gave must lie under demo.out_dir: rule demo_data writes there, so a user file
+    elsewhere could otherwise be listed as its output (and deleted by Snakemake before the job)."""
+    datasets = copy.deepcopy(config["datasets"])
+    demo = config["demo"]
+    if not demo["enabled"]:
+        return datasets
+    from cavl.demo.layout import demo_datasets
+
+    outside = [(key, path) for key, path in _paths(datasets, "datasets") if not _inside(path, demo["out_dir"])]
+    if outside:
+        listed = "\n  ".join(f"config key {key!r}: {path!r}" for key, path in outside)
+        raise ConfigError(f"demo.enabled is true, so the demo data (under demo.out_dir {demo['out_dir']!r}) is "
+                          f"used and these paths outside it would be mixed with it:\n  {listed}\n"
+                          "Set demo.enabled: false to run on your own data (e.g. --configfile configs/paper.yaml).")
+    return deep_update(demo_datasets(demo["out_dir"]), datasets)
+
+
+# `datasets` values that are not paths.
+_NOT_PATHS = {"exclude_eval_images", "missing_images"}
+
+PRETRAIN_SOURCES = ("coco", "vg")
+
+
+def resolve_config(config):
+    """Validate `config`, fill defaults, and resolve what depends on the datasets present:
+    `datasets` (the demo's when enabled), pretrain.data.sources (null = the configured ones of
+    coco and vg) and datasets.vg.exclude_eval_images (those configured)."""
+    resolved = validate_config(config)
+    resolved = validate_config({**resolved, "datasets": resolve_datasets(resolved)})  # defaults of the demo's entries
+    datasets = resolved["datasets"]
+    data = resolved["pretrain"]["data"]
+    if data["sources"] is None:
+        data["sources"] = [d for d in PRETRAIN_SOURCES if d in datasets]
+    else:
+        missing = [d for d in data["sources"] if d not in datasets]
+        if missing:
+            raise ConfigError(f"config key 'pretrain.data.sources' names {', '.join(missing)}, but "
+                              f"{', '.join('datasets.' + d for d in missing)} is not configured")
+    if "vg" in datasets:
+        vg = datasets["vg"]
+        vg["exclude_eval_images"] = [d for d in vg["exclude_eval_images"] if d in datasets]
+    return resolved
+
+
 def main(argv=None):
     """`python -m cavl.config FILE [FILE ...]`: validate merged YAML files (later override earlier)."""
     argv = sys.argv[1:] if argv is None else argv
     merged = read_config_specs(argv)
     try:
-        validate_config(merged)
+        resolve_config(merged)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1

@@ -88,6 +88,9 @@ def settings_from_config(config: dict) -> tuple[ModelSettings, PretrainSettings]
     data = dict(p.pop("data", {}) or {})
     mlm, itm, pwcl = (dict(p.pop(k, {}) or {}) for k in ("mlm", "itm", "pwcl"))
     num_workers = data.pop("num_workers", PretrainSettings.num_workers)
+    if "sources" in data and data["sources"] is None:
+        raise ValueError("pretrain.data.sources is null: name the sources, or pass the config through "
+                         "cavl.config.resolve_config (the workflow does), which fills in those configured")
     weights = {"mlm_weight": mlm.pop("weight", None), "itm_weight": itm.pop("weight", None)}
     data.update(_take(mlm, {"probability": "mlm_probability"}, "pretrain.mlm"))
     data.update(_take(itm, {"negative_fraction": "itm_negative_fraction"}, "pretrain.itm"))

@@ -23,7 +23,7 @@ from cavl.io import write_parquet_atomic
 from cavl.manifest import parse_spec
 
 TASK_SOURCES = {
-    "pretrain": ("coco", "vg"),
+    "pretrain": ("coco", "vg"),  # either or both
     "vqa": ("vqa",),
     "vcr": ("vcr",),
     "nlvr2": ("nlvr2",),
@@ -76,17 +76,18 @@ def task_splits(task, datasets_config):
     """The splits `task` writes, given config["datasets"] (or a dict holding at least the
     task's sources). Pure: reads no files.
 
-    pretrain: the configured COCO caption splits (VG region descriptions join ``train``,
-    which is always present); vqa/vcr/nlvr2: the configured splits; rpg/tir: train, val,
+    pretrain: ``train`` (VG region descriptions join it) and the configured COCO caption
+    splits, when COCO is given; vqa/vcr/nlvr2: the configured splits; rpg/tir: train, val,
     test.
     """
     _check_task(task)
     if task in FIXED_SPLITS:
         return list(FIXED_SPLITS[task])
     if task == "pretrain":
-        captions = spec_get(spec_get(datasets_config, "coco", "datasets"), "captions",
-                            "datasets.coco", dict)
-        splits = list(captions)
+        _pretrain_sources(datasets_config)
+        splits = []
+        if "coco" in datasets_config:
+            splits = list(spec_get(datasets_config["coco"], "captions", "datasets.coco", dict))
         return splits if "train" in splits else ["train"] + splits
     source = TASK_SOURCES[task][0]
     splits = spec_get(spec_get(datasets_config, source, "datasets"), "splits",
@@ -94,6 +95,14 @@ def task_splits(task, datasets_config):
     if not splits:
         raise SpecError(f"datasets.{source}.splits: no splits configured")
     return list(splits)
+
+
+def _pretrain_sources(datasets_config):
+    """The caption sources (coco, vg) present in `datasets_config`; at least one."""
+    sources = [d for d in TASK_SOURCES["pretrain"] if d in datasets_config]
+    if not sources:
+        raise SpecError("pretraining needs datasets.coco or datasets.vg (neither is given)")
+    return sources
 
 
 def eval_image_ids(datasets_config, vg_spec):
@@ -122,8 +131,9 @@ def eval_image_ids(datasets_config, vg_spec):
 def task_rows(task, datasets_config, split=None):
     """{split: rows} of `task`: every split of task_splits, or only `split`."""
     _check_task(task)
-    for source in TASK_SOURCES[task]:
-        spec_get(datasets_config, source, "--spec")
+    if task != "pretrain":
+        for source in TASK_SOURCES[task]:
+            spec_get(datasets_config, source, "--spec")
     splits = task_splits(task, datasets_config)
     if split is not None:
         if split not in splits:
@@ -131,14 +141,15 @@ def task_rows(task, datasets_config, split=None):
                             f"(configured: {', '.join(splits)})")
         splits = [split]
     if task == "pretrain":
-        captions = datasets_config["coco"]["captions"]
+        sources = _pretrain_sources(datasets_config)
+        captions = datasets_config["coco"]["captions"] if "coco" in sources else {}
         out = {}
         for split in splits:
             rows = []
             if split in captions:
                 rows += coco.caption_rows(spec_get(captions[split], "annotations",
                                                    f"datasets.coco.captions.{split}", str))
-            if split == "train":
+            if split == "train" and "vg" in sources:
                 vg_spec = datasets_config["vg"]
                 image_data = spec_get(vg_spec, "image_data", "datasets.vg", str)
                 vg_rows = vg.caption_rows(spec_get(vg_spec, "region_descriptions", "datasets.vg", str),

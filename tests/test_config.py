@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from cavl.config import ConfigError, load_schema, validate_config
+from cavl.config import ConfigError, deep_update, load_schema, resolve_config, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,16 +18,58 @@ def load(name):
         return yaml.safe_load(f)
 
 
-def test_default_config_validates_and_gets_defaults():
-    resolved = validate_config(load("config.yaml"))
+def test_default_config_runs_the_demo_on_its_own_layout():
+    resolved = resolve_config(load("config.yaml"))
     assert resolved["demo"]["enabled"] is True
     assert set(resolved["datasets"]) == {"coco", "vg", "vqa", "vcr", "nlvr2", "flickr30k"}
+    assert resolved["datasets"]["vg"]["image_data"] == "data/demo/vg/image_data.json"
+    assert resolved["pretrain"]["data"]["sources"] == ["coco", "vg"]
 
 
 def test_empty_config_is_filled_from_schema_defaults():
     resolved = validate_config({})
     assert resolved["demo"]["images"]["coco"] == 120
-    assert resolved["datasets"]["vg"]["image_data"] == "data/demo/vg/image_data.json"
+    assert resolved["datasets"] == {}
+
+
+def test_dataset_paths_have_no_defaults():
+    """No dataset path defaults to the demo's files: real runs never inherit them."""
+    schema_text = open(os.path.join(ROOT, "workflow", "schemas", "config.schema.yaml")).read()
+    assert "data/demo/" not in schema_text
+    assert "data/demo" not in yaml.safe_dump(load("config.yaml")["datasets"])
+
+
+def test_demo_rejects_a_path_outside_its_folder_naming_the_key():
+    config = load("config.yaml")
+    config["datasets"] = {"vqa": {"splits": {"train": {"questions": "/home/me/vqa/q.json",
+                                                       "annotations": "data/demo/vqa/a.json"}}}}
+    with pytest.raises(ConfigError, match=r"'datasets\.vqa\.splits\.train\.questions': '/home/me/vqa/q\.json'") as e:
+        resolve_config(config)
+    assert "annotations" not in str(e.value)  # inside demo.out_dir: allowed
+
+
+def test_paper_config_has_no_demo_path_and_optional_inputs_unset():
+    merged = deep_update(load("config.yaml"), load("configs/paper.yaml"))
+    resolved = resolve_config(merged)
+    assert "data/demo" not in yaml.safe_dump(resolved["datasets"])
+    merged["datasets"]["coco"]["captions"]["train"]["instances"] = None  # optional: null = none
+    merged["datasets"]["vg"]["objects"] = None
+    resolve_config(merged)
+
+
+def test_partial_datasets_resolve_sources_and_exclusions():
+    paper = deep_update(load("config.yaml"), load("configs/paper.yaml"))
+    coco_only = copy.deepcopy(paper)
+    coco_only["datasets"] = {"coco": paper["datasets"]["coco"]}
+    assert resolve_config(coco_only)["pretrain"]["data"]["sources"] == ["coco"]
+    vg_only = copy.deepcopy(paper)
+    vg_only["datasets"] = {"vg": paper["datasets"]["vg"]}
+    resolved = resolve_config(vg_only)
+    assert resolved["pretrain"]["data"]["sources"] == ["vg"]
+    assert resolved["datasets"]["vg"]["exclude_eval_images"] == []  # neither coco nor flickr30k given
+    vg_only["pretrain"]["data"]["sources"] = ["coco", "vg"]
+    with pytest.raises(ConfigError, match=r"'pretrain\.data\.sources' names coco, but datasets\.coco"):
+        resolve_config(vg_only)
 
 
 def test_unknown_key_is_rejected_with_its_dotted_name():
@@ -50,7 +92,7 @@ def test_wrong_type_is_rejected_with_the_key_named():
 
 
 def test_missing_required_split_file_is_rejected():
-    config = load("config.yaml")
+    config = deep_update(load("config.yaml"), load("configs/paper.yaml"))
     del config["datasets"]["vqa"]["splits"]["train"]["annotations"]
     with pytest.raises(ConfigError, match=r"datasets\.vqa\.splits\.train"):
         validate_config(config)
@@ -63,10 +105,15 @@ def _all_property_schemas(schema, path=""):
 
 
 def test_every_schema_key_has_description_and_default():
+    """Dataset entries and their paths have no default: a dataset is given, or not used."""
     schema = load_schema()
     keys = list(_all_property_schemas(schema))
     assert len(keys) > 20
-    missing = [key for key, sub in keys if "description" not in sub or "default" not in sub]
+    datasets = schema["properties"]["datasets"]["properties"]
+    no_default = {f"datasets.{name}" for name in datasets} | {
+        f"datasets.{name}.{key}" for name, entry in datasets.items() for key in entry.get("required", [])}
+    missing = [key for key, sub in keys
+               if "description" not in sub or ("default" not in sub and key not in no_default)]
     assert not missing, f"schema keys without description or default: {missing}"
 
 
@@ -83,10 +130,7 @@ def test_every_object_rejects_unknown_keys():
 
 
 def test_paper_config_overrides_validate():
-    merged = copy.deepcopy(load("config.yaml"))
-    from cavl.config import deep_update
-
-    deep_update(merged, load("configs/paper.yaml"))
+    merged = deep_update(load("config.yaml"), load("configs/paper.yaml"))
     resolved = validate_config(merged)
     assert resolved["demo"]["enabled"] is False
 

@@ -239,9 +239,11 @@ def test_checker_vqa_and_nlvr2_and_vcr_forms():
 def test_layout_matches_config(demo):
     yaml = pytest.importorskip("yaml")
     out, _ = demo
+    from cavl.config import resolve_config
+
     config_path = os.path.join(os.path.dirname(__file__), os.pardir, "config.yaml")
     with open(config_path) as f:
-        config = yaml.safe_load(f)
+        config = resolve_config(yaml.safe_load(f))
     prefix = config["demo"]["out_dir"].rstrip("/") + "/"
     paths = []
 

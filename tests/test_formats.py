@@ -739,8 +739,10 @@ def test_task_splits_from_specs():
 
 def test_task_splits_of_repo_config():
     yaml = pytest.importorskip("yaml")
+    from cavl.config import resolve_config
+
     cfg = Path(__file__).resolve().parents[1] / "config.yaml"
-    datasets = yaml.safe_load(cfg.read_text())["datasets"]
+    datasets = resolve_config(yaml.safe_load(cfg.read_text()))["datasets"]
     assert task_data.task_splits("pretrain", datasets) == ["train", "val"]
     assert task_data.task_splits("vqa", datasets) == list(datasets["vqa"]["splits"])
     assert task_data.task_splits("nlvr2", datasets) == list(datasets["nlvr2"]["splits"])

@@ -8,11 +8,12 @@ import sys
 import pyarrow.parquet as pq
 from snakemake.exceptions import WorkflowError
 
-from cavl.config import ConfigError, validate_config
+from cavl.config import ConfigError, resolve_config
 from cavl.task_data import TASK_SOURCES, task_splits
+from cavl.tasks import REGISTRY as TASK_REGISTRY
 
 try:
-    config.update(validate_config(config))
+    config.update(resolve_config(config))
 except ConfigError as error:
     raise WorkflowError(str(error))
 
@@ -37,8 +38,27 @@ def json_arg(value):
     return shlex.quote(json.dumps(value, sort_keys=True))
 
 
+def missing_datasets(task):
+    """The `datasets` entries a task (or pretrain) needs that the config leaves out."""
+    if task == "pretrain":
+        return [] if config["pretrain"]["data"]["sources"] else ["coco or datasets.vg"]
+    entry = TASK_REGISTRY[task]
+    needs = dict.fromkeys([*TASK_SOURCES[entry.tables or task], *entry.image_datasets])
+    return [d for d in needs if d not in DATASETS]
+
+
+def require_datasets(task):
+    """Stop with an error naming the missing config keys when a task's datasets are not configured."""
+    missing = missing_datasets(task)
+    if missing:
+        keys = " and ".join(f"datasets.{d}" for d in missing)
+        raise WorkflowError(f"{task} needs {keys}, which the configuration does not set")
+
+
 def annotation_files(dataset):
     """The official annotation files of one dataset, as listed in the config."""
+    if dataset not in DATASETS:
+        raise WorkflowError(f"datasets.{dataset} is not configured")
     spec = DATASETS[dataset]
     if dataset == "coco":
         splits = spec["captions"].values()
@@ -66,10 +86,13 @@ def manifest_spec(dataset):
 def task_data_sources(task):
     """Datasets whose files build a task's tables: the task's sources, plus for pretrain those whose
     evaluation images are kept out of VG's captions (datasets.vg.exclude_eval_images)."""
-    sources = list(TASK_SOURCES[task])
     if task == "pretrain":
-        sources += [d for d in DATASETS["vg"].get("exclude_eval_images") or [] if d not in sources]
-    return sources
+        require_datasets(task)
+        sources = list(config["pretrain"]["data"]["sources"])
+        excluded = DATASETS["vg"]["exclude_eval_images"] if "vg" in sources else []
+        return sources + [d for d in excluded if d not in sources]
+    require_datasets(task)
+    return list(TASK_SOURCES[task])
 
 
 def manifest_path(dataset):
@@ -80,18 +103,29 @@ def task_data_paths(task):
     return [f"resources/tasks/{task}/{split}.parquet" for split in task_splits(task, DATASETS)]
 
 
+def runnable_tasks():
+    """The finetune tasks whose datasets are configured; one log line names those left out."""
+    tasks = [task for task in config["finetune"]["tasks"] if task in TASK_REGISTRY]
+    left_out = {task: missing_datasets(task) for task in tasks if missing_datasets(task)}
+    if left_out:
+        print("not in the default target (dataset not configured): "
+              + ", ".join(f"{t} (datasets.{' + datasets.'.join(m)})" for t, m in left_out.items()), file=sys.stderr)
+    return [task for task in tasks if task not in left_out]
+
+
 # Rule summary's outputs, all requested (the report embeds them; a new one is then made at once).
 SUMMARY_FILES = ["summary.md", "summary.csv", "summary.html", "summary.png", "methods.csv"]
 
 
 def all_targets():
     """Everything `snakemake --cores all` builds, growing as stages are added."""
-    targets = [manifest_path(d) for d in IMAGE_DATASETS]
-    targets += [path for task in TASK_SOURCES for path in task_data_paths(task)]
-    targets += [feature_index(d) for d in IMAGE_DATASETS]
-    targets += ["results/pretrain/model"]
-    targets += [f"results/{task}/metrics.json" for task in config["finetune"]["tasks"]]
-    if config["finetune"]["tasks"]:
+    images = [d for d in IMAGE_DATASETS if d in DATASETS]
+    targets = [manifest_path(d) for d in images] + [feature_index(d) for d in images]
+    targets += [path for task in TASK_SOURCES if not missing_datasets(task) for path in task_data_paths(task)]
+    if not missing_datasets("pretrain"):
+        targets += ["results/pretrain/model"]
+    targets += [f"results/{task}/metrics.json" for task in RUNNABLE_TASKS]
+    if RUNNABLE_TASKS:
         targets += [f"results/{name}" for name in SUMMARY_FILES]
     return targets
 
@@ -165,12 +199,14 @@ def pretrain_launcher():
 def finetune_split(task, key):
     """The task table of the split named by `finetune.tasks.<task>.<key>` (train_split, eval_split);
     zs_tir reads tir's tables."""
+    require_datasets(task)
     tables = TASK_REGISTRY[task].tables or task
     return f"resources/tasks/{tables}/{FINETUNE['tasks'][task][key]}.parquet"
 
 
 def finetune_features(task):
     """Feature index of the task's image dataset (VQA reads coco's)."""
+    require_datasets(task)
     return feature_index(TASK_REGISTRY[task].image_datasets[0])
 
 

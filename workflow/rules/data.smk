@@ -4,11 +4,10 @@
 if config["demo"]["enabled"]:
 
     rule demo_data:
-        """Synthetic scenes in the official formats of all seven datasets."""
+        """Synthetic scenes in the official formats of all seven datasets, under demo.out_dir only
+        (the demo's `datasets` are its layout; resolve_config rejects paths outside it)."""
         output:
-            sorted(
-                {f for d in ["coco", "vg", "vqa", "vcr", "nlvr2", "flickr30k"] for f in annotation_files(d)}
-            ),
+            sorted({f for d in DATASETS for f in annotation_files(d)}),
             scenes=f"{config['demo']['out_dir']}/scenes.json",
         log:
             "logs/demo_data.log",

@@ -6,12 +6,12 @@
 # backbone cache in results/{task}/cache/ (neither is a declared output, so both survive a failed
 # job); declared outputs are written last, atomically.
 
-from cavl.tasks import REGISTRY as TASK_REGISTRY
-
 FINETUNE = config["finetune"]
 FINETUNE_TASKS = [task for task in FINETUNE["tasks"] if task in TASK_REGISTRY]
 TRAINED_TASKS = [task for task in FINETUNE_TASKS if not TASK_REGISTRY[task].zero_shot]
 ZERO_SHOT_TASKS = [task for task in FINETUNE_TASKS if TASK_REGISTRY[task].zero_shot]
+# Those whose datasets are configured: the default target and the summary.
+RUNNABLE_TASKS = runnable_tasks()
 
 
 rule finetune:

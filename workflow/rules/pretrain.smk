@@ -1,6 +1,6 @@
-# Contrastive pretraining: MLM + ITM + pair-wise contrastive loss over COCO captions and VG region
-# descriptions joined with their region features. One process on CPU, or torchrun with one
-# process per GPU (pretrain.gpus). The job resumes from results/pretrain/checkpoints/ (not a
+# Contrastive pretraining: MLM + ITM + pair-wise contrastive loss over COCO captions and/or VG
+# region descriptions (pretrain.data.sources) joined with their region features. One process on
+# CPU, or torchrun with one process per GPU (pretrain.gpus). The job resumes from results/pretrain/checkpoints/ (not a
 # declared output, so it survives a failed job) and writes its declared outputs last, atomically.
 
 import os
@@ -8,12 +8,18 @@ import os
 PRETRAIN = config["pretrain"]
 
 
+def pretrain_inputs(wildcards):
+    """Task tables (val when the sources have one: COCO's captions val split) and feature indexes."""
+    require_datasets("pretrain")
+    splits = task_splits("pretrain", {s: DATASETS[s] for s in task_data_sources("pretrain")})
+    inputs = {split: f"resources/tasks/pretrain/{split}.parquet" for split in ("train", "val") if split in splits}
+    return {**inputs, "features": [feature_index(d) for d in PRETRAIN["data"]["sources"]]}
+
+
 rule pretrain:
     """MLM + ITM + PwCL pretraining → results/pretrain/model/ (CavlModel.from_pretrained loads it)."""
     input:
-        train="resources/tasks/pretrain/train.parquet",
-        val="resources/tasks/pretrain/val.parquet",
-        features=[feature_index(d) for d in PRETRAIN["data"]["sources"]],
+        unpack(pretrain_inputs),
     output:
         model=directory("results/pretrain/model"),
         log="results/pretrain/log.jsonl",
@@ -33,10 +39,11 @@ rule pretrain:
     params:
         config=pretrain_config_arg(),
         features=lambda w, input: os.path.dirname(os.path.dirname(input.features[0])),
+        val=lambda w, input: input.get("val", ""),  # '' = no held-out split (e.g. VG alone)
         checkpoints="results/pretrain/checkpoints",
         launcher=pretrain_launcher(),
     shell:
         "{params.launcher} cavl.pretrain --config {params.config} --threads {threads} "
-        "--train {input.train} --val {input.val} --features {params.features} "
+        "--train {input.train} --val '{params.val}' --features {params.features} "
         "--out {output.model} --train-log {output.log} --curves {output.curves} "
         "--checkpoints {params.checkpoints} > {log} 2>&1"

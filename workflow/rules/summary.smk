@@ -10,8 +10,8 @@ localrules:
 rule summary:
     """results/summary.md/.csv/.html (task, split, method, metric, value, chance), methods.csv, plot."""
     input:
-        metrics=expand("results/{task}/metrics.json", task=FINETUNE_TASKS),
-        logs=expand("results/{task}/log.jsonl", task=TRAINED_TASKS),
+        metrics=expand("results/{task}/metrics.json", task=RUNNABLE_TASKS),
+        logs=expand("results/{task}/log.jsonl", task=[t for t in RUNNABLE_TASKS if t in TRAINED_TASKS]),
     output:
         md="results/summary.md",
         html=report(
