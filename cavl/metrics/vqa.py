@@ -1,24 +1,30 @@
 """VQA v2 accuracy, answer normalisation, soft-score targets and the answer vocabulary.
 
-The metric follows the official evaluation (``vqaEval.py`` of GT-Vision-Lab/VQA, the Python 3
-version published with VQA v2), reimplemented here from its definitions:
+The metric follows the current official evaluation (``VQAEval.evaluate`` in
+``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of GT-Vision-Lab/VQA, commit a013f00),
+reimplemented here from its definitions. Per question:
 
-Predicted answer
-    newlines and tabs → spaces, strip, then :func:`process_punctuation`, then
-    :func:`process_digit_article` (together: :func:`normalize_answer`).
-Human answers
-    *only* :func:`process_punctuation`, and only when the ten answers of the question are not
-    all the same string — this asymmetry is the official behaviour (the released annotations are
-    already lower-case with digits, so it rarely matters), and we keep it so that our numbers
-    are the ones the official script prints.
-Per-question accuracy
-    the average, over the 10 leave-one-annotator-out subsets of 9 humans, of
-    ``min(#humans in the subset giving the answer / 3, 1)``. With ``c`` of 10 humans agreeing
-    with the prediction this is 0, 0.3, 0.6, 0.9 for c = 0..3 and 1.0 for c ≥ 4.
+1. Whitespace clean-up, for the predicted answer *and* every human answer: newlines and tabs →
+   spaces, then strip leading/trailing whitespace.
+2. The ten cleaned human answers decide the rest. If they are **not all the same string**, the
+   prediction and every human answer get the same full normalisation — :func:`process_punctuation`
+   then :func:`process_digit_article` (together with step 1: :func:`normalize_answer`). If they
+   **are all identical**, nothing more is done to either side: the cleaned prediction is compared
+   to the cleaned human answer as it stands (case, punctuation, articles and number words
+   included), so "t-shirt" scores 100 against ten "t-shirt" but "T-shirt", "t shirt" or
+   "the t-shirt" score 0 there. (The official authors' rationale: unanimous answers are typically
+   text read off the image, which must not be rewritten.)
+3. Exact string match. The accuracy is the average, over the 10 leave-one-annotator-out subsets
+   of 9 humans, of ``min(#humans in the subset giving the answer / 3, 1)``. With ``c`` of 10
+   humans agreeing with the prediction this is 0, 0.3, 0.6, 0.9 for c = 0..3 and 1.0 for c ≥ 4.
+
 Aggregates
     ``accuracy`` over all questions and one figure per answer type (``yes/no``, ``number``,
     ``other``), each the mean of the per-question accuracies, in percent (not rounded; the
     official script rounds to 2 decimals only for printing).
+
+Training targets and the answer vocabulary (:func:`soft_targets`, :func:`build_answer_vocab`) are
+not part of the official script: they always use the full :func:`normalize_answer`.
 """
 
 import re
@@ -113,7 +119,8 @@ CONTRACTIONS = _parse_pairs(_CONTRACTION_TABLE)
 # ----------------------------------------------------------------------------- normalisation
 
 def process_punctuation(text: str) -> str:
-    """The official punctuation step (applied to predictions and, conditionally, to humans).
+    """The official punctuation step (applied, with :func:`process_digit_article` after it, to
+    the prediction and the human answers of questions whose human answers differ).
 
     For each mark of :data:`PUNCTUATION`: delete it if the *input* has the mark followed or
     preceded by a space, or contains a digit-comma-digit group; otherwise replace it by a space
@@ -139,19 +146,31 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
+def clean_whitespace(text: str) -> str:
+    """The official first step, done to every answer: newlines and tabs → spaces, then strip."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(text: str) -> str:
-    """Everything the official evaluation does to a *predicted* answer."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(text))
+    """The full official normalisation: :func:`clean_whitespace`, :func:`process_punctuation`,
+    :func:`process_digit_article`. The metric applies it (to the prediction and to the human
+    answers alike) only to questions whose human answers differ; see :func:`official_match_forms`."""
+    return process_digit_article(process_punctuation(clean_whitespace(text)))
 
 
-def _official_human_answers(human_answers: Sequence[str]) -> list[str]:
-    """Human answers as the official evaluation compares them: punctuation-processed only
-    when they are not all identical, never lower-cased or digit/article-processed."""
-    human_answers = list(human_answers)
-    if len(set(human_answers)) > 1:
-        return [process_punctuation(a) for a in human_answers]
-    return human_answers
+def official_match_forms(prediction: str, human_answers: Sequence[str]) -> tuple[str, list[str]]:
+    """The prediction and the human answers in the form the official evaluation compares them.
+
+    All are whitespace-cleaned; then, only if the cleaned human answers are not all identical,
+    every one of them (prediction included) is fully normalised. Unanimous human answers and the
+    prediction against them stay as cleaned, so matching there is exact (case-sensitive) string
+    equality.
+    """
+    prediction = clean_whitespace(prediction)
+    humans = [clean_whitespace(a) for a in human_answers]
+    if len(set(humans)) > 1:
+        return normalize_answer(prediction), [normalize_answer(a) for a in humans]
+    return prediction, humans
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -174,9 +193,9 @@ def leave_one_out_score(count: int, num_answers: int = 10) -> float:
 
 
 def vqa_question_score(prediction: str, human_answers: Sequence[str]) -> float:
-    """Official accuracy (0–1) of one predicted answer against the question's human answers."""
-    pred = normalize_answer(prediction)
-    humans = _official_human_answers(human_answers)
+    """Official accuracy (0–1) of one predicted answer against the question's human answers
+    (each human answer counts as a separate annotator, as the ten VQA answers do)."""
+    pred, humans = official_match_forms(prediction, human_answers)
     return leave_one_out_score(sum(h == pred for h in humans), len(humans))
 
 
@@ -222,9 +241,11 @@ def soft_targets(human_answers: Sequence[str]) -> dict[str, float]:
 
     Each human answer is fully normalised with :func:`normalize_answer` (the common practice
     of the bottom-up-attention / BAN / LXMERT preprocessing, so that "Two" and "2" pool), then
-    each distinct answer scores :func:`leave_one_out_score` of its count — i.e. exactly the
-    official accuracy a prediction of that answer would get (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 /
-    3 / ≥4 of 10 humans). Empty answers are dropped.
+    each distinct answer scores :func:`leave_one_out_score` of its count (0.3 / 0.6 / 0.9 / 1.0
+    for 1 / 2 / 3 / ≥4 of 10 humans) — the official accuracy a prediction of that answer gets
+    whenever the question's human answers differ. (Where all ten are identical the official
+    metric compares raw strings, so e.g. ten "t-shirt" give the target "t shirt", which the
+    official metric scores 0 there.) Empty answers are dropped.
     """
     normalised = [normalize_answer(a) for a in human_answers]
     counts = Counter(a for a in normalised if a)
