@@ -231,3 +231,15 @@ def test_encode_soft_targets_drops_out_of_vocab_answers():
                             vocab)
     assert y.dtype == np.float32 and y.shape == (3, 3)
     np.testing.assert_allclose(y, [[0.9, 1.0, 0.0], [0, 0, 0], [0, 0, 0.6]], rtol=1e-6)
+
+
+def test_predictions_use_the_annotators_spelling_of_a_class():
+    """The class "t shirt" is predicted as "t-shirt", its most frequent train spelling, which
+    scores 100 against ten identical "t-shirt" (the class name itself would score 0)."""
+    from cavl.metrics.vqa import surface_forms
+
+    train = ["t-shirt", "t-shirt", "T shirt", "yes", "Yes", "yes", "Yes", "2", "two"]
+    vocab = build_answer_vocab(train, top_k=3)
+    assert vocab == ["yes", "t shirt", "2"]
+    assert surface_forms(train, vocab) == ["yes", "t-shirt", "2"]  # ties: the class name
+    assert vqa_question_score("t-shirt", ["t-shirt"] * 10) == 1.0

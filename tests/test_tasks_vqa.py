@@ -43,7 +43,7 @@ def test_registry_entry():
 
 def test_answer_vocabulary_is_the_top_k_normalised_train_answers():
     train = pd.DataFrame({"multiple_choice_answer": ["yes", "Yes", "no", "2", "two", "red", None]})
-    assert TASK.prepare(train, {"answer_vocab_size": 2}) == {"answers": ["2", "yes"]}
+    assert TASK.prepare(train, {"answer_vocab_size": 2}) == {"answers": ["2", "yes"], "written": ["2", "yes"]}
     assert TASK.prepare(train, {"answer_vocab_size": 10})["answers"] == ["2", "yes", "no", "red"]
 
 

@@ -267,6 +267,19 @@ def build_answer_vocab(answers: Iterable[str], top_k: int, min_count: int = 1) -
     return ranked[:top_k]
 
 
+def surface_forms(answers: Iterable[str], vocab: Sequence[str]) -> list[str]:
+    """For each vocabulary answer, its most frequent written form among `answers` (cleaned of
+    whitespace only; ties: the class name itself, then alphabetical). Predicting that form scores as the annotators wrote it:
+    where all ten humans agree, the official metric compares unnormalised strings, so "t-shirt",
+    not the class name "t shirt", matches ten "t-shirt"."""
+    counts = {a: Counter() for a in vocab}
+    for written in answers:
+        key = normalize_answer(written)
+        if key in counts:
+            counts[key][clean_whitespace(written)] += 1
+    return [min(c, key=lambda w: (-c[w], w != a, w)) if c else a for a, c in counts.items()]
+
+
 def encode_soft_targets(answers: Sequence[Sequence[str]], vocab: Sequence[str]) -> np.ndarray:
     """Dense float32 target matrix [num_questions, len(vocab)] of :func:`soft_targets`;
     answers outside the vocabulary are dropped (their question may get an all-zero row)."""

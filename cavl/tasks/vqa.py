@@ -1,7 +1,8 @@
 """VQA v2: the question with the image's regions; classification over the top-K train answers.
 
 Answer vocabulary: the K most frequent normalised `multiple_choice_answer`s of the train split
-(K = `answer_vocab_size`, 3,129 at paper scale). Targets: the soft score of each vocabulary
+(K = `answer_vocab_size`, 3,129 at paper scale); a prediction is written in its class's most
+frequent train spelling ("t-shirt", not "t shirt"). Targets: the soft score of each vocabulary
 answer from the 10 human answers (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / ≥4 agreeing humans),
 BCE loss summed over answers. Metric: the official VQA accuracy (cavl.metrics.vqa), overall and
 per answer type; chance: the train majority answer.
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from cavl.adapters import TaskHead
 from cavl.metrics.chance import vqa_majority_chance
-from cavl.metrics.vqa import build_answer_vocab, encode_soft_targets, vqa_accuracy
+from cavl.metrics.vqa import build_answer_vocab, encode_soft_targets, surface_forms, vqa_accuracy
 from cavl.tasks.base import Encoded, Mlp, Task, TextImage
 
 
@@ -44,8 +45,9 @@ class VqaTask(Task):
 
     def prepare(self, train: pd.DataFrame, options: dict) -> dict:
         k = int(options.get("answer_vocab_size", 3129))
-        vocab = build_answer_vocab(train["multiple_choice_answer"].dropna().astype(str), top_k=k)
-        return {"answers": vocab}
+        answers = train["multiple_choice_answer"].dropna().astype(str)
+        vocab = build_answer_vocab(answers, top_k=k)
+        return {"answers": vocab, "written": surface_forms(answers, vocab)}
 
     def sequences(self, example, item, state):
         return [TextImage(example["question"].split(), example["image_id"])]
@@ -67,7 +69,7 @@ class VqaTask(Task):
         return {"answer_index": index.cpu().numpy(), "score": score.cpu().numpy()}
 
     def predictions(self, examples, items, outputs, state):
-        vocab = np.asarray(state["answers"], dtype=object)
+        vocab = np.asarray(state.get("written", state["answers"]), dtype=object)  # as annotators write them
         rows = items["example"].to_numpy()
         return pd.DataFrame({
             "question_id": examples["question_id"].to_numpy()[rows],
