@@ -89,7 +89,7 @@ def resolve_datasets(config):
     datasets = copy.deepcopy(config["datasets"])
     demo = config["demo"]
     if not demo["enabled"]:
-        return datasets
+        return {name: spec for name, spec in datasets.items() if spec is not None}
     from cavl.demo.layout import demo_datasets
 
     outside = [(key, path) for key, path in _paths(datasets, "datasets") if not _inside(path, demo["out_dir"])]
@@ -98,7 +98,8 @@ def resolve_datasets(config):
         raise ConfigError(f"demo.enabled is true, so the demo data (under demo.out_dir {demo['out_dir']!r}) is "
                           f"used and these paths outside it would be mixed with it:\n  {listed}\n"
                           "Set demo.enabled: false to run on your own data (e.g. --configfile configs/paper.yaml).")
-    return deep_update(demo_datasets(demo["out_dir"]), datasets)
+    merged = deep_update(demo_datasets(demo["out_dir"]), datasets)
+    return {name: spec for name, spec in merged.items() if spec is not None}  # null: not used
 
 
 # `datasets` values that are not paths.

@@ -119,7 +119,8 @@ def test_every_schema_key_has_description_and_default():
 
 def test_every_object_rejects_unknown_keys():
     def objects(schema, path="<top>"):
-        if schema.get("type") == "object" and "properties" in schema:
+        types = schema.get("type")
+        if "object" in (types if isinstance(types, list) else [types]) and "properties" in schema:
             yield path, schema
         for name, sub in schema.get("properties", {}).items():
             yield from objects(sub, f"{path}.{name}")

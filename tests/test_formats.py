@@ -362,10 +362,16 @@ def test_vg_image_data_overlap_ids(tmp_path):
         vg.read_image_data(p)
 
 
-def test_task_pretrain_missing_source(stage, capsys):
+def test_task_pretrain_needs_coco_or_vg(capsys):
+    rc, _ = run_task("pretrain", {"vqa": SPECS["vqa"]})
+    assert_cli_error(capsys, rc, "pretraining needs datasets.coco or datasets.vg")
+
+
+def test_task_pretrain_from_coco_alone(stage):
     stage("coco")
-    rc, _ = run_task("pretrain", {"coco": SPECS["coco"]})
-    assert_cli_error(capsys, rc, "--spec: missing key 'vg'")
+    rc, tables = run_task("pretrain", {"coco": SPECS["coco"]})
+    assert rc == 0
+    assert set(tables["train"].column("dataset").to_pylist()) == {"coco"}
 
 
 # ---------------------------------------------------------------- VQA

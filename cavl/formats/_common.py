@@ -3,7 +3,7 @@
 import json
 import os
 
-from .errors import FormatError, SpecError
+from .errors import FormatError, MissingImageError, SpecError
 
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", list: "list", dict: "object",
                bool: "boolean", type(None): "null"}
@@ -101,23 +101,42 @@ def read_text_lines(path):
             raise FormatError(path, f"byte {e.start}", "not UTF-8 text") from None
 
 
-def require_image(image_path, path, record):
-    """FormatError (naming the annotation file and record) unless the image file exists."""
+def missing_image(on_missing, path, record, image_path, image_id=None, message=None):
+    """Report an image file that is not on disk: one place for every reader.
+
+    `on_missing` None → raise MissingImageError (a FormatError naming the annotation file,
+    the record and the expected image); otherwise call ``on_missing(error)`` and return None,
+    and the caller leaves the image out (``datasets.<dataset>.missing_images: skip``).
+    """
+    error = MissingImageError(path, record, message or f"image file missing: {image_path}",
+                              image_id=image_id, image_path=image_path)
+    if on_missing is None:
+        raise error
+    on_missing(error)
+    return None
+
+
+def require_image(image_path, path, record, image_id=None, on_missing=None):
+    """`image_path` if the image file exists; else reported through :func:`missing_image`
+    (raises MissingImageError naming the annotation file and record, or → None)."""
     if not os.path.isfile(image_path):
-        raise FormatError(path, record, f"image file missing: {image_path}")
+        return missing_image(on_missing, path, record, image_path, image_id)
     return image_path
 
 
-def image_size(image_path, path=None, record=None):
-    """(width, height) from the image header (PIL opens lazily; pixels are not decoded)."""
+def image_size(image_path, path=None, record=None, image_id=None, on_missing=None):
+    """(width, height) from the image header (PIL opens lazily; pixels are not decoded).
+
+    A file that is gone → :func:`missing_image` (None when `on_missing` takes it); an
+    unreadable header is a FormatError either way (not a missing image).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(image_path) as im:
             width, height = im.size
     except FileNotFoundError:
-        raise FormatError(path or image_path, record,
-                          f"image file missing: {image_path}") from None
+        return missing_image(on_missing, path or image_path, record, image_path, image_id)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise FormatError(path or image_path, record,
                           f"cannot read image header of {image_path}: {e}") from None

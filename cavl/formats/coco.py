@@ -87,11 +87,13 @@ def read_instances(path):
     return boxes
 
 
-def manifest_rows(splits):
+def manifest_rows(splits, on_missing=None):
     """Manifest rows for every image of every split (first occurrence of an id wins).
 
     splits: iterable of (captions json path, image folder, instances json path or None) triples;
     with an instances file, its boxes are the images' ground-truth boxes.
+    on_missing: None → a listed image whose file is missing raises MissingImageError;
+    else it is called with that error and the image is left out.
     """
     rows, seen = [], set()
     for ann_path, image_dir, instances_path in splits:
@@ -103,7 +105,8 @@ def manifest_rows(splits):
                 continue
             seen.add(image_id)
             image_path = os.path.join(image_dir, im["file_name"])
-            require_image(image_path, ann_path, f"images[{i}]")
+            if require_image(image_path, ann_path, f"images[{i}]", image_id, on_missing) is None:
+                continue
             boxes, labels = instances.get(im["id"], ([], []))
             rows.append({"image_id": image_id, "path": image_path, "width": im["width"],
                          "height": im["height"], "gt_boxes": boxes, "gt_box_labels": labels})

@@ -26,5 +26,23 @@ class FormatError(ValueError):
         return (type(self), (self.path, self.record, self.message))
 
 
+class MissingImageError(FormatError):
+    """An image file that a dataset's annotations list is not on disk.
+
+    Besides `path` (the annotation file) and `record`, it carries `image_id` and
+    `image_path` (the file that was expected) so a manifest built with
+    ``missing_images: skip`` can list it (cavl.manifest).
+    """
+
+    def __init__(self, path, record, message, image_id=None, image_path=None):
+        self.image_id = None if image_id is None else str(image_id)
+        self.image_path = os.fspath(image_path) if image_path is not None else None
+        super().__init__(path, record, message)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.record, self.message, self.image_id,
+                             self.image_path))
+
+
 class SpecError(ValueError):
     """The dataset spec handed to a CLI (a `datasets` entry of config.yaml) is unusable."""

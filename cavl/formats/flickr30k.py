@@ -17,7 +17,8 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from ._common import check_type, get, image_size, load_json, read_text_lines, stem
+from ._common import (check_type, get, image_size, load_json, missing_image, read_text_lines,
+                      stem)
 from .errors import FormatError
 
 KARPATHY_SPLITS = ("train", "val", "test")
@@ -181,11 +182,13 @@ def _find_image(image_root, image_id):
 
 
 # ---------------------------------------------------------------- outputs
-def manifest_rows(karpathy_path, image_root, entities_root):
+def manifest_rows(karpathy_path, image_root, entities_root, on_missing=None):
     """One row per Karpathy image, then per image of the Entities split lists not in it.
 
     gt boxes (labelled with their entity id) and size come from the Entities xml where one
     exists; without one, no boxes and the size is read from the image header.
+    on_missing: None → an image whose file is missing raises MissingImageError; else it is
+    called with that error and the image is left out.
     """
     entries = [(im["image_id"], im["filename"], karpathy_path, f"images[{i}]")
                for i, im in enumerate(read_karpathy(karpathy_path))]
@@ -204,12 +207,14 @@ def manifest_rows(karpathy_path, image_root, entities_root):
         if filename is not None:
             image_path = os.path.join(image_root, filename)
             if not os.path.isfile(image_path):
-                raise FormatError(src, rec, f"image file missing: {image_path}")
+                missing_image(on_missing, src, rec, image_path, image_id)
+                continue
         else:
             image_path = _find_image(image_root, image_id)
             if image_path is None:
-                raise FormatError(src, rec, f"image file missing: {image_id}.jpg under "
-                                            f"{image_root}")
+                missing_image(on_missing, src, rec, os.path.join(image_root, f"{image_id}.jpg"),
+                              image_id, f"image file missing: {image_id}.jpg under {image_root}")
+                continue
         xml_path = os.path.join(entities_root, "Annotations", f"{image_id}.xml")
         if os.path.isfile(xml_path):
             ann = read_annotation(xml_path)
@@ -217,7 +222,10 @@ def manifest_rows(karpathy_path, image_root, entities_root):
             boxes = [b for _, b in ann["boxes"]]
             labels = [name for name, _ in ann["boxes"]]
         else:
-            width, height = image_size(image_path, src, rec)
+            size = image_size(image_path, src, rec, image_id, on_missing)
+            if size is None:
+                continue
+            width, height = size
             boxes, labels = [], []
         rows.append({"image_id": image_id, "path": image_path, "width": width,
                      "height": height, "gt_boxes": boxes, "gt_box_labels": labels})

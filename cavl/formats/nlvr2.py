@@ -1,4 +1,4 @@
-"""NLVR2 (``{train,dev,test1}.json``: JSON lines; images ``{split}/…/{stem}.png``).
+"""NLVR2 (``{train,dev,test1}.json``: JSON lines; images ``{stem}.png`` in one folder per split).
 
 Official structure of a line: ``identifier`` (``{split}-{set}-{pair}-{sentence}``),
 ``sentence``, ``label`` (the string ``"True"``/``"False"``), ``left_url``, ``right_url``,
@@ -6,12 +6,18 @@ Official structure of a line: ``identifier`` (``{split}-{set}-{pair}-{sentence}`
 ``directory`` (the numbered subfolder 0–99 holding the pair's images). The two images of
 an example are ``{split}-{set}-{pair}-img0.png`` and ``…-img1.png`` (identifier without its
 last part, plus ``-img0``/``-img1``).
+
+Image folders: each split's images sit in one folder, directly or in numbered subfolders
+(train: ``{directory}/``). The release unpacks train under ``images/train/{0..99}/`` but dev
+and test1 beside ``images/`` (``nlvr2/dev/``, ``nlvr2/test1/``), so ``image_root`` is either
+a mapping split → folder (that released layout) or one folder holding ``{split}/`` per split
+(the flat layout); see :func:`split_image_folders`.
 """
 
 import os
 
-from ._common import get, image_size, iter_json_lines
-from .errors import FormatError
+from ._common import get, image_size, iter_json_lines, missing_image
+from .errors import FormatError, SpecError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
@@ -74,29 +80,66 @@ def _locate(split_folder, directory, stem, index):
     return index.get(stem)
 
 
-def manifest_rows(splits, image_root):
-    """splits: {split name: json-lines path}; images under ``image_root/{split}/``.
+def split_image_folders(splits, image_root, where="datasets.nlvr2.image_root"):
+    """{split: folder of its images} for every split of `splits`.
+
+    image_root: a folder holding one ``{split}/`` folder per split (flat layout), or a
+    mapping split → folder (released layout: ``{train: nlvr2/images/train, dev: nlvr2/dev,
+    test1: nlvr2/test1}``; splits it names beyond `splits` are ignored). A split without a
+    folder in the mapping, or a folder that does not exist, → SpecError naming `where`.
+    """
+    if isinstance(image_root, (str, os.PathLike)):
+        folders = {split: (os.path.join(image_root, split), where) for split in splits}
+    elif isinstance(image_root, dict):
+        folders = {}
+        for split in splits:
+            folder = image_root.get(split)
+            if folder is None:
+                raise SpecError(f"{where}.{split}: no image folder for split {split!r} "
+                                f"(the mapping names {', '.join(map(str, image_root)) or 'none'})")
+            if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
+                raise SpecError(f"{where}.{split}: must be a folder path, "
+                                f"got {type(folder).__name__}")
+            folders[split] = (os.fspath(folder), f"{where}.{split}")
+    else:
+        raise SpecError(f"{where}: must be a folder path or a mapping split → folder, "
+                        f"got {type(image_root).__name__}")
+    for split, (folder, key) in folders.items():
+        if not os.path.isdir(folder):
+            raise SpecError(f"{key}: image folder of split {split!r} not found: {folder}")
+    return {split: folder for split, (folder, _) in folders.items()}
+
+
+def manifest_rows(splits, image_root, on_missing=None):
+    """splits: {split name: json-lines path}; image_root: see :func:`split_image_folders`.
 
     One row per distinct image (left before right, in file order); width and height come
-    from the image header.
+    from the image header. on_missing: None → an image whose file is missing raises
+    MissingImageError; else it is called with that error and the image is left out.
     """
+    folders = split_image_folders(splits, image_root)
     rows, seen = [], set()
     for split, path in splits.items():
-        split_folder = os.path.join(image_root, split)
+        split_folder = folders[split]
         index = index_images(split_folder)
         for r in read_split(path):
             for stem in (r["left"], r["right"]):
                 if stem in seen:
                     continue
+                seen.add(stem)  # reported once when missing: four statements share a pair
                 image_path = _locate(split_folder, r["directory"], stem, index)
                 rec = f"line {r['_line']} ({r['identifier']})"
                 if image_path is None:
-                    raise FormatError(path, rec, f"image file missing: {stem}.png under "
-                                                 f"{split_folder}")
-                seen.add(stem)
-                width, height = image_size(image_path, path, rec)
-                rows.append({"image_id": stem, "path": image_path, "width": width,
-                             "height": height, "gt_boxes": [], "gt_box_labels": []})
+                    expected = os.path.join(split_folder, *([r["directory"]] if r["directory"]
+                                                            else []), stem + ".png")
+                    missing_image(on_missing, path, rec, expected, stem,
+                                  f"image file missing: {stem}.png under {split_folder}")
+                    continue
+                size = image_size(image_path, path, rec, stem, on_missing)
+                if size is None:
+                    continue
+                rows.append({"image_id": stem, "path": image_path, "width": size[0],
+                             "height": size[1], "gt_boxes": [], "gt_box_labels": []})
     return rows
 
 

@@ -12,7 +12,7 @@ Official structure (README of the release):
 import json
 import os
 
-from ._common import check_type, get, iter_json_lines, load_json, positive_int
+from ._common import check_type, get, iter_json_lines, load_json, positive_int, require_image
 from .errors import FormatError
 
 
@@ -110,8 +110,13 @@ def read_metadata(path):
             "height": positive_int(get(meta, "height", int, path, None), path, None, "height")}
 
 
-def manifest_rows(split_paths, image_root):
-    """One row per distinct img_fn over the given jsonl files (first occurrence order)."""
+def manifest_rows(split_paths, image_root, on_missing=None):
+    """One row per distinct img_fn over the given jsonl files (first occurrence order).
+
+    on_missing: None → an image whose file is missing raises MissingImageError; else it is
+    called with that error and the image is left out. A missing metadata json of a present
+    image is a FormatError either way (it is annotation, not image).
+    """
     rows, seen = [], set()
     for jsonl in split_paths:
         for r in read_split(jsonl):
@@ -121,8 +126,8 @@ def manifest_rows(split_paths, image_root):
             seen.add(image_id)
             rec = f"line {r['_line']} ({r['annot_id']})"
             image_path = os.path.join(image_root, r["img_fn"])
-            if not os.path.isfile(image_path):
-                raise FormatError(jsonl, rec, f"image file missing: {image_path}")
+            if require_image(image_path, jsonl, rec, image_id, on_missing) is None:
+                continue
             meta_path = os.path.join(image_root, r["metadata_fn"])
             if not os.path.isfile(meta_path):
                 raise FormatError(jsonl, rec, f"metadata file missing: {meta_path}")

@@ -14,7 +14,7 @@ Official structure:
 import os
 from urllib.parse import urlparse
 
-from ._common import check_type, get, load_json, positive_int
+from ._common import check_type, get, load_json, missing_image, positive_int
 from .errors import FormatError
 
 IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
@@ -55,12 +55,9 @@ def images_also_in(image_data_path, coco_ids=(), flickr_ids=()):
             or (im["flickr_id"] is not None and str(im["flickr_id"]) in flickr_ids)}
 
 
-def find_image(image_root, image_id, url):
-    """Path of an image in the release layout, or None.
-
-    The url's folder (VG_100K or VG_100K_2) and file name are tried first, then
-    ``{image_id}.jpg`` in each release folder.
-    """
+def image_candidates(image_root, image_id, url):
+    """Where an image may sit in the release layout, most likely first: the url's folder
+    (VG_100K or VG_100K_2) and file name, then ``{image_id}.jpg`` in each release folder."""
     candidates = []
     if url:
         parts = urlparse(url).path.rstrip("/").split("/")
@@ -68,7 +65,12 @@ def find_image(image_root, image_id, url):
             candidates.append(os.path.join(image_root, parts[-2], parts[-1]))
             candidates.extend(os.path.join(image_root, d, parts[-1]) for d in IMAGE_FOLDERS)
     candidates.extend(os.path.join(image_root, d, f"{image_id}.jpg") for d in IMAGE_FOLDERS)
-    for c in candidates:
+    return list(dict.fromkeys(candidates))
+
+
+def find_image(image_root, image_id, url):
+    """Path of an image in the release layout (see :func:`image_candidates`), or None."""
+    for c in image_candidates(image_root, image_id, url):
         if os.path.isfile(c):
             return c
     return None
@@ -96,8 +98,12 @@ def read_objects(path):
     return out
 
 
-def manifest_rows(image_data_path, image_root, objects_path=None):
-    """Manifest rows of image_data.json; with objects.json, its boxes are the gt boxes."""
+def manifest_rows(image_data_path, image_root, objects_path=None, on_missing=None):
+    """Manifest rows of image_data.json; with objects.json, its boxes are the gt boxes.
+
+    on_missing: None → an image whose file is in no release folder raises
+    MissingImageError; else it is called with that error and the image is left out.
+    """
     objects = read_objects(objects_path) if objects_path else {}
     rows, seen = [], set()
     for i, im in enumerate(read_image_data(image_data_path)):
@@ -107,9 +113,11 @@ def manifest_rows(image_data_path, image_root, objects_path=None):
         seen.add(image_id)
         image_path = find_image(image_root, im["image_id"], im["url"])
         if image_path is None:
-            raise FormatError(image_data_path, f"[{i}]",
-                              f"image file missing: no {im['image_id']}.jpg under "
-                              f"{image_root}/{{{','.join(IMAGE_FOLDERS)}}}")
+            missing_image(on_missing, image_data_path, f"[{i}]",
+                          image_candidates(image_root, im["image_id"], im["url"])[0], image_id,
+                          f"image file missing: no {im['image_id']}.jpg under "
+                          f"{image_root}/{{{','.join(IMAGE_FOLDERS)}}}")
+            continue
         boxes, labels = objects.get(im["image_id"], ([], []))
         rows.append({"image_id": image_id, "path": image_path, "width": im["width"],
                      "height": im["height"], "gt_boxes": boxes, "gt_box_labels": labels})

@@ -29,6 +29,7 @@ checkpoint manifest:
         lambda w: annotation_files(w.dataset),
     output:
         "resources/manifests/{dataset}.parquet",
+        "resources/manifests/{dataset}.missing.parquet",  # images left out (datasets.*.missing_images: skip)
     log:
         "logs/manifest/{dataset}.log",
     conda:
