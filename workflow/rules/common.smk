@@ -108,8 +108,11 @@ def runnable_tasks():
     tasks = [task for task in config["finetune"]["tasks"] if task in TASK_REGISTRY]
     left_out = {task: missing_datasets(task) for task in tasks if missing_datasets(task)}
     if left_out:
-        print("not in the default target (dataset not configured): "
-              + ", ".join(f"{t} (datasets.{' + datasets.'.join(m)})" for t, m in left_out.items()), file=sys.stderr)
+        print(
+            "not in the default target (dataset not configured): "
+            + ", ".join(f"{t} (datasets.{' + datasets.'.join(m)})" for t, m in left_out.items()),
+            file=sys.stderr,
+        )
     return [task for task in tasks if task not in left_out]
 
 

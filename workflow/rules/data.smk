@@ -28,8 +28,8 @@ checkpoint manifest:
     input:
         lambda w: annotation_files(w.dataset),
     output:
-        "resources/manifests/{dataset}.parquet",
-        "resources/manifests/{dataset}.missing.parquet",  # images left out (datasets.*.missing_images: skip)
+        manifest="resources/manifests/{dataset}.parquet",
+        missing="resources/manifests/{dataset}.missing.parquet",  # images left out (missing_images: skip)
     log:
         "logs/manifest/{dataset}.log",
     conda:
@@ -38,7 +38,7 @@ checkpoint manifest:
         spec=lambda w: json_arg(manifest_spec(w.dataset)),
     shell:
         "python -m cavl.manifest --dataset {wildcards.dataset} --spec {params.spec} "
-        "--out {output} > {log} 2>&1"
+        "--out {output.manifest} --missing-out {output.missing} > {log} 2>&1"
 
 
 rule task_data:
