@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from cavl.finetune import FinetuneModel, load_tokenizer, model_checksum, predict, read_config, settings_from_config
+from cavl.finetune import FinetuneModel, load_tokenizer, model_checksum, read_config, score_split, settings_from_config
 from cavl.io import write_json_atomic, write_parquet_atomic
 from cavl.tasks import REGISTRY, get_task
-from cavl.tasks.base import DataSettings, TaskBatches
+from cavl.tasks.base import DataSettings
 
 log = logging.getLogger("cavl.evaluate")
 
@@ -60,22 +60,23 @@ def evaluate(task_name: str, model_dir, eval_path, train_path, features, backbon
         model, config = FinetuneModel.from_finetuned(model_dir, backbone)
     if config["task"] != task_name:
         raise ValueError(f"{model_dir} was finetuned for {config['task']!r}, not {task_name!r}")
+    split = split or Path(eval_path).stem
+    selection = config.get("selection") or {}  # the split the model's epoch was chosen on
+    if selection.get("split") == split and selection.get("held_out_fraction") is None:
+        raise ValueError(f"{model_dir} kept the epoch that scored best on split {split!r} "
+                         f"(finetune.tasks.{task_name}.select_split): its score there is not a held-out one; "
+                         f"evaluate another split")
     task, state, settings = model.task, model.state, config["settings"]
     model.to(device)
     regions = task.region_source(features, DataSettings(**settings["data"]))
     examples = task.labelled(task.with_features(task.read(eval_path), regions, "eval"), "eval")
     train = task.read(train_path) if train_path else None
     tokenizer = load_tokenizer(backbone or config["backbone"]["path"])
-    predictions = task.predict_split(model, examples, regions, tokenizer, DataSettings(**settings["data"]),
-                                     batch_size or settings["eval_batch_size"], device)
-    if predictions is None:
-        batches = TaskBatches(task, examples, state, regions, tokenizer, DataSettings(**settings["data"]),
-                              batch_size or settings["eval_batch_size"], shuffle=False)
-        outputs, _ = predict(model, batches, device)
-        predictions = task.predictions(examples, batches.items, outputs, state)
+    predictions, _ = score_split(model, examples, regions, tokenizer, DataSettings(**settings["data"]),
+                                 batch_size or settings["eval_batch_size"], device)
     metrics = {
         "task": task_name,
-        "split": split or Path(eval_path).stem,
+        "split": split,
         "method": config["method"],
         "metrics": task.metrics(predictions, examples, state),
         "num_examples": int(len(predictions)),
@@ -84,7 +85,7 @@ def evaluate(task_name: str, model_dir, eval_path, train_path, features, backbon
         "total_params": config["total_params"],
         "model": config["checksum"] if task.zero_shot else model_checksum(model_dir),
         "config": settings,
-        **task.report(predictions, examples, state),
+        **task.report(predictions, examples, state, train),
     }
     return metrics, predictions
 

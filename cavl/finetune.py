@@ -4,25 +4,35 @@
     torchrun --standalone --nproc_per_node 4 -m cavl.finetune --task vqa …  # DDP
 
 `--config` takes YAML/JSON files or inline JSON objects (repeatable, later ones override); only
-the `finetune` section is read: shared settings plus `finetune.tasks.<task>` (schema:
-workflow/schemas/config.schema.yaml). The backbone is the pretraining stage's model folder.
+the `finetune` section is read: shared settings plus `finetune.tasks.<task>`, validated against
+workflow/schemas/config.schema.yaml, whose defaults are the only ones. The backbone is the
+pretraining stage's model folder.
+
+Best epoch, not last: after every epoch the model is scored with the task's main metric (as rule
+evaluate scores it) on a selection split — the table `finetune.tasks.<task>.select_split`
+(`--select`), or, when that is null, a seeded `finetune.select_fraction` of the train split's
+images held out from training (whole images: none is on both sides). The selection split is never
+the eval split. The model saved is the best epoch's (ties: the earlier); the log has a
+`select_<metric>` record per epoch and a `best_epoch` event, finetune_config.json a `selection`.
 
 Training is cavl.train_loop's (warm-up + linear decay, accumulation, AMP, exact resume from
-`--checkpoints`, DDP, log.jsonl + curves). With `adapter1` or `linear` the backbone is frozen
-and runs in eval mode under no_grad; with the cache enabled its final hidden states are
-computed once into `--cache` (cavl.backbone_cache) and every epoch then costs only the
-trainable part.
+`--checkpoints`, DDP, log.jsonl + curves; the best epoch's trainable state waits in
+`--checkpoints` as best-XXXXXXXX.pt). With `adapter1` or `linear` the backbone is frozen and
+runs in eval mode under no_grad; with the cache enabled its final hidden states (of the
+selection examples too) are computed once into `--cache` (cavl.backbone_cache) and every epoch
+then costs only the trainable part.
 
 The output folder holds only what the method trained (`finetuned.safetensors`: every parameter
 with requires_grad — adapters, shortcut, head, and for `full` the whole model) and
 `finetune_config.json` (task, method, adapter settings, task state such as the answer
-vocabulary, parameter counts, and the backbone as a path + SHA-256 reference);
+vocabulary, the epoch selection, parameter counts, and the backbone as a path + SHA-256 reference);
 `FinetuneModel.from_finetuned(folder)` loads it back onto the referenced backbone.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -42,6 +53,7 @@ from cavl.adapters import (AdapterSettings, ShortcutAdapter, backbone_frozen, ch
                            trainable_state, uses_adapter1, uses_adapter2)
 from cavl.backbone_cache import BackboneCache
 from cavl.io import atomic_dir
+from cavl.config import load_schema, validate_config
 from cavl.config import read_config_specs as read_config
 from cavl.model import WEIGHTS_NAME, CavlModel
 from cavl.pretrain_data import make_loader
@@ -69,12 +81,11 @@ class CacheSettings:
     dtype: str = "float16"  # storage type of the cached states: float16 | float32
 
 
-# The `finetune.tasks.<task>` keys every task has, with their defaults (a Task's `defaults`
-# override them; its `options` are its own keys).
-TASK_KEYS = {"method": "adapter2", "train_split": "train", "eval_split": "val", "epochs": 2, "batch_size": 32,
-             "max_text_len": 40, "max_regions": 10,
-             "lr": None}  # lr: this task's peak lr, a number or per method, over finetune.optim.lr (None: those)
-DEFAULT_LR = {"full": 1e-4, "linear": 5e-3, "adapter1": 5e-3, "adapter2": 5e-3, "adapter1+2": 5e-3}
+# The `finetune.tasks.<task>` keys a task may have besides its `options` (lr: this task's peak lr,
+# a number or per method, over finetune.optim.lr). Their defaults, like every setting's, are the
+# schema's (workflow/schemas/config.schema.yaml): see `finetune_section`.
+TASK_KEYS = ("method", "train_split", "eval_split", "select_split", "epochs", "batch_size", "max_text_len",
+             "max_regions", "lr")
 
 
 @dataclass
@@ -85,6 +96,8 @@ class FinetuneSettings:
     method: str = "adapter2"  # full | linear | adapter1 | adapter2 | adapter1+2
     train_split: str = "train"  # split trained on
     eval_split: str = "val"  # split evaluated (rule evaluate; in-training eval when train.eval_every > 0)
+    select_split: str | None = None  # split the best epoch is chosen on; None: held-out images of train_split
+    select_fraction: float = 0.1  # select_split None: share of the train split's images held out for it
     options: dict = field(default_factory=dict)  # task-specific keys (vqa: answer_vocab_size)
     data: DataSettings = field(default_factory=DataSettings)
     adapters: AdapterSettings = field(default_factory=AdapterSettings)
@@ -105,41 +118,63 @@ def _take(section: dict, allowed, where: str) -> dict:
     return dict(section)
 
 
+@functools.lru_cache(maxsize=1)
+def _finetune_schema() -> dict:
+    """The config schema cut down to its `finetune` section (definitions kept)."""
+    schema = {k: v for k, v in load_schema().items() if k not in ("properties", "required")}
+    return {**schema, "properties": {"finetune": load_schema()["properties"]["finetune"]}}
+
+
+def finetune_section(config: dict) -> dict:
+    """`config["finetune"]` validated against the schema, every default filled in: the one place
+    the defaults live. A bad key raises cavl.config.ConfigError (a ValueError) naming it."""
+    return validate_config({"finetune": config.get("finetune") or {}}, _finetune_schema())["finetune"]
+
+
 def settings_from_config(config: dict, task: str, method: str | None = None) -> FinetuneSettings:
-    """`config["finetune"]` (as in config.yaml) → the settings of one task (`method` overrides)."""
+    """`config["finetune"]` (as in config.yaml) → the settings of one task (`method` overrides).
+
+    Defaults are the schema's (`finetune_section`); only keys a task's schema entry lacks (the
+    evaluate-only zs_tir has no method, epochs, select_split ...) keep the dataclasses' inert ones."""
     if task not in REGISTRY:
         raise ValueError(f"unknown task {task!r}; registered: {', '.join(REGISTRY)}")
-    f = dict(config.get("finetune", {}) or {})
+    f = finetune_section(config)
     fields_of = lambda cls: list(cls.__dataclass_fields__)  # noqa: E731
-    per_task = dict((f.pop("tasks", {}) or {}).get(task, {}) or {})
+    per_task = dict(f.pop("tasks").get(task) or {})
     spec = get_task(task)
-    options = dict(spec.options)
-    t = {**TASK_KEYS, **spec.defaults, **options,
-         **_take(per_task, [*TASK_KEYS, *options], f"finetune.tasks.{task}")}
-    options = {k: t.pop(k) for k in options}
-    method = check_method(method or t["method"])
+    options = {k: per_task.pop(k, v) for k, v in spec.options.items()}
+    t = _take(per_task, TASK_KEYS, f"finetune.tasks.{task}")
+    base, base_train, base_data = FinetuneSettings(), TrainConfig(), DataSettings()
+    method = check_method(method or t.get("method", base.method))
+    train_split, eval_split = t.get("train_split", base.train_split), t.get("eval_split", base.eval_split)
+    select_split = t.get("select_split", base.select_split)
+    if select_split is not None and select_split in (eval_split, train_split):
+        what = ("the split evaluated (eval_split): the reported score would be tuned on it"
+                if select_split == eval_split else
+                "the split trained on (train_split): null holds out part of its images instead")
+        raise ValueError(f"finetune.tasks.{task}.select_split = {select_split!r} is {what}; "
+                         f"choose another split for finetune.tasks.{task}.select_split")
 
-    optim = dict(f.pop("optim", {}) or {})
-    lr = optim.pop("lr", {})
-    lr = {**DEFAULT_LR, **(lr if isinstance(lr, dict) else {m: lr for m in DEFAULT_LR})}
-    if t["lr"] is not None:  # the task's own
-        lr = {**lr, **(t["lr"] if isinstance(t["lr"], dict) else {m: t["lr"] for m in DEFAULT_LR})}
-    optim = OptimConfig(**{"name": "adamw", "weight_decay": 0.01, "warmup_fraction": 0.1,
-                           **_take(optim, fields_of(OptimConfig), "finetune.optim"),
-                           "lr": float(lr[method])})
-    train = _take(f.pop("train", {}) or {}, [k for k in fields_of(TrainConfig) if k not in ("epochs", "batch_size")],
+    optim = f.pop("optim")
+    lr = dict(optim.pop("lr"))  # per method
+    own = t.get("lr")
+    if own is not None:  # the task's own
+        lr.update(own if isinstance(own, dict) else dict.fromkeys(lr, own))
+    optim = OptimConfig(**_take(optim, fields_of(OptimConfig), "finetune.optim"), lr=float(lr[method]))
+    train = _take(f.pop("train"), [k for k in fields_of(TrainConfig) if k not in ("epochs", "batch_size")],
                   "finetune.train")
-    train = TrainConfig(**train, epochs=int(t["epochs"]), batch_size=int(t["batch_size"]))
-    adapters = AdapterSettings(**_take(f.pop("adapters", {}) or {}, fields_of(AdapterSettings), "finetune.adapters"))
-    cache = CacheSettings(**_take(f.pop("cache", {}) or {}, fields_of(CacheSettings), "finetune.cache"))
+    train = TrainConfig(**train, epochs=int(t.get("epochs", base_train.epochs)),
+                        batch_size=int(t.get("batch_size", base_train.batch_size)))
+    adapters = AdapterSettings(**_take(f.pop("adapters"), fields_of(AdapterSettings), "finetune.adapters"))
+    cache = CacheSettings(**_take(f.pop("cache"), fields_of(CacheSettings), "finetune.cache"))
     f.pop("mem_mb", None)  # a workflow resource only
-    scalars = _take(f, ["eval_batch_size", "gpus", "threads", "num_workers"], "finetune")
+    scalars = _take(f, ["eval_batch_size", "gpus", "threads", "num_workers", "select_fraction"], "finetune")
     return FinetuneSettings(
-        task=task, method=method, train_split=t["train_split"], eval_split=t["eval_split"], options=options,
-        data=DataSettings(max_text_len=int(t["max_text_len"]), max_regions=int(t["max_regions"])),
+        task=task, method=method, train_split=train_split, eval_split=eval_split, select_split=select_split,
+        options=options,
+        data=DataSettings(max_text_len=int(t.get("max_text_len", base_data.max_text_len)),
+                          max_regions=int(t.get("max_regions", base_data.max_regions))),
         adapters=adapters, cache=cache, optim=optim, train=train, **scalars)
-
-
 
 
 
@@ -330,6 +365,85 @@ def predict(model: FinetuneModel, batches: TaskBatches, device) -> tuple[dict, f
     return outputs, float(np.mean(losses))
 
 
+def score_split(model: FinetuneModel, examples, regions, tokenizer, data: DataSettings, batch_size: int, device,
+                batches: TaskBatches | None = None) -> tuple[pd.DataFrame, float | None]:
+    """(predictions table, mean loss or None) of `model` on `examples`, as rule evaluate scores a
+    split: the task's whole-split path (tir: retrieval) if it has one, else item by item
+    (`batches`: those of `examples`, prebuilt, e.g. with a backbone cache)."""
+    task, state = model.task, model.state
+    predictions = task.predict_split(model, examples, regions, tokenizer, data, batch_size, device)
+    if predictions is not None:
+        return predictions, None
+    if batches is None:
+        batches = TaskBatches(task, examples, state, regions, tokenizer, data, batch_size, shuffle=False)
+    outputs, loss = predict(model, batches, device)
+    return task.predictions(examples, batches.items, outputs, state), loss
+
+
+def make_select_fn(task: Task, examples, state: dict, regions, tokenizer, data: DataSettings, batch_size: int,
+                   device, cache=None):
+    """Best-epoch selection: the task's metrics (and loss, where it has one) on the selection
+    examples, computed as rule evaluate computes them (main process)."""
+    batches = TaskBatches(task, examples, state, regions, tokenizer, data, batch_size, shuffle=False, cache=cache)
+
+    def select_fn(model: FinetuneModel, step: int) -> dict:
+        predictions, loss = score_split(model, examples, regions, tokenizer, data, batch_size, device, batches)
+        metrics = {k: v for k, v in task.metrics(predictions, examples, state).items() if v is not None}
+        return metrics if loss is None else {f"{task.name}_loss": loss, **metrics}
+
+    return select_fn
+
+
+def image_groups(task: Task, examples: pd.DataFrame) -> np.ndarray:
+    """Per example, a group label such that examples sharing an image (through any of the task's
+    image columns: nlvr2's pair) have the same one — the connected components of images."""
+    columns = [examples[c].astype(str).to_numpy() for c in task.image_columns]
+    parent = {}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for images in zip(*columns):
+        for image in images:
+            parent.setdefault(image, image)
+        root = find(images[0])
+        for image in images[1:]:
+            other = find(image)
+            if other != root:
+                parent[other] = root
+    return np.asarray([find(i) for i in columns[0]], dtype=object) if len(examples) else np.zeros(0, object)
+
+
+def hold_out_images(task: Task, examples: pd.DataFrame, fraction: float,
+                    seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train part, selection part) of a train split: a seeded `fraction` of its images goes to the
+    selection part with every example that shows one, so no image is on both sides (image groups:
+    `image_groups`). Which images go depends on (seed, image ids), not on the row order; at least
+    one group goes and one stays."""
+    groups = image_groups(task, examples)
+    members = {}
+    for image_col in task.image_columns:
+        for g, image in zip(groups, examples[image_col].astype(str)):
+            members.setdefault(g, set()).add(image)
+    if len(members) < 2:
+        raise ValueError(f"{task.name}: the train split has {len(members)} image group(s); holding images out for "
+                         f"epoch selection needs 2 or more (or set finetune.tasks.{task.name}.select_split)")
+    n_images = sum(len(m) for m in members.values())
+    target = max(1, round(fraction * n_images))
+    order = sorted(members, key=lambda g: hashlib.sha256(f"{seed}:{min(members[g])}".encode()).hexdigest())
+    held, count = set(), 0
+    for g in order[:-1]:  # the last group always trains
+        if count >= target:
+            break
+        held.add(g)
+        count += len(members[g])
+    mask = np.isin(groups, list(held))
+    return examples[~mask].reset_index(drop=True), examples[mask].reset_index(drop=True)
+
+
 def make_eval_fn(model_task: Task, examples, batches: TaskBatches, state: dict, device):
     """In-training evaluation: loss and the task's metrics on the eval split (main process)."""
 
@@ -350,8 +464,13 @@ def make_eval_fn(model_task: Task, examples, batches: TaskBatches, state: dict, 
 def default_paths(task: str, s: FinetuneSettings, args) -> dict:
     """CLI paths left empty → the workflow's layout (docs/contracts.md, DESIGN.md)."""
     dataset = REGISTRY[task].image_datasets[0]
+    train = args.train or f"resources/tasks/{task}/{s.train_split}.parquet"
+    if args.select and s.select_split is None:
+        raise ValueError(f"--select {args.select} given, but finetune.tasks.{task}.select_split is null (the epoch "
+                         f"is chosen on held-out train images): set select_split or drop --select")
     return {
-        "train": args.train or f"resources/tasks/{task}/{s.train_split}.parquet",
+        "train": train,
+        "select": args.select or (str(Path(train).parent / f"{s.select_split}.parquet") if s.select_split else None),
         "eval": args.eval or f"resources/tasks/{task}/{s.eval_split}.parquet",
         "features": args.features or f"resources/features/{dataset}/index.parquet",
         "out": args.out or f"results/{task}/model",
@@ -370,6 +489,9 @@ def parse_args(argv):
     p.add_argument("--method", help="override finetune.tasks.<task>.method")
     p.add_argument("--backbone", default="results/pretrain/model", help="pretrained model folder")
     p.add_argument("--train", help="train split table (default resources/tasks/{task}/{train_split}.parquet)")
+    p.add_argument("--select", help="selection split table, the best epoch is chosen on it (only with "
+                                     "finetune.tasks.<task>.select_split set; default {select_split}.parquet "
+                                     "beside the train table)")
     p.add_argument("--eval", help="eval split table of the in-training evaluation (only with train.eval_every > 0; "
                                    "default resources/tasks/{task}/{eval_split}.parquet)")
     p.add_argument("--features", help="feature index of the task's images (default resources/features/{dataset}/index.parquet)")
@@ -382,6 +504,28 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default finetune.threads)")
     p.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is visible")
     return p.parse_args(argv)
+
+
+def selection_examples(task: Task, s: FinetuneSettings, paths: dict, train_ex: pd.DataFrame, regions):
+    """(train examples, selection examples, selection record): the `--select` table's labelled
+    examples, or — select_split null — a held-out share of the train split's images."""
+    if s.select_split is None:
+        train_ex, select_ex = hold_out_images(task, train_ex, s.select_fraction, s.train.seed)
+        return train_ex, select_ex, {"split": s.train_split, "held_out_fraction": s.select_fraction,
+                                     "seed": s.train.seed, "examples": len(select_ex)}
+    tables = {"train": paths["train"],  # and the table rule evaluate scores, beside it
+              "eval": str(Path(paths["train"]).parent / f"{s.eval_split}.parquet")}
+    same = {os.path.realpath(v): k for k, v in tables.items()}.get(os.path.realpath(paths["select"]))
+    if same:
+        raise ValueError(f"the selection table {paths['select']} is the {same} split's table: choose another split "
+                         f"for finetune.tasks.{task.name}.select_split")
+    select_ex = task.labelled(task.with_features(task.read(paths["select"]), regions, "select"), "select")
+    groups = image_groups(task, pd.concat([train_ex, select_ex], ignore_index=True))
+    shared = set(groups[: len(train_ex)]) & set(groups[len(train_ex) :])
+    if shared:
+        log.warning("%s: %d image group(s) of the selection split %s are also in the train split", task.name,
+                    len(shared), paths["select"])
+    return train_ex, select_ex, {"split": s.select_split, "held_out_fraction": None, "examples": len(select_ex)}
 
 
 def load_tokenizer(backbone_dir):
@@ -410,8 +554,9 @@ def main(argv=None) -> int:
         tokenizer = load_tokenizer(args.backbone)
         regions = task.region_source(paths["features"], s.data)
         train_ex = task.labelled(task.with_features(task.read(paths["train"]), regions, "train"), "train")
-        state = task.prepare(train_ex, s.options)
         seed = s.train.seed
+        train_ex, select_ex, selection = selection_examples(task, s, paths, train_ex, regions)
+        state = task.prepare(train_ex, s.options)
         batches = TaskBatches(task, train_ex, state, regions, tokenizer, s.data, s.train.batch_size, seed,
                               env.rank, env.world_size)
 
@@ -424,13 +569,16 @@ def main(argv=None) -> int:
             log.info("finetuning %s with %s on %d examples (%d items); %d process(es) × batch %d × accum %d; "
                      "device %s", task.name, s.method, len(train_ex), len(batches.items), env.world_size,
                      s.train.batch_size, s.train.grad_accum, env.device)
+            log.info("best epoch chosen by %s on %s: %d examples", task.main_metric,
+                     paths["select"] or f"{s.select_fraction:g} of the train images (seed {seed})", len(select_ex))
             print(params_line(trainable, total), flush=True)
 
         if model.frozen_backbone and s.cache.enabled:
             model.to(env.device)
             cache = BackboneCache(paths["cache"], state_checksum(model.backbone), model.backbone.config.hidden_size,
                                   s.cache.dtype)
-            chunks = TaskBatches(task, train_ex, state, regions, tokenizer, s.data, s.eval_batch_size, shuffle=False)
+            both = pd.concat([train_ex, select_ex], ignore_index=True)  # the selection passes use it too
+            chunks = TaskBatches(task, both, state, regions, tokenizer, s.data, s.eval_batch_size, shuffle=False)
             model.eval()
             with torch.no_grad():
                 stats = cache.fill(chunks, lambda b: model.backbone_states(
@@ -448,24 +596,29 @@ def main(argv=None) -> int:
                                        shuffle=False)
             eval_fn = make_eval_fn(task, eval_ex, eval_batches, state, env.device)
 
-        inputs = [paths["train"], paths["features"]]
+        select_fn = make_select_fn(task, select_ex, state, regions, tokenizer, s.data, s.eval_batch_size,
+                                   env.device, cache=batches.cache)
+        inputs = [paths["train"], paths["features"], *([paths["select"]] if paths["select"] else [])]
         trainer = Trainer(
             model, s.optim, s.train, env, paths["checkpoints"], fingerprint(s, backbone_sha, inputs),
             loader_factory=lambda epoch, start: make_loader(batches, epoch, start, s.num_workers,
                                                             pin_memory=env.device.type == "cuda"),
             micro_batches_per_epoch=len(batches), samples_per_micro_batch=s.train.batch_size,
-            eval_fn=eval_fn, desc=f"finetune {task.name}")
-        model = trainer.fit()
+            eval_fn=eval_fn, desc=f"finetune {task.name}", select_fn=select_fn, select_metric=task.main_metric)
+        model = trainer.fit()  # the best epoch's weights
 
         if env.is_main:
             resolved = asdict(s)
             run = {"world_size": env.world_size, "steps": trainer.total_steps, "resumed_from": trainer.resumed_from,
                    "inputs": [str(p) for p in inputs], "torch": str(torch.__version__)}
+            best = trainer.best or {}
+            selection = {**selection, "metric": task.main_metric, "epoch": best.get("epoch"),
+                         "step": best.get("step"), "value": best.get("value"), "history": trainer.selection}
             model.cpu().save_finetuned(
                 paths["out"], {"path": str(args.backbone), "sha256": backbone_sha},
-                {"settings": resolved, "run": run},
+                {"settings": resolved, "run": run, "selection": selection},
                 extra=lambda tmp: (tmp / "resolved_config.yaml").write_text(
-                    yaml.safe_dump({"finetune": resolved, "run": run}, sort_keys=False)))
+                    yaml.safe_dump({"finetune": resolved, "run": run, "selection": selection}, sort_keys=False)))
             finalize_log(paths["checkpoints"], paths["log"], paths["curves"])
             log.info("wrote %s, %s, %s", paths["out"], paths["log"], paths["curves"])
     finally:

@@ -22,6 +22,16 @@ fails is skipped with a warning and the previous one is used. The live log
 `work_dir/log.jsonl` is cut back to the resumed step (so no step appears twice) and gets a
 `{"event": "resume", "step": N}` line; the declared log and the curves PNG are copied/drawn from
 it at the end, since Snakemake deletes the declared outputs of a failed job.
+
+Best-epoch selection (finetuning: `select_fn`): at every epoch end reached (and at the last step
+when `max_steps` cuts an epoch) `select_fn(model, step)` scores the model on a selection split;
+its metrics are logged as `select_*` and the trainable state of the best so far (by
+`select_metric`, ties keep the earlier) is written to `best-XXXXXXXX.pt` + `.json` beside the
+checkpoints (same format, same atomic order), followed by a checkpoint at that step. Each
+checkpoint's .json records the best so far (`selection`), so a resumed run restores it, drops
+best files newer than its checkpoint, and sees the same choice as an uninterrupted one; best
+files no kept checkpoint refers to are removed. `fit()` ends by loading the best state into the
+model and logging a `{"event": "best_epoch", ...}` line.
 """
 
 from __future__ import annotations
@@ -216,22 +226,24 @@ def build_scheduler(optimizer, total_steps: int, warmup_fraction: float):
 
 
 class CheckpointManager:
-    """`step-XXXXXXXX.pt` + `step-XXXXXXXX.json` pairs in one folder (see the module docstring)."""
+    """`{prefix}-XXXXXXXX.pt` + `{prefix}-XXXXXXXX.json` pairs in one folder (see the module
+    docstring); prefix `step` for checkpoints, `best` for the best-epoch states (keep=0: pruned
+    by their owner, not by age)."""
 
-    def __init__(self, directory, keep: int = 2, fingerprint: str = ""):
+    def __init__(self, directory, keep: int = 2, fingerprint: str = "", prefix: str = "step"):
         self.dir = Path(directory)
-        self.keep, self.fingerprint = keep, fingerprint
+        self.keep, self.fingerprint, self.prefix = keep, fingerprint, prefix
 
     def _json(self, step):
-        return self.dir / f"step-{step:08d}.json"
+        return self.dir / f"{self.prefix}-{step:08d}.json"
 
     def _pt(self, step):
-        return self.dir / f"step-{step:08d}.pt"
+        return self.dir / f"{self.prefix}-{step:08d}.pt"
 
     def steps(self) -> list:
-        """Steps with a complete (json-marked) checkpoint, newest first."""
+        """Steps with a complete (json-marked) file pair, newest first."""
         out = []
-        for p in self.dir.glob("step-*.json"):
+        for p in self.dir.glob(f"{self.prefix}-*.json"):
             try:
                 out.append(int(p.stem.split("-")[1]))
             except ValueError:
@@ -246,36 +258,62 @@ class CheckpointManager:
         info = {**meta, "step": step, "file": pt.name, "sha256": file_sha256(pt), "bytes": pt.stat().st_size,
                 "fingerprint": self.fingerprint, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(info, self._json(step))
-        self._prune()
+        if self.keep:
+            self._prune()
         return pt
+
+    def remove(self, step: int):
+        self._json(step).unlink(missing_ok=True)  # marker first: never a marker without its file
+        self._pt(step).unlink(missing_ok=True)
 
     def _prune(self):
         for step in self.steps()[self.keep :]:
-            self._json(step).unlink(missing_ok=True)  # marker first: never a marker without its file
-            self._pt(step).unlink(missing_ok=True)
+            self.remove(step)
+        self.remove_orphans()
+
+    def remove_orphans(self):
+        """Remove .pt files left by a run killed before their marker."""
         complete = {self._pt(s).name for s in self.steps()}
-        for pt in self.dir.glob("step-*.pt"):  # .pt files left by a run killed before their marker
+        for pt in self.dir.glob(f"{self.prefix}-*.pt"):
             if pt.name not in complete:
                 pt.unlink(missing_ok=True)
 
-    def load_latest(self):
+    def meta(self, step: int) -> dict:
+        return json.loads(self._json(step).read_text())
+
+    def check(self, step: int) -> dict:
+        """The meta of the pair at `step` after checking its fingerprint and SHA-256 (ValueError if
+        either fails, OSError if a file is missing)."""
+        meta = self.meta(step)
+        if meta.get("fingerprint") != self.fingerprint:
+            raise ValueError(f"{self._json(step).name} belongs to another configuration")
+        if file_sha256(self._pt(step)) != meta["sha256"]:
+            raise ValueError(f"{self._pt(step).name}: SHA-256 mismatch (file changed or truncated)")
+        return meta
+
+    def load(self, step: int):
+        """(state, meta) of the pair at `step`, checked as by `check`."""
+        meta = self.check(step)
+        return torch.load(self._pt(step), map_location="cpu", weights_only=True), meta
+
+    def load_latest(self, accept: Callable[[dict], None] | None = None):
         """(state, meta) of the newest readable checkpoint of this config, or None.
 
         Checkpoints of another config (fingerprint) are deleted with a warning; a checkpoint that
-        fails its hash or load is skipped with a warning (the previous one is tried)."""
-        for tmp in self.dir.glob(".step-*.tmp"):  # half-written by a killed run
+        fails its hash or load, or that `accept(meta)` rejects (ValueError / OSError: e.g. a file
+        it refers to is unusable), is skipped with a warning (the previous one is tried)."""
+        for tmp in self.dir.glob(f".{self.prefix}-*.tmp"):  # half-written by a killed run
             tmp.unlink(missing_ok=True)
         stale = []
         for step in self.steps():
             try:
-                meta = json.loads(self._json(step).read_text())
+                meta = self.meta(step)
                 if meta.get("fingerprint") != self.fingerprint:
                     stale.append(step)
                     continue
-                pt = self._pt(step)
-                if file_sha256(pt) != meta["sha256"]:
-                    raise ValueError("SHA-256 mismatch (file changed or truncated)")
-                state = torch.load(pt, map_location="cpu", weights_only=True)
+                state, meta = self.load(step)
+                if accept is not None:
+                    accept(meta)
                 return state, meta
             except (OSError, ValueError, KeyError, RuntimeError, EOFError, json.JSONDecodeError) as e:
                 msg = f"checkpoint at step {step} in {self.dir} is unusable ({type(e).__name__}: {e}); falling back to the previous one"
@@ -286,8 +324,7 @@ class CheckpointManager:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             log.warning(msg)
             for step in stale:
-                self._json(step).unlink(missing_ok=True)
-                self._pt(step).unlink(missing_ok=True)
+                self.remove(step)
         return None
 
 
@@ -327,20 +364,21 @@ class TrainLog:
 
 
 def plot_curves(records: list, png_path):
-    """One panel per loss name (train and, where logged, val) plus the learning rate."""
+    """One panel per loss name (train and, where logged, val and select) plus the learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [r for r in records if "event" not in r]
-    names = sorted({k.removeprefix("val_") for r in steps for k in r if k.endswith("_loss")})
+    names = sorted({k.removeprefix("val_").removeprefix("select_") for r in steps for k in r if k.endswith("_loss")})
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(4 * (len(names) + 1), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for key, style in ((name, "-"), (f"val_{name}", "o--")):
+        for key, style, label in ((name, "-", "train"), (f"val_{name}", "o--", "val"),
+                                  (f"select_{name}", "s:", "select")):
             pts = [(r["step"], r[key]) for r in steps if key in r]
             if pts:
-                ax.plot(*zip(*pts), style, label="val" if key.startswith("val_") else "train")
+                ax.plot(*zip(*pts), style, label=label)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend()
@@ -370,6 +408,11 @@ def finalize_log(work_dir, log_path, png_path):
 # ---------------------------------------------------------------------------------------------
 
 
+def _rank(value: float) -> float:
+    """A selection metric as compared: NaN ranks below everything."""
+    return -math.inf if math.isnan(value) else value
+
+
 def _to_device(batch: dict, device):
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -380,16 +423,22 @@ class Trainer:
     loader_factory(epoch, start) must yield this process's micro-batches start, start+1, …
     of `epoch`, deterministically (see cavl.pretrain_data). eval_fn(model, step) → dict of
     metrics (logged with the step) runs on the main process only with the unwrapped model.
+    select_fn(model, step) → dict of metrics, likewise, at every epoch end: the model `fit()`
+    returns is the one whose `select_metric` was highest (module docstring).
     """
 
     def __init__(self, model: nn.Module, optim: OptimConfig, train: TrainConfig, env: DistEnv, work_dir,
                  fingerprint: str, loader_factory: Callable[[int, int], Iterable],
                  micro_batches_per_epoch: int, samples_per_micro_batch: int,
                  eval_fn: Callable[[nn.Module, int], dict] | None = None,
-                 find_unused_parameters: bool = False, desc: str = "train"):
+                 find_unused_parameters: bool = False, desc: str = "train",
+                 select_fn: Callable[[nn.Module, int], dict] | None = None, select_metric: str = ""):
         self.model, self.ocfg, self.tcfg, self.env = model, optim, train, env
         self.work_dir = Path(work_dir)
         self.loader_factory, self.eval_fn = loader_factory, eval_fn
+        if select_fn is not None and not select_metric:
+            raise ValueError("select_fn needs the name of the metric it maximises (select_metric)")
+        self.select_fn, self.select_metric = select_fn, select_metric
         self.samples_per_micro = samples_per_micro_batch
         self.steps_per_epoch = micro_batches_per_epoch // train.grad_accum
         if self.steps_per_epoch < 1:
@@ -398,6 +447,9 @@ class Trainer:
                 f"{train.grad_accum}: use more data, a smaller batch or fewer processes")
         self.total_steps = train.max_steps or train.epochs * self.steps_per_epoch
         self.ckpt = CheckpointManager(self.work_dir, train.keep_checkpoints, fingerprint)
+        self.best_store = CheckpointManager(self.work_dir, 0, fingerprint, prefix="best")
+        self.best = None  # {"step", "epoch", "value"} of the best selection so far
+        self.selection = []  # every selection so far: [{"step", "epoch", "value"}]
         self.live_log = TrainLog(self.work_dir / "log.jsonl")
         self.find_unused = find_unused_parameters
         self.desc = desc
@@ -422,23 +474,31 @@ class Trainer:
     def _frozen_names(self) -> set:
         return {n for n, p in self.model.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
+    def _trainable_state(self) -> dict:
+        frozen = self._frozen_names()  # e.g. a finetuning backbone: rebuilt from its source on resume
+        return {k: v for k, v in self.model.state_dict().items() if k not in frozen}
+
     def _state(self, window):
         per_rank = self._gather_objects({"rng": get_rng_state(), "window": window})
-        frozen = self._frozen_names()  # e.g. a finetuning backbone: rebuilt from its source on resume
         return {
-            "model": {k: v for k, v in self.model.state_dict().items() if k not in frozen},
+            "model": self._trainable_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ranks": per_rank,
         }
 
-    def _restore(self, state, meta):
+    def _load_model_state(self, state, meta):
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         missing_trainable = sorted(set(missing) - self._frozen_names())
         if unexpected or missing_trainable:
             raise ValueError(f"checkpoint {meta.get('file')} does not fit the model: missing trainable "
                              f"{missing_trainable[:5]}, unexpected {unexpected[:5]}")
+
+    def _restore(self, state, meta):
+        self._load_model_state(state, meta)
+        selection = meta.get("selection") or {}
+        self.best, self.selection = selection.get("best"), list(selection.get("history", []))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -454,7 +514,7 @@ class Trainer:
 
     def _resume(self):
         """Load the newest usable checkpoint (the main process chooses; all load it)."""
-        found = self.ckpt.load_latest() if self.env.is_main else None
+        found = self.ckpt.load_latest(accept=self._best_usable) if self.env.is_main else None
         step = found[1]["step"] if found else 0
         if self.env.distributed:
             box = [step]
@@ -467,9 +527,12 @@ class Trainer:
             seed_everything(self.tcfg.seed + self.env.rank)
             if self.env.is_main:
                 self.live_log.truncate_after(0)
+                self._drop_best_after(0)
             return 0, {}
         state, meta = found
         window = self._restore(state, meta)
+        if self.env.is_main:
+            self._drop_best_after(step)
         epoch, micro = divmod(step, self.steps_per_epoch)
         position = {"epoch": epoch, "micro_batch": micro * self.tcfg.grad_accum}
         if {k: meta.get(k) for k in position} != position:
@@ -484,6 +547,85 @@ class Trainer:
             print(f"[{self.desc}] resumed from step {step} (epoch {epoch}, micro-batch "
                   f"{position['micro_batch']}) — checkpoint {self.work_dir / meta['file']}", file=sys.stderr, flush=True)
         return step, window
+
+    # -- best-epoch selection ----------------------------------------------------------------------
+
+    def _best_usable(self, meta: dict):
+        """load_latest's check of a checkpoint: the best file it refers to must be intact."""
+        best = (meta.get("selection") or {}).get("best")
+        if self.select_fn is not None and best is not None:
+            self.best_store.check(best["step"])
+
+    def _drop_best_after(self, step: int):
+        """Remove best files newer than the resumed step (their epochs run again) and unreferenced ones."""
+        if self.select_fn is None:
+            return
+        for tmp in self.work_dir.glob(".best-*.tmp"):  # half-written by a killed run
+            tmp.unlink(missing_ok=True)
+        for s in self.best_store.steps():
+            if s > step:
+                self.best_store.remove(s)
+        self._prune_best()
+
+    def _prune_best(self):
+        """Keep the best file of the current best and those the kept checkpoints refer to."""
+        keep = {self.best["step"]} if self.best else set()
+        for s in self.ckpt.steps():
+            try:
+                best = (self.ckpt.meta(s).get("selection") or {}).get("best")
+            except (OSError, ValueError):
+                continue
+            if best:
+                keep.add(best["step"])
+        for s in self.best_store.steps():
+            if s not in keep:
+                self.best_store.remove(s)
+        self.best_store.remove_orphans()
+
+    def _select(self, step: int):
+        """Score the selection split (main process); keep the trainable state if it is the best so far."""
+        if self.env.is_main:
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                metrics = self.select_fn(self.model, step)
+            self.model.train()
+            if self.select_metric not in metrics:
+                raise KeyError(f"the selection metrics {sorted(metrics)} lack {self.select_metric!r}")
+            epoch = round(step / self.steps_per_epoch, 4)
+            self.live_log.append({"step": step, "epoch": epoch, **{f"select_{k}": v for k, v in metrics.items()}})
+            record = {"step": step, "epoch": epoch, "value": float(metrics[self.select_metric])}
+            self.selection.append(record)
+            better = self.best is None or _rank(record["value"]) > _rank(self.best["value"])  # a tie keeps the earlier
+            if better:
+                self.best_store.save(step, {"model": self._trainable_state()},
+                                     {"epoch": epoch, "metric": self.select_metric, "value": record["value"]})
+                self.best = record
+                self._prune_best()
+            print(f"[{self.desc}] step {step} (epoch {epoch:g}) selection: "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                  + (" — best so far" if better else f" — best stays epoch {self.best['epoch']:g}"),
+                  file=sys.stderr, flush=True)
+        if self.env.distributed:
+            dist.barrier()
+
+    def _load_best(self):
+        """Load the best selection's trainable state into the model and log the choice."""
+        if self.env.distributed:
+            box = [self.best]
+            dist.broadcast_object_list(box, src=0)
+            self.best = box[0]
+        if self.best is None:  # no step taken at all: nothing was selected
+            return
+        state, meta = self.best_store.load(self.best["step"])
+        self._load_model_state(state, meta)
+        if self.env.is_main:
+            event = {"event": "best_epoch", "step": self.total_steps, "best_step": self.best["step"],
+                     "epoch": self.best["epoch"], "metric": f"select_{self.select_metric}",
+                     "value": self.best["value"]}
+            if event not in self.live_log.records():  # a finished run started again logs it once
+                self.live_log.append(event)
+            print(f"[{self.desc}] keeping epoch {self.best['epoch']:g} (step {self.best['step']}): "
+                  f"select_{self.select_metric}={self.best['value']:.4g}", file=sys.stderr, flush=True)
 
     def _reduce(self, window: dict) -> dict:
         """Window means over steps (and over processes under DDP)."""
@@ -500,8 +642,13 @@ class Trainer:
         state = self._state(window)
         if self.env.is_main:
             epoch, micro = divmod(step, self.steps_per_epoch)
-            self.ckpt.save(step, state, {"epoch": epoch, "micro_batch": micro * self.tcfg.grad_accum,
-                                         "world_size": self.env.world_size, "total_steps": self.total_steps})
+            meta = {"epoch": epoch, "micro_batch": micro * self.tcfg.grad_accum,
+                    "world_size": self.env.world_size, "total_steps": self.total_steps}
+            if self.select_fn is not None:
+                meta["selection"] = {"metric": self.select_metric, "best": self.best, "history": self.selection}
+            self.ckpt.save(step, state, meta)
+            if self.select_fn is not None:
+                self._prune_best()
         if self.env.distributed:
             dist.barrier()
 
@@ -589,9 +736,15 @@ class Trainer:
                     window, t0 = {}, time.perf_counter()
                 if (tcfg.eval_every and step % tcfg.eval_every == 0) or step == self.total_steps:
                     self._evaluate(step)
-                if step % tcfg.checkpoint_every == 0 or step == self.total_steps:
+                selected = self.select_fn is not None and (step % self.steps_per_epoch == 0
+                                                           or step == self.total_steps)
+                if selected:
+                    self._select(step)  # then a checkpoint, so a resumed run never selects this epoch again
+                if step % tcfg.checkpoint_every == 0 or step == self.total_steps or selected:
                     self._save(step, window)
         bar.close()
+        if self.select_fn is not None:
+            self._load_best()
         return self.model
 
     def _check_finite(self, sums: dict, step: int, epoch: int):

@@ -6,6 +6,7 @@ compare what it claims with the scene description in scenes.json.
 """
 
 import collections
+import hashlib
 import json
 import os
 import re
@@ -16,7 +17,16 @@ from PIL import Image
 
 from cavl.demo import main
 
-COLORS = {"red", "green", "blue", "yellow", "purple", "orange"}
+# The palettes of the demo's variants (cavl/demo/variants.py), written out here independently.
+PALETTES = {
+    1: {"red": (215, 40, 40), "green": (40, 160, 65), "blue": (40, 85, 215),
+        "yellow": (240, 205, 35), "purple": (135, 55, 170), "orange": (245, 135, 25)},
+    2: {"pink": (240, 125, 180), "brown": (130, 80, 35), "cyan": (35, 200, 215),
+        "lime": (150, 220, 40), "navy": (30, 40, 135), "magenta": (195, 30, 190)},
+}
+COLORS = set(PALETTES[1]) | set(PALETTES[2])
+# objects per scene: (min, max) for the VCR images and for every other dataset's
+OBJECTS = {1: {"vcr": (2, 4), "other": (1, 4)}, 2: {"vcr": (3, 6), "other": (2, 6)}}
 BACKGROUNDS = {"white", "gray", "black"}
 SHAPES = {"circle", "square", "triangle", "star"}
 SIZES = {"small", "large"}
@@ -28,17 +38,25 @@ RELATION_WORDS = {("to", "the", "left", "of"): "left of", ("to", "the", "right",
 COUNTS = {"coco": 20, "vg": 10, "flickr30k": 16, "nlvr2": 24, "vcr": 12}
 
 
-def _args(out, seed=3, size=160, counts=COUNTS):
+def _args(out, seed=3, size=160, counts=COUNTS, variant=None):
     argv = ["--out", str(out), "--seed", str(seed), "--image-size", str(size)]
     for k, v in counts.items():
         argv += ["--count", f"{k}={v}"]
+    if variant is not None:
+        argv += ["--variant", str(variant)]
     return argv
 
 
+@pytest.fixture(scope="module", params=[1, 2], ids=["variant1", "variant2"])
+def variant(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    assert main(_args(out)) == 0
+def demo(tmp_path_factory, variant):
+    """Every test taking `demo` runs on both variants (variant 1: the default, no flag)."""
+    out = tmp_path_factory.mktemp(f"demo_v{variant}")
+    assert main(_args(out, variant=None if variant == 1 else variant)) == 0
     with open(out / "scenes.json") as f:
         scenes = json.load(f)
     return out, scenes
@@ -145,9 +163,54 @@ def the(objects, phrase):
 
 
 def vqa_answer(question, scene):
+    """The true answer of a VQA question of either variant's templates."""
     objs = scene["objects"]
-    if question == "What color is the background?":
+    if question in ("What color is the background?", "What is the color of the background?"):
         return scene["background"]
+    # variant 2's forms
+    m = re.fullmatch(r"Are there any (.+)\?", question)
+    if m:
+        return "yes" if count_ok(objs, mentions(m.group(1))[0]) else "no"
+    m = re.fullmatch(r"Are there more (.+) than (.+)\?", question)
+    if m:
+        (a,), (b,) = mentions(m.group(1)), mentions(m.group(2))
+        return "yes" if sum(fits(o, a) for o in objs) > sum(fits(o, b) for o in objs) else "no"
+    m = re.fullmatch(r"Is the (.+) higher than the (.+)\?", question)
+    if m:
+        a, b = the(objs, m.group(1)), the(objs, m.group(2))
+        assert relation_holds(a, b, "above") or relation_holds(a, b, "below"), question
+        return "yes" if relation_holds(a, b, "above") else "no"
+    m = re.fullmatch(r"How many (.+) are in the image\?", question)
+    if m:
+        return str(sum(fits(o, mentions(m.group(1))[0]) for o in objs))
+    m = re.fullmatch(r"How many shapes are not (\w+)\?", question)
+    if m:
+        assert m.group(1) in COLORS, question
+        return str(sum(o["color"] != m.group(1) for o in objs))
+    m = re.fullmatch(r"How many (\w+)s are (?!there\?)(\w+)\?", question)
+    if m:
+        assert m.group(1) in SHAPES and m.group(2) in COLORS, question
+        return str(sum(o["shape"] == m.group(1) and o["color"] == m.group(2) for o in objs))
+    m = re.fullmatch(r"What color is the (largest|smallest) shape\?", question)
+    if m:  # by box area, which must single out one object
+        area = sorted(((o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1]), k)
+                      for k, o in enumerate(objs))
+        if m.group(1) == "largest":
+            area.reverse()
+        assert len(area) >= 2 and area[0][0] != area[1][0], (question, objs)
+        return objs[area[0][1]]["color"]
+    m = re.fullmatch(r"What is the color of the (.+)\?", question)
+    if m:
+        return the(objs, m.group(1))["color"]
+    m = re.fullmatch(r"Which shape is (\w+)\?", question)
+    if m:
+        return the(objs, m.group(1) + " shape")["shape"]
+    m = re.fullmatch(r"Which side of the (.+) is the (.+) on\?", question)
+    if m:
+        b, a = the(objs, m.group(1)), the(objs, m.group(2))
+        (side,) = [s for s in ("left", "right") if relation_holds(a, b, f"{s} of")]
+        return side
+    # variant 1's forms
     m = re.fullmatch(r"Is there an? (.+)\?", question)
     if m:
         return "yes" if count_ok(objs, mentions(m.group(1))[0]) else "no"
@@ -228,6 +291,23 @@ def test_checker_can_say_false(text, truth):
 def test_checker_vqa_and_nlvr2_and_vcr_forms():
     assert vqa_answer("How many blue shapes are there?", SCENE) == "1"
     assert vqa_answer("Is the circle to the right of the square?", SCENE) == "no"
+    assert vqa_answer("What is the color of the background?", SCENE) == "white"
+    assert vqa_answer("Are there any red circles?", SCENE) == "yes"
+    assert vqa_answer("Are there any blue circles?", SCENE) == "no"
+    assert vqa_answer("Are there more circles than squares?", SCENE) == "no"
+    assert vqa_answer("Are there more red shapes than green shapes?", SCENE) == "yes"
+    assert vqa_answer("Is the circle higher than the square?", SCENE) == "yes"
+    assert vqa_answer("Is the blue shape higher than the red circle?", SCENE) == "no"
+    assert vqa_answer("How many objects are in the image?", SCENE) == "2"
+    assert vqa_answer("How many shapes are not red?", SCENE) == "1"
+    assert vqa_answer("How many squares are red?", SCENE) == "0"
+    assert vqa_answer("How many large shapes are there?", SCENE) == "1"
+    assert vqa_answer("What color is the largest shape?", SCENE) == "blue"
+    assert vqa_answer("What color is the smallest shape?", SCENE) == "red"
+    assert vqa_answer("What is the color of the small circle?", SCENE) == "red"
+    assert vqa_answer("Which shape is blue?", SCENE) == "square"
+    assert vqa_answer("Which side of the square is the circle on?", SCENE) == "left"
+    assert vqa_answer("Which side of the red shape is the blue square on?", SCENE) == "right"
     assert nlvr2_truth("Both images contain a red circle.", SCENE, SCENE)
     assert not nlvr2_truth("Exactly one image contains a red circle.", SCENE, SCENE)
     assert vcr_claim([[0], "is", "a", "small", "red", "circle", "."], SCENE["objects"])
@@ -291,10 +371,94 @@ def test_bad_count_is_an_error(tmp_path):
         main(["--out", str(tmp_path), "--count", "imagenet=3"])
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--count", "coco=-1"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--variant", "3"])
 
 
-def test_images_open_with_annotated_size(demo):
+SMALL = {"coco": 5, "vg": 3, "flickr30k": 4, "nlvr2": 8, "vcr": 4}
+# sha256 over the annotation files (not the images: JPEG/PNG bytes depend on the Pillow
+# version) of `_args(out, seed=1, size=128, counts=SMALL)`, as written before variants existed.
+# Variant 1 must keep writing exactly this; change it only on purpose.
+VARIANT_1_TEXT_SHA256 = "cae872c426b79a85ad760a5e0d3d45cfb8d4c71d921aca9f2a0d1ab5a0787b70"
+
+
+def _text_digest(root):
+    h = hashlib.sha256()
+    files = sorted(os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/")
+                   for d, _, names in os.walk(root) for n in names
+                   if not n.endswith((".jpg", ".png")))
+    for name in files:
+        with open(os.path.join(root, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read() + b"\0")
+    return len(files), h.hexdigest()
+
+
+def test_variant_1_is_the_original_demo(tmp_path):
+    for name, variant in (("default", None), ("v1", 1)):
+        assert main(_args(tmp_path / name, seed=1, size=128, counts=SMALL, variant=variant)) == 0
+    assert _tree(tmp_path / "default") == _tree(tmp_path / "v1")
+    assert _text_digest(tmp_path / "v1") == (33, VARIANT_1_TEXT_SHA256)
+
+
+def test_variant_2_deterministic_and_another_world(tmp_path):
+    runs = (("a", 2, 1), ("b", 2, 1), ("c", 2, 2), ("v1", 1, 1))
+    for name, variant, seed in runs:
+        assert main(_args(tmp_path / name, seed=seed, size=128, counts=SMALL,
+                          variant=variant)) == 0
+    a, b, c, v1 = (_tree(tmp_path / n) for n, _, _ in runs)
+    assert a.keys() == b.keys() and len(a) == len(v1)
+    assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
+    assert a["scenes.json"] != c["scenes.json"]
+    scenes = {n: json.loads(t["scenes.json"]) for n, t in (("v2", a), ("v1", v1))}
+    colours = {n: {o["color"] for d in sc.values() for e in d.values() for o in e["objects"]}
+               for n, sc in scenes.items()}
+    assert colours["v2"] <= set(PALETTES[2]) and colours["v1"] <= set(PALETTES[1])
+    # its own random streams: not even the image ids drawn first are variant 1's
+    assert set(scenes["v2"]["coco"]).isdisjoint(scenes["v1"]["coco"])
+
+
+def test_variant_palettes_disjoint_and_in_the_config_schema():
+    from cavl.demo import variants
+    from cavl.demo.scenes import BACKGROUNDS
+
+    assert {k: dict(v.colors) for k, v in variants.VARIANTS.items()} == PALETTES
+    assert not set(PALETTES[1]) & set(PALETTES[2])
+    assert not set(PALETTES[1].values()) & set(PALETTES[2].values())
+    assert not COLORS & set(BACKGROUNDS) and not COLORS & HEADS
+    yaml = pytest.importorskip("yaml")
+    schema_path = os.path.join(os.path.dirname(__file__), os.pardir, "workflow", "schemas",
+                               "config.schema.yaml")
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    key = schema["properties"]["demo"]["properties"]["variant"]
+    assert key["enum"] == sorted(variants.VARIANTS) and key["default"] == 1
+
+
+def test_variant_2_asks_other_questions(tmp_path):
+    """Its VQA questions share no wording with variant 1's and include kinds variant 1 has
+    not (comparing counts, negation, largest / smallest, which side)."""
+    counts = dict(COUNTS, coco=40)
+    questions = {}
+    for variant in (1, 2):
+        out = tmp_path / f"v{variant}"
+        assert main(_args(out, counts=counts, variant=variant)) == 0
+        questions[variant] = [q["question"] for split in ("train", "val") for q in _json(
+            out / "vqa" / f"v2_OpenEnded_mscoco_{split}2014_questions.json")["questions"]]
+
+    def forms(qs):
+        return {" ".join(w for w in q.rstrip("?").split()
+                         if w.lower() not in COLORS | SHAPES | {s + "s" for s in SHAPES})
+                for q in qs}
+
+    assert not forms(questions[1]) & forms(questions[2])
+    v2 = " | ".join(questions[2])
+    for kind in ("Are there more ", "How many shapes are not ", "est shape?", "Which side of "):
+        assert kind in v2, kind
+
+
+def test_images_open_with_annotated_size(demo, variant):
     out, scenes = demo
+    palette = PALETTES[variant]
     assert set(scenes) == set(COUNTS)
     shapes = set()
     for dataset, entries in scenes.items():
@@ -308,8 +472,11 @@ def test_images_open_with_annotated_size(demo):
                     x1, y1, x2, y2 = o["bbox"]
                     assert 0 <= x1 < x2 < s["width"] and 0 <= y1 < y2 < s["height"]
                     px = im.convert("RGB").getpixel(((x1 + x2) // 2, (y1 + y2) // 2 + 2))
-                    assert _colour_name(px) == o["color"], (dataset, image_id, o, px)
-            assert 1 <= len(s["objects"]) <= 4 and s["background"] in BACKGROUNDS
+                    assert o["color"] in palette, (dataset, image_id, o)
+                    assert _colour_name(px, palette) == o["color"], (dataset, image_id, o, px)
+            lo, hi = OBJECTS[variant]["vcr" if dataset == "vcr" else "other"]
+            assert lo <= len(s["objects"]) <= hi, (dataset, image_id)
+            assert s["background"] in BACKGROUNDS
             boxes = [o["bbox"] for o in s["objects"]]
             for i, a in enumerate(boxes):  # no two objects overlap
                 for b in boxes[i + 1:]:
@@ -318,10 +485,8 @@ def test_images_open_with_annotated_size(demo):
     assert len(shapes) > 1  # not every image is square
 
 
-def _colour_name(px):
-    ref = {"red": (215, 40, 40), "green": (40, 160, 65), "blue": (40, 85, 215),
-           "yellow": (240, 205, 35), "purple": (135, 55, 170), "orange": (245, 135, 25),
-           "white": (245, 245, 245), "gray": (150, 150, 150), "black": (25, 25, 25)}
+def _colour_name(px, palette):
+    ref = dict(palette, white=(245, 245, 245), gray=(150, 150, 150), black=(25, 25, 25))
     return min(ref, key=lambda k: sum((a - b) ** 2 for a, b in zip(ref[k], px)))
 
 

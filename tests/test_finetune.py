@@ -83,6 +83,34 @@ def test_settings_of_each_task_resolve_from_config_yaml():
     assert settings_from_config({}, "nlvr2").eval_split == "dev"  # the task's own defaults without a config
 
 
+def test_defaults_come_from_the_schema_alone():
+    """No second table of defaults: an empty config resolves to the schema's defaults, and a task's
+    own option defaults (Task.options, used by task code) equal the schema's."""
+    from cavl.config import load_schema
+
+    schema = load_schema()["properties"]["finetune"]["properties"]
+    lr = {m: v["default"] for m, v in schema["optim"]["properties"]["lr"]["properties"].items()}
+    assert lr == {"full": 5e-5, "linear": 1e-3, "adapter1": 1e-3, "adapter2": 1e-3, "adapter1+2": 1e-3}  # literature
+    tasks = schema["tasks"]["properties"]
+    for task in ("vqa", "vcr", "nlvr2", "rpg", "tir", "zs_tir"):
+        own = {k: v["default"] for k, v in tasks[task]["properties"].items()}
+        assert get_task(task).options == {k: own[k] for k in get_task(task).options}, task
+        s = settings_from_config({}, task)
+        assert s.options == get_task(task).options
+        assert (s.eval_split, s.data.max_text_len, s.data.max_regions) == (
+            own["eval_split"], own["max_text_len"], own["max_regions"])
+        if task == "zs_tir":
+            continue
+        assert (s.method, s.train_split, s.select_split, s.train.epochs, s.train.batch_size) == (
+            own["method"], own["train_split"], own["select_split"], own["epochs"], own["batch_size"])
+        for method in lr:
+            assert settings_from_config({}, task, method).optim.lr == lr[method]
+    assert settings_from_config({}, "vqa").select_fraction == schema["select_fraction"]["default"] == 0.1
+    assert [settings_from_config({}, t).select_split for t in ("vqa", "vcr", "nlvr2", "rpg", "tir")] == [
+        None, None, None, "val", "val"]
+    assert not hasattr(finetune, "DEFAULT_LR")
+
+
 def test_unknown_settings_are_rejected_by_name():
     with pytest.raises(ValueError, match=r"finetune.tasks.vcr.*answer_vocab_size"):
         settings_from_config({"finetune": {"tasks": {"vcr": {"answer_vocab_size": 3}}}}, "vcr")
@@ -124,6 +152,10 @@ def test_finetune_then_evaluate_writes_the_contract_outputs(root, tmp_path, caps
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any(f"{task}_loss" in r for r in records)
     assert any(f"val_{get_task(task).main_metric}" in r for r in records) == (eval_every > 0)
+    # the best epoch, chosen on held-out train images, is the one saved (tests/test_best_epoch.py)
+    assert any(f"select_{get_task(task).main_metric}" in r for r in records)
+    assert config["selection"]["metric"] == get_task(task).main_metric and config["selection"]["split"] == "train"
+    assert [r["best_step"] for r in records if r.get("event") == "best_epoch"] == [config["selection"]["step"]]
 
     assert evaluate.main(eval_cli(root, task, out)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -263,7 +295,9 @@ def test_a_run_killed_mid_way_resumes_to_the_same_weights(root, tmp_path, monkey
     assert sum(v.numel() for v in ckpt["model"].values()) < 0.3 * sum(p.numel() for p in model.parameters())
     log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
     assert {"event": "resume", "step": 4} in [{k: r.get(k) for k in ("event", "step")} for r in log]
-    assert [r["step"] for r in log if "event" not in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in log if "lr" in r] == [1, 2, 3, 4, 5, 6]
+    # epoch 1 ends at step 5 (21 of 24 statements train, batch 4), max_steps cuts epoch 2 at 6: both select
+    assert [r["step"] for r in log if "select_accuracy" in r] == [5, 6]
 
 
 # ---------------------------------------------------------------------------------------------

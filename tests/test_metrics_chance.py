@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from cavl.metrics.chance import (majority_answer, nlvr2_majority_chance, prob_any_in_top_k,
-                                 retrieval_chance, rpg_chance, vcr_chance, vqa_majority_chance)
+                                 question_type_majorities, retrieval_chance, rpg_chance,
+                                 vcr_chance, vqa_majority_chance, vqa_question_type_prior,
+                                 vqa_question_type_prior_accuracy)
 from cavl.metrics.grounding import rpg_recall
 from cavl.metrics.retrieval import retrieval_recall
 from cavl.metrics.vcr import vcr_accuracy
@@ -96,3 +98,36 @@ def test_nlvr2_majority_chance():
     assert m == {"accuracy": 75.0, "consistency": pytest.approx(100 * 2 / 3)}
     m = nlvr2_majority_chance(ids, labels, train_labels=np.array([False, False, True]))
     assert m == {"accuracy": 25.0, "consistency": 0.0}
+
+
+def test_vqa_question_type_prior_hand_computed():
+    train_types = ["how many", "how many", "how many", "is there a", "is there a",
+                   "what color is the"]
+    train = ["2", "two", "3", "no", "Yes", "Red."]        # overall: "2" ×2, the rest ×1
+    best, overall = question_type_majorities(train_types, train)
+    assert best == {"how many": "2", "is there a": "no", "what color is the": "red"}
+    assert overall == "2"                                  # "is there a": tie → alphabetical
+    eval_types = ["how many", "is there a", "what color is the", "what is the", "how many"]
+    answers = [["2"] * 10,                                 # "2": 10 of 10 → 1.0
+               ["yes"] * 7 + ["no"] * 3,                   # "no": 3 of 10 → 0.9
+               ["red"] * 10,                               # "red" → 1.0
+               ["blue"] * 10,                              # unseen type → "2" → 0.0
+               ["3"] * 4 + ["2"] + ["4"] * 5]              # "2": 1 of 10 → 0.3
+    scores = vqa_question_type_prior(train_types, train, eval_types, answers)
+    assert scores.dtype == np.float64
+    np.testing.assert_allclose(scores, [1.0, 0.9, 1.0, 0.0, 0.3])
+    assert vqa_question_type_prior_accuracy(train_types, train, eval_types, answers) \
+        == pytest.approx(100 * 3.2 / 5)
+    # the overall majority ("2") alone: 1.0, 0, 0, 0, 0.3
+    overall_only = vqa_majority_chance(train, answers, ["number", "yes/no", "other", "other",
+                                                         "number"])
+    assert overall_only["accuracy"] == pytest.approx(100 * 1.3 / 5)
+
+
+def test_vqa_question_type_prior_checks_lengths():
+    with pytest.raises(ValueError):
+        vqa_question_type_prior(["how many"], ["2", "3"], ["how many"], [["2"] * 10])
+    with pytest.raises(ValueError):
+        vqa_question_type_prior(["how many"], ["2"], ["how many", "is the"], [["2"] * 10])
+    with pytest.raises(ValueError):
+        vqa_question_type_prior_accuracy(["how many"], ["2"], [], [])

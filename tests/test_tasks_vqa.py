@@ -98,3 +98,16 @@ def test_chance_is_the_train_majority_answer():
                                EXAMPLES["answer_type"].tolist())
     assert TASK.chance(train, EXAMPLES, {}) == want
     assert want["yes/no"] == pytest.approx(60.0)
+
+
+def test_report_compares_the_model_with_the_question_type_prior():
+    train = pd.DataFrame({"question_type": ["how many", "how many", "is the", "is the"],
+                          "multiple_choice_answer": ["2", "2", "yes", "no"]})
+    examples = pd.DataFrame({"question_id": [1, 2, 3], "question_type": ["how many", "is the", "what"],
+                             "answers": [["3"] * 10, ["no"] * 10, ["red"] * 10]})
+    predictions = pd.DataFrame({"question_id": [1, 2, 3], "answer": ["3", "no", "blue"]})
+    out = TASK.report(predictions, examples, {}, train)["baselines"]["question_type_prior"]
+    # prior answers: "2" (how many), "no" (is the: tie -> alphabetical), "2" (unseen type: overall
+    # majority "2") -> scores 0, 1, 0; the model 1, 1, 0: one win, no loss, one tie
+    assert out["accuracy"] == pytest.approx(100 / 3)
+    assert out["sign_test"] == {"wins": 1, "losses": 0, "ties": 2, "p_value": 0.5}

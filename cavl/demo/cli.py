@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from . import coco, flickr30k, nlvr2, vcr, vg, vqa
+from . import coco, flickr30k, nlvr2, vcr, vg, vqa, variants
 from .files import rng_for, write_json_atomic
 
 DEFAULT_COUNTS = {"coco": 120, "vg": 60, "flickr30k": 80, "nlvr2": 80, "vcr": 40}
@@ -35,6 +35,10 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=224,
                    help="image side in pixels; some images are ~11%% shorter in one side "
                         "(default: 224)")
+    p.add_argument("--variant", type=int, choices=sorted(variants.VARIANTS), default=1,
+                   help="synthetic world (cavl/demo/variants.py): 1 = the original demo, 2 = "
+                        "another palette, 2-6 objects per image, other VQA questions and its "
+                        "own random streams (default: 1)")
     p.add_argument("--count", type=_count, action="append", default=[], metavar="NAME=N",
                    help="images for one dataset (repeatable); defaults: "
                         + ", ".join(f"{k}={v}" for k, v in DEFAULT_COUNTS.items()))
@@ -46,18 +50,23 @@ def parse_args(argv=None):
     return args
 
 
-def generate(out_dir, seed=0, image_size=224, counts=None, log=print):
+def generate(out_dir, seed=0, image_size=224, counts=None, log=print, variant=1):
     """Write everything under `out_dir`; returns the scenes dict written to scenes.json.
-    Each dataset writes its images first, then its annotation files (each atomically)."""
+    Each dataset writes its images first, then its annotation files (each atomically).
+    `variant`: the synthetic world's number (see variants.py)."""
     counts = dict(DEFAULT_COUNTS, **(counts or {}))
+    world = variants.get(variant)
+
+    def rng(name):
+        return rng_for(seed, name, world.number)
+
     scenes = {}
-    coco_images, scenes["coco"], line = coco.write(out_dir, rng_for(seed, "coco"),
-                                                   counts["coco"], image_size)
+    coco_images, scenes["coco"], line = coco.write(out_dir, rng("coco"), counts["coco"],
+                                                   image_size, world)
     log(line)
-    log(vqa.write(out_dir, rng_for(seed, "vqa"), coco_images))
+    log(vqa.write(out_dir, rng("vqa"), coco_images, world))
     for name, module in (("vg", vg), ("flickr30k", flickr30k), ("nlvr2", nlvr2), ("vcr", vcr)):
-        scenes[name], line = module.write(out_dir, rng_for(seed, name), counts[name],
-                                          image_size)
+        scenes[name], line = module.write(out_dir, rng(name), counts[name], image_size, world)
         log(line)
     write_json_atomic(scenes, os.path.join(out_dir, "scenes.json"))
     return scenes
@@ -65,7 +74,7 @@ def generate(out_dir, seed=0, image_size=224, counts=None, log=print):
 
 def main(argv=None):
     args = parse_args(argv)
-    generate(args.out, args.seed, args.image_size, args.counts)
+    generate(args.out, args.seed, args.image_size, args.counts, variant=args.variant)
     return 0
 
 

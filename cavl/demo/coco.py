@@ -5,7 +5,8 @@ import os
 
 from .files import rel, split_counts, write_json_atomic
 from .language import captions, plain
-from .scenes import SHAPES, public, sample_scene, save_image
+from .scenes import SHAPES, public, save_image
+from .variants import DEFAULT
 
 SPLITS = ("train", "val")
 HOST = "https://example.invalid"
@@ -40,7 +41,7 @@ def file_name(split, image_id):
     return f"COCO_{split}2014_{image_id:012d}.jpg"
 
 
-def write(out_dir, rng, count, image_size):
+def write(out_dir, rng, count, image_size, variant=DEFAULT):
     """→ ({split: [(image_id, scene)]}, scenes.json entries, summary line)."""
     n_train, n_val = split_counts(count, (0.8, 0.2))
     ids = rng.sample(range(1, 581930), count)
@@ -49,9 +50,9 @@ def write(out_dir, rng, count, image_size):
     entries = {}
     for split in SPLITS:
         for image_id in by_split[split]:
-            scene = sample_scene(rng, image_size)
+            scene = variant.scene(rng, image_size)
             path = os.path.join(out_dir, "coco", f"{split}2014", file_name(split, image_id))
-            save_image(scene, path)
+            save_image(scene, path, variant.colors)
             images[split].append((image_id, scene))
             entries[str(image_id)] = dict(file=rel(path, out_dir), **public(scene))
     ann_ids = iter(rng.sample(range(1, 830000), 5 * count))

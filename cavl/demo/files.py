@@ -23,11 +23,14 @@ def write_text_atomic(text, path):
             f.write(text)
 
 
-def rng_for(seed, dataset):
-    """Independent, reproducible stream per (seed, dataset): one dataset's count does not
-    change another's data. (random.Random seeds a str through SHA-512, so it does not
-    depend on PYTHONHASHSEED.)"""
-    return random.Random(f"cavl.demo/{seed}/{dataset}")
+def rng_for(seed, dataset, variant=1):
+    """Independent, reproducible stream per (variant, seed, dataset): one dataset's count does
+    not change another's data, and a variant does not replay another's draws. Variant 1 keeps
+    the original stream names ("cavl.demo/{seed}/{dataset}"), so its output is unchanged; the
+    others are "cavl.demo.v{variant}/{seed}/{dataset}". (random.Random seeds a str through
+    SHA-512, so it does not depend on PYTHONHASHSEED.)"""
+    stream = "cavl.demo" if variant == 1 else f"cavl.demo.v{variant}"
+    return random.Random(f"{stream}/{seed}/{dataset}")
 
 
 def rel(path, out_dir):

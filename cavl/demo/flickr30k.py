@@ -8,7 +8,8 @@ from xml.sax.saxutils import escape
 
 from .files import rel, split_counts, write_json_atomic, write_text_atomic
 from .language import captions, entities_line, phrases, plain, tokens
-from .scenes import public, sample_scene, save_image
+from .scenes import public, save_image
+from .variants import DEFAULT
 
 SPLITS = ("train", "val", "test")
 
@@ -59,7 +60,7 @@ def annotation_xml(image_id, scene, ids):
     return "\n".join(lines) + "\n"
 
 
-def write(out_dir, rng, count, image_size):
+def write(out_dir, rng, count, image_size, variant=DEFAULT):
     """→ (scenes.json entries, summary line)."""
     n_train, n_val, n_test = split_counts(count, (0.625, 0.125, 0.25))
     ids = rng.sample(range(1000000000, 9999999999), count)
@@ -68,9 +69,9 @@ def write(out_dir, rng, count, image_size):
     ent = os.path.join(fl, "flickr30k_entities")
     entries, images = {}, []
     for image_id in ids:
-        scene = sample_scene(rng, image_size, duplicate_prob=0.3)
+        scene = variant.scene(rng, image_size, duplicate_prob=0.3)
         path = os.path.join(fl, "flickr30k-images", f"{image_id}.jpg")
-        save_image(scene, path)
+        save_image(scene, path, variant.colors)
         images.append((image_id, scene))
         entries[str(image_id)] = dict(file=rel(path, out_dir), **public(scene))
     entity_ids = EntityIds(rng.randint(1, 500))

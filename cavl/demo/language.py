@@ -125,7 +125,8 @@ def _listing(objects, order, attrs_of):
 def _groups(objects):
     """(text-noun, indices) for every attribute group of at least two objects."""
     out = []
-    for color in sorted(COLORS):
+    colors = sorted({o["color"] for o in objects})  # only colours present can form a group
+    for color in colors:
         idx = tuple(i for i, o in enumerate(objects) if o["color"] == color)
         if len(idx) >= 2:
             out.append((f"{color} shapes", idx))
@@ -133,7 +134,7 @@ def _groups(objects):
         idx = tuple(i for i, o in enumerate(objects) if o["shape"] == shape)
         if len(idx) >= 2:
             out.append((f"{shape}s", idx))
-            for color in sorted(COLORS):
+            for color in colors:
                 sub = tuple(i for i in idx if objects[i]["color"] == color)
                 if len(sub) >= 2:
                     out.append((f"{color} {shape}s", sub))
@@ -222,23 +223,24 @@ def region_phrases(scene, rng, max_relations=2):
 
 
 # ---------------------------------------------------------------- VQA
-def _absent_ref(objects, rng):
+def _absent_ref(objects, rng, colors=COLORS):
     for _ in range(50):
-        ref = {"color": rng.choice(sorted(COLORS)), "shape": rng.choice(SHAPES)}
+        ref = {"color": rng.choice(sorted(colors)), "shape": rng.choice(SHAPES)}
         if not count(objects, **ref):
             return ref
     return None
 
 
-def vqa_candidates(scene, rng):
-    """{answer_type: [(question, answer, question_type)]}, all answers true of the scene."""
+def vqa_candidates(scene, rng, colors=COLORS):
+    """{answer_type: [(question, answer, question_type)]}, all answers true of the scene.
+    The template set of demo variant 1; `colors`: the palette."""
     objs = scene["objects"]
     yes_no, number, other = [], [], []
     # yes/no: existence, present and absent
     i = rng.randrange(len(objs))
     attrs = rng.choice((("color", "shape"), ("shape",), FULL))
     yes_no.append((f"Is there {indefinite(noun(objs[i], attrs))}?", "yes", "is there a"))
-    ref = _absent_ref(objs, rng)
+    ref = _absent_ref(objs, rng, colors)
     if ref is not None:
         yes_no.append((f"Is there {indefinite(ref['color'] + ' ' + ref['shape'])}?", "no",
                        "is there a"))
@@ -254,7 +256,7 @@ def vqa_candidates(scene, rng):
                        "yes" if r in holds else "no", "is the"))
     # number
     number.append(("How many shapes are there?", str(len(objs)), "how many"))
-    color = rng.choice(sorted(COLORS))
+    color = rng.choice(sorted(colors))
     number.append((f"How many {color} shapes are there?", str(count(objs, color=color)),
                    "how many"))
     shape = rng.choice(SHAPES)
@@ -272,10 +274,93 @@ def vqa_candidates(scene, rng):
     return {"yes/no": yes_no, "number": number, "other": other}
 
 
-def vqa_questions(scene, rng):
-    """3–4 distinct questions: one of each answer type, sometimes one more.
+SIDES = ("left", "right")
+
+
+def _compared(objects, attr, palette, rng):
+    """Two values of `attr` to compare counts of: two present in the scene when there are,
+    else the one present and another from `palette`."""
+    present = sorted({o[attr] for o in objects})
+    if len(present) >= 2:
+        return rng.sample(present, 2)
+    return [present[0], rng.choice([v for v in palette if v != present[0]])]
+
+
+def vqa_candidates_2(scene, rng, colors=COLORS):
+    """The template set of demo variant 2: other wordings than vqa_candidates and other
+    question kinds (comparing counts, counting by negation, the largest / smallest shape,
+    which side one object is of another). {answer_type: [(question, answer, question_type)]},
+    all answers true of the scene; question types are prefixes of the question, as in VQA v2.
+    "Largest" / "smallest" is asked only when exactly one object is large / small: its box
+    is then the largest / smallest of the scene by area (size ranges in scenes.SIZES)."""
+    objs = scene["objects"]
+    yes_no, number = [], []
+    # yes/no: "any", present and absent
+    o = objs[rng.randrange(len(objs))]
+    yes_no.append((f"Are there any {o['color']} {o['shape']}s?", "yes", "are there any"))
+    ref = _absent_ref(objs, rng, colors)
+    if ref is not None:
+        yes_no.append((f"Are there any {ref['color']} {ref['shape']}s?", "no", "are there any"))
+    # yes/no: more X than Y (equal counts: no)
+    attr = rng.choice(("color", "shape"))
+    a, b = _compared(objs, attr, sorted(colors) if attr == "color" else SHAPES, rng)
+    words = (lambda v: f"{v} shapes") if attr == "color" else (lambda v: f"{v}s")
+    yes_no.append((f"Are there more {words(a)} than {words(b)}?",
+                   "yes" if count(objs, **{attr: a}) > count(objs, **{attr: b}) else "no",
+                   "are there"))
+    # yes/no: higher than, between uniquely named objects one of which is above the other
+    vertical = [(i, j) for i, j in itertools.permutations(range(len(objs)), 2)
+                if unique_attrs(objs, i) and unique_attrs(objs, j)
+                and {"above", "below"} & set(relations(objs[i], objs[j]))]
+    if vertical:
+        i, j = rng.choice(vertical)
+        yes_no.append((f"Is the {noun(objs[i], unique_attrs(objs, i))} higher than the "
+                       f"{noun(objs[j], unique_attrs(objs, j))}?",
+                       "yes" if "above" in relations(objs[i], objs[j]) else "no", "is the"))
+    # number
+    number.append(("How many objects are in the image?", str(len(objs)), "how many"))
+    color = rng.choice(sorted({o["color"] for o in objs}))
+    number.append((f"How many shapes are not {color}?",
+                   str(len(objs) - count(objs, color=color)), "how many"))
+    size = rng.choice(sorted(SIZES))
+    number.append((f"How many {size} shapes are there?", str(count(objs, size=size)),
+                   "how many"))
+    shape, color = rng.choice(SHAPES), rng.choice(sorted(colors))
+    number.append((f"How many {shape}s are {color}?", str(count(objs, shape=shape, color=color)),
+                   "how many"))
+    # other: one question of each kind that applies (so kinds with many instances, such as
+    # object pairs, do not crowd out the rest)
+    kinds = {"extreme": [], "color": [], "shape": [], "side": []}
+    if len(objs) >= 2:  # colour of the largest / smallest shape
+        for size, word in (("large", "largest"), ("small", "smallest")):
+            if count(objs, size=size) == 1:
+                (o,) = [o for o in objs if o["size"] == size]
+                kinds["extreme"].append((f"What color is the {word} shape?", o["color"],
+                                         "what color is the"))
+    for i, o in enumerate(objs):  # colour of an object named without colour, and vice versa
+        attrs = unique_attrs(objs, i, orders=(("shape",), ("size", "shape")))
+        if attrs:
+            kinds["color"].append((f"What is the color of the {noun(o, attrs)}?", o["color"],
+                                   "what is the color of the"))
+        if unique_attrs(objs, i, orders=(("color",),)):
+            kinds["shape"].append((f"Which shape is {o['color']}?", o["shape"], "which"))
+    for i, j in itertools.permutations(range(len(objs)), 2):  # which side of B is A on
+        side = [r for r in relations(objs[i], objs[j]) if r in ("left of", "right of")]
+        if side and unique_attrs(objs, i) and unique_attrs(objs, j):
+            kinds["side"].append((f"Which side of the {noun(objs[j], unique_attrs(objs, j))} "
+                                  f"is the {noun(objs[i], unique_attrs(objs, i))} on?",
+                                  side[0].split()[0], "which"))
+    other = [rng.choice(v) for v in kinds.values() if v]
+    other.append(("What is the color of the background?", scene["background"],
+                  "what is the color of the"))
+    return {"yes/no": yes_no, "number": number, "other": other}
+
+
+def vqa_questions(scene, rng, candidates=vqa_candidates, colors=COLORS):
+    """3–4 distinct questions: one of each answer type, sometimes one more, drawn from the
+    template set `candidates` (vqa_candidates or vqa_candidates_2) with the palette `colors`.
     → [(question, answer, answer_type, question_type)]"""
-    cands = vqa_candidates(scene, rng)
+    cands = candidates(scene, rng, colors)
     chosen = [(t, rng.choice(cands[t])) for t in ("yes/no", "number", "other")]
     if rng.random() < 0.5:
         t = rng.choice(("yes/no", "number", "other"))
@@ -285,9 +370,10 @@ def vqa_questions(scene, rng):
     return [(q, a, t, qt) for t, (q, a, qt) in chosen]
 
 
-def human_answers(answer, answer_type, rng, n=10):
+def human_answers(answer, answer_type, rng, n=10, colors=COLORS):
     """n annotator answers: a majority (≥ 6) give `answer` exactly, some a variant of it
-    ('2' / 'two', 'red' / 'Red.'), and sometimes one gives a wrong answer.
+    ('2' / 'two', 'red' / 'Red.', 'left' / 'left side'), and sometimes one gives a wrong
+    answer (a wrong colour from the palette `colors`).
     → [(answer, answer_confidence)]"""
     if answer_type == "number":
         variants = [NUMBER_WORDS[int(answer)]]
@@ -295,9 +381,12 @@ def human_answers(answer, answer_type, rng, n=10):
     elif answer_type == "yes/no":
         variants = [answer.capitalize()]
         wrong = "no" if answer == "yes" else "yes"
-    elif answer in COLORS or answer in ("white", "gray", "black"):
+    elif answer in colors or answer in ("white", "gray", "black"):
         variants = [answer.capitalize() + ".", answer.capitalize()]
-        wrong = rng.choice([c for c in sorted(COLORS) if c != answer])
+        wrong = rng.choice([c for c in sorted(colors) if c != answer])
+    elif answer in SIDES:
+        variants = [answer.capitalize(), f"{answer} side"]
+        wrong = SIDES[1 - SIDES.index(answer)]
     else:
         variants = [indefinite(answer), answer + "."]
         wrong = rng.choice([s for s in SHAPES if s != answer])
@@ -417,9 +506,10 @@ def _vcr_claim(ref, obj, attrs):
     return [[ref], "is"] + indefinite(noun(obj, attrs)).split() + ["."]
 
 
-def vcr_items(scene, rng, k=2):
+def vcr_items(scene, rng, k=2, colors=COLORS):
     """Up to k VCR items {question, answer_choices, answer_label, rationale_choices,
-    rationale_label}: 4 choices each, exactly one true (token lists, [i] = object i)."""
+    rationale_label}: 4 choices each, exactly one true (token lists, [i] = object i); wrong
+    colours from the palette `colors`."""
     objs = scene["objects"]
     items = []
     kinds = ["color", "shape", "relation"]
@@ -433,7 +523,7 @@ def vcr_items(scene, rng, k=2):
         o = objs[i]
         if kind == "color":
             question = ["What", "color", "is", [i], "?"]
-            wrong = rng.sample([c for c in sorted(COLORS) if c != o["color"]], 3)
+            wrong = rng.sample([c for c in sorted(colors) if c != o["color"]], 3)
             answers = [[[i], "is", c, "."] for c in [o["color"]] + wrong]
         elif kind == "shape":
             question = ["What", "shape", "is", [i], "?"]
@@ -453,7 +543,7 @@ def vcr_items(scene, rng, k=2):
                           for r in [rel] + wrong]
         if kind != "relation":
             true = tuple(o[a] for a in FULL)
-            others = [t for t in itertools.product(sorted(SIZES), sorted(COLORS), SHAPES)
+            others = [t for t in itertools.product(sorted(SIZES), sorted(colors), SHAPES)
                       if t != true]
             wrong_r = rng.sample(others, 3)
             rationales = [_vcr_claim(i, dict(zip(FULL, t)), FULL) for t in [true] + wrong_r]

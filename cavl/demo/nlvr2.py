@@ -7,14 +7,15 @@ import os
 
 from .files import rel, split_counts, write_jsonl_atomic
 from .language import nlvr2_sentences
-from .scenes import COLORS, SHAPES, public, sample_scene, save_image
+from .scenes import SHAPES, public, save_image
+from .variants import DEFAULT
 
 SPLITS = ("train", "dev", "test1")
 PAIRS_PER_SET = 4
 URL = "https://example.invalid/nlvr2/{}.png"
 
 
-def write(out_dir, rng, count, image_size):
+def write(out_dir, rng, count, image_size, variant=DEFAULT):
     """count images → count // 2 pairs in sets of 4. → (scenes.json entries, summary)."""
     n_pairs = count // 2
     n_sets = math.ceil(n_pairs / PAIRS_PER_SET)
@@ -25,7 +26,7 @@ def write(out_dir, rng, count, image_size):
     for split, n in zip(SPLITS, set_splits):
         for _ in range(n):
             set_id, k = set_ids[k], k + 1
-            theme = (rng.choice(SHAPES), rng.choice(sorted(COLORS)))
+            theme = (rng.choice(SHAPES), rng.choice(sorted(variant.colors)))
             query = f"{theme[1]} {theme[0]}s{rng.randint(1, 30)}"
             pairs, names = [], []
             for pair_id in range(min(PAIRS_PER_SET, left)):
@@ -34,11 +35,11 @@ def write(out_dir, rng, count, image_size):
                                       *([str(directory)] if directory is not None else []))
                 pair, stems = [], []
                 for side in (0, 1):
-                    scene = sample_scene(rng, image_size,
-                                         required=theme if rng.random() < 0.6 else None)
+                    scene = variant.scene(rng, image_size,
+                                          required=theme if rng.random() < 0.6 else None)
                     stem = f"{split}-{set_id}-{pair_id}-img{side}"
                     path = os.path.join(folder, stem + ".png")
-                    save_image(scene, path)
+                    save_image(scene, path, variant.colors)
                     entries[stem] = dict(file=rel(path, out_dir), **public(scene))
                     pair.append(scene)
                     stems.append(stem)

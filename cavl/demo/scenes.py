@@ -44,15 +44,16 @@ def sample_dims(rng, image_size):
     return image_size, image_size
 
 
-def _attributes(rng, objects, duplicate_prob):
+def _attributes(rng, objects, duplicate_prob, colors=COLORS):
     """(shape, color) for a new object: a copy of an earlier object's with `duplicate_prob`,
-    else a pair no earlier object has (so most objects are named by colour + shape)."""
+    else a pair no earlier object has (so most objects are named by colour + shape); colours
+    from the palette `colors`."""
     pairs = [(o["shape"], o["color"]) for o in objects]
     once = [p for p in pairs if pairs.count(p) == 1]
     if once and rng.random() < duplicate_prob:
         return rng.choice(once)  # at most two objects share a (shape, colour)
     while True:
-        pair = (rng.choice(SHAPES), rng.choice(sorted(COLORS)))
+        pair = (rng.choice(SHAPES), rng.choice(sorted(colors)))
         if pair not in pairs:
             return pair
 
@@ -106,8 +107,9 @@ def _tight_box(points):
 
 
 def sample_scene(rng, image_size, n_objects=None, min_objects=1, max_objects=4,
-                 duplicate_prob=0.0, required=None):
-    """A random scene. `required`: optional (shape, color) the first object must have."""
+                 duplicate_prob=0.0, required=None, colors=COLORS):
+    """A random scene. `required`: optional (shape, color) the first object must have;
+    `colors`: the palette (name → RGB) the colours are drawn from."""
     width, height = sample_dims(rng, image_size)
     if n_objects is None:
         n_objects = rng.randint(min_objects, max_objects)
@@ -118,7 +120,7 @@ def sample_scene(rng, image_size, n_objects=None, min_objects=1, max_objects=4,
         if k == 0 and required is not None:
             shape, color = required
         else:
-            shape, color = _attributes(rng, objects, duplicate_prob)
+            shape, color = _attributes(rng, objects, duplicate_prob, colors)
         size = rng.choice(sorted(SIZES))
         lo, hi = SIZES[size]
         for _ in range(200):
@@ -145,12 +147,12 @@ def public(scene):
                         for o in scene["objects"]]}
 
 
-def render(scene):
-    """PIL RGB image of the scene."""
+def render(scene, colors=COLORS):
+    """PIL RGB image of the scene (`colors`: the palette its colour names come from)."""
     img = Image.new("RGB", (scene["width"], scene["height"]), BACKGROUNDS[scene["background"]])
     draw = ImageDraw.Draw(img)
     for o in scene["objects"]:
-        fill = COLORS[o["color"]]
+        fill = colors[o["color"]]
         if o["shape"] == "circle":
             draw.ellipse(o["bbox"], fill=fill)
         elif o["shape"] == "square":
@@ -160,9 +162,9 @@ def render(scene):
     return img
 
 
-def save_image(scene, path):
+def save_image(scene, path, colors=COLORS):
     """Render and write atomically: JPEG (fixed quality) unless `path` ends in .png."""
-    img = render(scene)
+    img = render(scene, colors)
     fmt = "PNG" if str(path).lower().endswith(".png") else "JPEG"
     with atomic_path(path) as tmp:
         if fmt == "JPEG":

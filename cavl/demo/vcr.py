@@ -6,7 +6,8 @@ import os
 
 from .files import rel, split_counts, write_json_atomic, write_jsonl_atomic
 from .language import vcr_items, vcr_text
-from .scenes import outline, public, sample_scene, save_image
+from .scenes import outline, public, save_image
+from .variants import DEFAULT
 
 SPLITS = ("train", "val")
 IMAGES_PER_MOVIE = 4
@@ -32,7 +33,7 @@ def _match(label, own, rng, total):
     return match_iter, sources
 
 
-def write(out_dir, rng, count, image_size):
+def write(out_dir, rng, count, image_size, variant=DEFAULT):
     """→ (scenes.json entries, summary line)."""
     n_movies = math.ceil(count / IMAGES_PER_MOVIE)
     n_train_m, n_val_m = split_counts(n_movies, (0.75, 0.25)) if n_movies >= 2 else (n_movies, 0)
@@ -45,9 +46,9 @@ def write(out_dir, rng, count, image_size):
         for c in range(min(IMAGES_PER_MOVIE, left)):
             clip = f"{movie}_00.{c:02d}.10.250-00.{c:02d}.13.750@{rng.randint(0, 3)}"
             img_fn = f"lsmdc_{movie}/{clip}.jpg"
-            scene = sample_scene(rng, image_size, min_objects=2, max_objects=4)
+            scene = variant.scene(rng, image_size, vcr=True)
             path = os.path.join(root, img_fn)
-            save_image(scene, path)
+            save_image(scene, path, variant.colors)
             write_json_atomic(_metadata(scene, rng), os.path.join(root, f"lsmdc_{movie}",
                                                                   f"{clip}.json"))
             images[split].append((movie, img_fn, scene))
@@ -57,7 +58,7 @@ def write(out_dir, rng, count, image_size):
     for split in SPLITS:
         records = []
         for img_idx, (movie, img_fn, scene) in enumerate(images[split]):
-            for qn, item in enumerate(vcr_items(scene, rng)):
+            for qn, item in enumerate(vcr_items(scene, rng, colors=variant.colors)):
                 idx = len(records)
                 a_iter, a_src = _match(item["answer_label"], idx, rng, 4 * len(images[split]))
                 r_iter, r_src = _match(item["rationale_label"], idx, rng,

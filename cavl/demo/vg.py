@@ -5,7 +5,8 @@ import os
 
 from .files import rel, write_json_atomic
 from .language import region_phrases
-from .scenes import public, sample_scene, save_image
+from .scenes import public, save_image
+from .variants import DEFAULT
 
 URL = "https://example.invalid/rak248/VG_100K/{}.jpg"
 
@@ -24,14 +25,14 @@ def objects(scenes):
     return out
 
 
-def write(out_dir, rng, count, image_size):
+def write(out_dir, rng, count, image_size, variant=DEFAULT):
     """→ (scenes.json entries, summary line)."""
     ids = sorted(rng.sample(range(1, 2417998), count))
     entries, scenes = {}, []
     for image_id in ids:
-        scene = sample_scene(rng, image_size)
+        scene = variant.scene(rng, image_size)
         path = os.path.join(out_dir, "vg", "VG_100K", f"{image_id}.jpg")
-        save_image(scene, path)
+        save_image(scene, path, variant.colors)
         scenes.append((image_id, scene))
         entries[str(image_id)] = dict(file=rel(path, out_dir), **public(scene))
     image_data, regions = [], []

@@ -5,6 +5,7 @@ import os
 
 from .files import write_json_atomic
 from .language import human_answers, vqa_questions
+from .variants import DEFAULT
 
 INFO = {"description": "CAVL embedded demo: synthetic questions in the VQA v2 format",
         "url": "https://example.invalid/cavl-demo", "version": "2.0", "year": 2017,
@@ -13,18 +14,19 @@ LICENSE = {"url": "http://creativecommons.org/licenses/by/4.0/",
            "name": "Creative Commons Attribution 4.0 International License"}
 
 
-def write(out_dir, rng, coco_images):
-    """coco_images: {split: [(image_id, scene)]} from coco.write. → summary line."""
+def write(out_dir, rng, coco_images, variant=DEFAULT):
+    """coco_images: {split: [(image_id, scene)]} from coco.write; questions from the
+    variant's template set. → summary line."""
     total = 0
     for split, images in coco_images.items():
         subtype = f"{split}2014"
         questions, annotations = [], []
         for image_id, scene in images:
             for k, (q, answer, answer_type, question_type) in enumerate(
-                    vqa_questions(scene, rng)):
+                    vqa_questions(scene, rng, variant.vqa_candidates, variant.colors)):
                 qid = image_id * 1000 + k
                 questions.append({"image_id": image_id, "question": q, "question_id": qid})
-                answers = human_answers(answer, answer_type, rng)
+                answers = human_answers(answer, answer_type, rng, colors=variant.colors)
                 annotations.append({
                     "question_type": question_type, "multiple_choice_answer": answer,
                     "answers": [{"answer": a, "answer_confidence": c, "answer_id": j + 1}

@@ -7,7 +7,9 @@ computed exactly (analytically or as an expectation), so it is deterministic:
   *train* split ("yes" on VQA v2), predicted for every question and scored with the official
   metric. ``per_answer_type=True`` instead predicts the train majority of each question's
   annotated answer type ("yes" / "2" / ...), which peeks at the gt answer type and is therefore
-  not the default.
+  not the default. :func:`vqa_question_type_prior` predicts the train majority of each
+  question's annotated ``question_type`` (the question's first words, "how many", "is there
+  a", ...): a language-only prior, the bar a model must clear to show it uses the image.
 - VCR: a uniform random choice among the 4 answers and 4 rationales: 25 / 25 / 6.25.
 - NLVR2: the majority label (of the train labels when given, else of the evaluated split)
   predicted for every example: its accuracy and its consistency.
@@ -27,7 +29,7 @@ import numpy as np
 
 from . import grounding, retrieval
 from .nlvr2 import nlvr2_accuracy
-from .vqa import aggregate_scores, build_answer_vocab, vqa_scores
+from .vqa import aggregate_scores, build_answer_vocab, vqa_question_score, vqa_scores
 
 
 # ----------------------------------------------------------------------------- shared formula
@@ -85,6 +87,56 @@ def vqa_majority_chance(train_answers: Sequence[str], answers: Sequence[Sequence
         best = {t: majority_answer(v) for t, v in by_type.items()}
         predictions = [best.get(t, overall) for t in answer_types]
     return aggregate_scores(vqa_scores(predictions, answers), answer_types)
+
+
+def question_type_majorities(train_question_types: Sequence[str],
+                             train_answers: Sequence[str]) -> tuple[dict, str]:
+    """({question_type: most frequent normalised train answer of that type}, overall train
+    majority); ties alphabetical, as :func:`majority_answer`."""
+    if len(train_question_types) != len(train_answers):
+        raise ValueError(f"{len(train_question_types)} train question types for "
+                         f"{len(train_answers)} train answers")
+    by_type: dict[str, list[str]] = {}
+    for t, a in zip(train_question_types, train_answers):
+        by_type.setdefault(t, []).append(a)
+    best = {}
+    for t, answers in by_type.items():
+        if build_answer_vocab(answers, top_k=1):  # a type with only empty answers: no prior
+            best[t] = majority_answer(answers)
+    return best, majority_answer(train_answers)
+
+
+def vqa_question_type_prior(train_question_types: Sequence[str], train_answers: Sequence[str],
+                            eval_question_types: Sequence[str],
+                            eval_answers: Sequence[Sequence[str]]) -> np.ndarray:
+    """Per-question official accuracies (0–1, float64 array) of the question-type prior: each
+    evaluated question is answered with the most frequent normalised train
+    ``multiple_choice_answer`` of its ``question_type`` (the overall train majority for a type
+    unseen in train), scored by :func:`cavl.metrics.vqa.vqa_question_score` against its human
+    answers.
+
+    `train_question_types`, `train_answers`: the train split's ``question_type`` and
+    ``multiple_choice_answer`` per question; `eval_question_types`, `eval_answers`: the
+    evaluated split's ``question_type`` and (ten) human answers per question.
+    """
+    if len(eval_question_types) != len(eval_answers):
+        raise ValueError(f"{len(eval_question_types)} question types for {len(eval_answers)} "
+                         "evaluated questions")
+    best, overall = question_type_majorities(train_question_types, train_answers)
+    return np.array([vqa_question_score(best.get(t, overall), humans)
+                     for t, humans in zip(eval_question_types, eval_answers)], dtype=np.float64)
+
+
+def vqa_question_type_prior_accuracy(train_question_types: Sequence[str],
+                                     train_answers: Sequence[str],
+                                     eval_question_types: Sequence[str],
+                                     eval_answers: Sequence[Sequence[str]]) -> float:
+    """Accuracy in percent (mean of :func:`vqa_question_type_prior`'s per-question scores)."""
+    scores = vqa_question_type_prior(train_question_types, train_answers, eval_question_types,
+                                     eval_answers)
+    if scores.size == 0:
+        raise ValueError("no questions to evaluate")
+    return 100.0 * float(scores.mean())
 
 
 # ----------------------------------------------------------------------------- VCR

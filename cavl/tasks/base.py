@@ -212,11 +212,12 @@ class Task:
 
     name: str = ""  # registry name (the Snakemake `task` wildcard)
     num_candidates: int = 1  # K: sequences per item (VCR: 4 choices; NLVR2: 2 images)
-    main_metric: str = "accuracy"  # the metric benchmarks and in-training evaluation report
+    main_metric: str = "accuracy"  # the metric benchmarks, in-training evaluation and best-epoch selection use
     image_columns: tuple = ("image_id",)  # example columns holding image ids (rows without features are dropped)
     label_columns: tuple = ()  # example columns that must be known to train / score
-    defaults: dict = {}  # defaults of the shared per-task settings (finetune.TASK_KEYS) for this task
-    options: dict = {}  # the task's own settings (`finetune.tasks.<task>` keys) and their defaults
+    # the task's own settings (`finetune.tasks.<task>` keys besides finetune.TASK_KEYS) and their
+    # defaults, which must equal the schema's (tests/test_finetune.py checks)
+    options: dict = {}
     zero_shot: bool = False  # evaluate-only: the pretrained model as it is, never finetuned (zs_tir)
 
     # -- data -----------------------------------------------------------------------------------
@@ -292,8 +293,10 @@ class Task:
         caption), or None for the per-item path (cavl.finetune.predict, then `predictions`)."""
         return None
 
-    def report(self, predictions: pd.DataFrame, examples: pd.DataFrame, state: dict) -> dict:
-        """Extra top-level fields of metrics.json (rpg: the phrases excluded for having no box)."""
+    def report(self, predictions: pd.DataFrame, examples: pd.DataFrame, state: dict,
+               train: pd.DataFrame | None = None) -> dict:
+        """Extra top-level fields of metrics.json (rpg: the phrases excluded for having no box;
+        vqa: the question-type prior from `train` and a paired test against it)."""
         return {}
 
     # -- shared helpers ---------------------------------------------------------------------------

@@ -34,7 +34,6 @@ class Nlvr2Task(Task):
     main_metric = "accuracy"
     image_columns = ("left_image_id", "right_image_id")
     label_columns = ("label",)
-    defaults = {"eval_split": "dev", "epochs": 10, "batch_size": 16, "max_text_len": 32, "max_regions": 10}
 
     def sequences(self, example, item, state):
         words = example["sentence"].split()

@@ -102,7 +102,6 @@ class RpgTask(Task):
     main_metric = "r@1"
     image_columns = ("image_id",)
     label_columns = ()  # phrases without a box stay in the table: excluded and counted by the metric
-    defaults = {"eval_split": "test", "epochs": 2, "batch_size": 16, "max_text_len": 48}
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -198,7 +197,7 @@ class RpgTask(Task):
         metrics, _ = rpg_chance(list(examples["candidate_boxes"]), list(examples["gt_boxes"]))
         return metrics
 
-    def report(self, predictions, examples, state):
+    def report(self, predictions, examples, state, train=None):
         return {"num_excluded": int((~has_box(examples)).sum()), "candidates": "detected"}
 
 

@@ -126,7 +126,6 @@ class TirTask(Task):
     main_metric = "rsum"
     image_columns = ("image_id",)
     label_columns = ("caption",)
-    defaults = {"eval_split": "test", "epochs": 2, "batch_size": 16, "max_text_len": 32}
     # retrieval: two_stage | exhaustive; shortlist_k: candidates re-ranked per query (0 = E′·F′ only);
     # sim_weight: re-ranking score = ITM score + sim_weight · cos(E′, F′) (ALBEF's; 0 = ITM alone);
     # pwcl_weight: auxiliary contrastive loss on E′, F′ (0 = off); pwcl_loss: pairwise (the paper's
@@ -278,7 +277,7 @@ class TirTask(Task):
         images, cap2img = retrieval_set(examples)
         return retrieval_chance(cap2img, len(images))
 
-    def report(self, predictions, examples, state):
+    def report(self, predictions, examples, state, train=None):
         images, cap2img = retrieval_set(examples)
         return {"num_images": len(images), "num_captions": len(cap2img),
                 "retrieval": predictions.attrs.get("retrieval", {})}

@@ -66,7 +66,6 @@ class VcrTask(Task):
     main_metric = "q2ar"
     image_columns = ("image_id",)
     label_columns = ("answer_label", "rationale_label")
-    defaults = {"epochs": 1, "batch_size": 8, "max_text_len": 64, "max_regions": 10}
 
     def labelled_mask(self, examples):
         return ((examples["answer_label"] >= 0) & (examples["rationale_label"] >= 0)).to_numpy()

@@ -5,7 +5,8 @@ Answer vocabulary: the K most frequent normalised `multiple_choice_answer`s of t
 frequent train spelling ("t-shirt", not "t shirt"). Targets: the soft score of each vocabulary
 answer from the 10 human answers (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / ≥4 agreeing humans),
 BCE loss summed over answers. Metric: the official VQA accuracy (cavl.metrics.vqa), overall and
-per answer type; chance: the train majority answer.
+per answer type; chance: the train majority answer; baseline (metrics.json `baselines`): the
+train majority answer of each question type, with a sign test of the model against it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from cavl.adapters import TaskHead
-from cavl.metrics.chance import vqa_majority_chance
-from cavl.metrics.vqa import build_answer_vocab, encode_soft_targets, surface_forms, vqa_accuracy
+from cavl.metrics.chance import vqa_majority_chance, vqa_question_type_prior
+from cavl.metrics.significance import paired_sign_test
+from cavl.metrics.vqa import build_answer_vocab, encode_soft_targets, surface_forms, vqa_accuracy, vqa_scores
 from cavl.tasks.base import Encoded, Mlp, Task, TextImage
 
 
@@ -40,7 +42,6 @@ class VqaTask(Task):
     main_metric = "accuracy"
     image_columns = ("image_id",)
     label_columns = ("answers",)
-    defaults = {"epochs": 2, "batch_size": 32, "max_text_len": 24, "max_regions": 10}
     options = {"answer_vocab_size": 3129}  # answer_vocab_size: answer classes (paper 3,129)
 
     def prepare(self, train: pd.DataFrame, options: dict) -> dict:
@@ -85,6 +86,21 @@ class VqaTask(Task):
     def chance(self, train, examples, state):
         return vqa_majority_chance(train["multiple_choice_answer"].dropna().astype(str).tolist(),
                                    _answers(examples["answers"]), examples["answer_type"].tolist())
+
+    def report(self, predictions, examples, state, train=None):
+        """A stronger baseline than chance: each question answered with its question type's train
+        majority answer; the model against it by an exact one-sided sign test over questions."""
+        if train is None:
+            return {}
+        gold = examples.set_index("question_id").loc[predictions["question_id"]]
+        answers = _answers(gold["answers"])
+        labelled = train.dropna(subset=["multiple_choice_answer"])
+        prior = vqa_question_type_prior(labelled["question_type"].astype(str).tolist(),
+                                        labelled["multiple_choice_answer"].astype(str).tolist(),
+                                        gold["question_type"].astype(str).tolist(), answers)
+        model = vqa_scores(predictions["answer"].tolist(), answers)
+        return {"baselines": {"question_type_prior": {
+            "accuracy": 100.0 * float(prior.mean()), "sign_test": paired_sign_test(model, prior)}}}
 
 
 TASK = VqaTask()

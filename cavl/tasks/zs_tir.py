@@ -17,7 +17,6 @@ from cavl.tasks.tir import TirTask, pretrained_itm_head
 class ZsTirTask(TirTask):
     name = "zs_tir"
     zero_shot = True
-    defaults = {"eval_split": "test", "max_text_len": 32}
     options = {"retrieval": "two_stage", "shortlist_k": 16, "sim_weight": 1.0}  # see TirTask.options
 
     def prepare(self, train, options):

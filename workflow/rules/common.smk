@@ -207,6 +207,13 @@ def finetune_split(task, key):
     return f"resources/tasks/{tables}/{FINETUNE['tasks'][task][key]}.parquet"
 
 
+def finetune_select(task):
+    """The table of `finetune.tasks.<task>.select_split` (the best epoch is chosen on it); [] when
+    the task holds out part of its train split instead (select_split: null)."""
+    split = FINETUNE["tasks"][task].get("select_split")
+    return finetune_split(task, "select_split") if split else []
+
+
 def finetune_features(task):
     """Feature index of the task's image dataset (VQA reads coco's)."""
     require_datasets(task)

@@ -16,10 +16,11 @@ if config["demo"]["enabled"]:
         params:
             out=lambda w, output: os.path.dirname(output.scenes),
             seed=config["demo"]["seed"],
+            variant=config["demo"]["variant"],
             size=config["demo"]["image_size"],
             counts=" ".join(f"--count {k}={v}" for k, v in sorted(config["demo"]["images"].items())),
         shell:
-            "python -m cavl.demo --out {params.out} --seed {params.seed} "
+            "python -m cavl.demo --out {params.out} --seed {params.seed} --variant {params.variant} "
             "--image-size {params.size} {params.counts} > {log} 2>&1"
 
 

@@ -18,6 +18,7 @@ rule finetune:
     """Adapters + head of one task on the frozen pretrained backbone → results/{task}/model/."""
     input:
         train=lambda w: finetune_split(w.task, "train_split"),
+        select=lambda w: finetune_select(w.task),
         backbone="results/pretrain/model",
         features=lambda w: finetune_features(w.task),
     output:
@@ -44,9 +45,10 @@ rule finetune:
         checkpoints=lambda w: f"results/{w.task}/checkpoints",
         cache=lambda w: f"results/{w.task}/cache",
         launcher=finetune_launcher(),
+        select=lambda w, input: f"--select {input.select}" if input.select else "",
     shell:
         "{params.launcher} cavl.finetune --task {wildcards.task} --config {params.config} --threads {threads} "
-        "--backbone {input.backbone} --train {input.train} --features {input.features} "
+        "--backbone {input.backbone} --train {input.train} {params.select} --features {input.features} "
         "--out {output.model} --train-log {output.log} --curves {output.curves} "
         "--checkpoints {params.checkpoints} --cache {params.cache} > {log} 2>&1"
 
