@@ -86,7 +86,7 @@ def split_image_folders(splits, image_root, where="datasets.nlvr2.image_root"):
     image_root: a folder holding one ``{split}/`` folder per split (flat layout), or a
     mapping split → folder (released layout: ``{train: nlvr2/images/train, dev: nlvr2/dev,
     test1: nlvr2/test1}``; splits it names beyond `splits` are ignored). A split without a
-    folder in the mapping, or a folder that does not exist, → SpecError naming `where`.
+    folder in the mapping → SpecError naming `where`. → {split: (folder, its config key)}.
     """
     if isinstance(image_root, (str, os.PathLike)):
         folders = {split: (os.path.join(image_root, split), where) for split in splits}
@@ -104,10 +104,7 @@ def split_image_folders(splits, image_root, where="datasets.nlvr2.image_root"):
     else:
         raise SpecError(f"{where}: must be a folder path or a mapping split → folder, "
                         f"got {type(image_root).__name__}")
-    for split, (folder, key) in folders.items():
-        if not os.path.isdir(folder):
-            raise SpecError(f"{key}: image folder of split {split!r} not found: {folder}")
-    return {split: folder for split, (folder, _) in folders.items()}
+    return folders
 
 
 def manifest_rows(splits, image_root, on_missing=None):
@@ -120,9 +117,12 @@ def manifest_rows(splits, image_root, on_missing=None):
     folders = split_image_folders(splits, image_root)
     rows, seen = [], set()
     for split, path in splits.items():
-        split_folder = folders[split]
+        split_folder, key = folders[split]
+        records = read_split(path)
+        if records and not os.path.isdir(split_folder):  # an empty split needs no folder
+            raise SpecError(f"{key}: image folder of split {split!r} not found: {split_folder}")
         index = index_images(split_folder)
-        for r in read_split(path):
+        for r in records:
             for stem in (r["left"], r["right"]):
                 if stem in seen:
                     continue

@@ -21,7 +21,7 @@ except ConfigError as error:
 # used without activating .venv). With --software-deployment-method conda, each job's activated
 # environment comes first on PATH and wins.
 # (PATH is set here, not required from the user: no `envvars:` entry.)
-os.environ.update(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 # Datasets that have images (and so a manifest and features); VQA uses coco's.
 IMAGE_DATASETS = ["coco", "vg", "flickr30k", "nlvr2", "vcr"]
@@ -103,16 +103,25 @@ def task_data_paths(task):
     return [f"resources/tasks/{task}/{split}.parquet" for split in task_splits(task, DATASETS)]
 
 
+def pretrain_inputs(wildcards):
+    """Task tables (val when the sources have one: COCO's captions val split) and feature indexes."""
+    require_datasets("pretrain")
+    splits = task_splits("pretrain", {s: DATASETS[s] for s in task_data_sources("pretrain")})
+    inputs = {
+        split: f"resources/tasks/pretrain/{split}.parquet" for split in ("train", "val") if split in splits
+    }
+    return {**inputs, "features": [feature_index(d) for d in config["pretrain"]["data"]["sources"]]}
+
+
 def runnable_tasks():
     """The finetune tasks whose datasets are configured; one log line names those left out."""
     tasks = [task for task in config["finetune"]["tasks"] if task in TASK_REGISTRY]
     left_out = {task: missing_datasets(task) for task in tasks if missing_datasets(task)}
     if left_out:
-        print(
-            "not in the default target (dataset not configured): "
-            + ", ".join(f"{t} (datasets.{' + datasets.'.join(m)})" for t, m in left_out.items()),
-            file=sys.stderr,
+        named = ", ".join(
+            f"{task} ({' and '.join(f'datasets.{k}' for k in keys)})" for task, keys in left_out.items()
         )
+        print(f"not in the default target (dataset not configured): {named}", file=sys.stderr)
     return [task for task in tasks if task not in left_out]
 
 

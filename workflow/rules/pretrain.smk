@@ -8,16 +8,6 @@ import os
 PRETRAIN = config["pretrain"]
 
 
-def pretrain_inputs(wildcards):
-    """Task tables (val when the sources have one: COCO's captions val split) and feature indexes."""
-    require_datasets("pretrain")
-    splits = task_splits("pretrain", {s: DATASETS[s] for s in task_data_sources("pretrain")})
-    inputs = {
-        split: f"resources/tasks/pretrain/{split}.parquet" for split in ("train", "val") if split in splits
-    }
-    return {**inputs, "features": [feature_index(d) for d in PRETRAIN["data"]["sources"]]}
-
-
 rule pretrain:
     """MLM + ITM + PwCL pretraining → results/pretrain/model/ (CavlModel.from_pretrained loads it)."""
     input:
