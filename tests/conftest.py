@@ -29,6 +29,19 @@ def tiny_demo_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def variant2_vqa_metrics(tmp_path_factory):
+    """metrics.json of VQA on demo variant 2 (another palette, counts and question kinds), every
+    other setting the default: the check that defaults are not fitted to the first demo."""
+    workdir = tmp_path_factory.mktemp("demo_variant2")
+    variant = workdir / "variant2.yaml"
+    variant.write_text("demo: {variant: 2}\n")
+    result = snakemake(workdir, "--cores", "2", "results/vqa/metrics.json", configfiles=[variant],
+                       timeout=DEMO_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return json.loads((workdir / "results" / "vqa" / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
 def demo_metrics(demo_run):
     """task → its results/{task}/metrics.json from the demo run."""
     metrics = {}

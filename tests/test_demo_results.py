@@ -43,6 +43,19 @@ def test_vqa_beats_majority_answer(demo_metrics):
     _check(demo_metrics, "vqa", "accuracy", min_items=8)
 
 
+def test_vqa_on_demo_variant_2_beats_the_question_type_prior(variant2_vqa_metrics):
+    """Defaults not fitted to one demo: on variant 2 (another palette, object counts and question
+    kinds), with every setting at its default, VQA beats answering each question with its question
+    type's train majority answer, by an exact one-sided sign test over the val questions."""
+    m = variant2_vqa_metrics
+    prior = m["baselines"]["question_type_prior"]
+    test = prior["sign_test"]
+    summary = (f"variant 2 VQA {m['metrics']['accuracy']:.1f} vs question-type prior {prior['accuracy']:.1f} "
+               f"over {m['num_examples']} questions: {test}")
+    print(summary)
+    assert test["p_value"] < 0.01, summary
+
+
 # Open (issue #5): the demo's NLVR2 statements are about object colour, shape and count, and its
 # images have no given boxes; the random detector's boxes almost never cover an object, so the
 # region features carry little of that (image-level linear probes: shapes at chance, colours ~10

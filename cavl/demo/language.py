@@ -356,17 +356,15 @@ def vqa_candidates_2(scene, rng, colors=COLORS):
     return {"yes/no": yes_no, "number": number, "other": other}
 
 
-def vqa_questions(scene, rng, candidates=vqa_candidates, colors=COLORS):
-    """3–4 distinct questions: one of each answer type, sometimes one more, drawn from the
-    template set `candidates` (vqa_candidates or vqa_candidates_2) with the palette `colors`.
-    → [(question, answer, answer_type, question_type)]"""
+def vqa_questions(scene, rng, candidates=vqa_candidates, colors=COLORS, per_type=2):
+    """Up to `per_type` distinct questions of each answer type (about six per image; VQA v2 has
+    5.4), drawn from the template set `candidates` (vqa_candidates or vqa_candidates_2) with the
+    palette `colors`. → [(question, answer, answer_type, question_type)]"""
     cands = candidates(scene, rng, colors)
-    chosen = [(t, rng.choice(cands[t])) for t in ("yes/no", "number", "other")]
-    if rng.random() < 0.5:
-        t = rng.choice(("yes/no", "number", "other"))
-        rest = [c for c in cands[t] if c not in [q for _, q in chosen]]
-        if rest:
-            chosen.append((t, rng.choice(rest)))
+    chosen = []
+    for answer_type in ("yes/no", "number", "other"):
+        pool = list(dict.fromkeys(cands[answer_type]))
+        chosen += [(answer_type, c) for c in rng.sample(pool, min(per_type, len(pool)))]
     return [(q, a, t, qt) for t, (q, a, qt) in chosen]
 
 
