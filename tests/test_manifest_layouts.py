@@ -13,6 +13,7 @@ from PIL import Image
 from cavl import manifest
 from cavl.formats import nlvr2, vg
 from cavl.formats.errors import FormatError, MissingImageError, SpecError
+from test_formats import SPECS as FORMAT_SPECS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 
@@ -45,21 +46,9 @@ OTHER_IMAGES = {
                   for i in ("1000092795", "1001", "1002", "1003", "1004")],
 }
 
-SPECS = {
-    "coco": {"captions": {
-        "train": {"annotations": "coco/annotations/captions_train2014.json",
-                  "images": "coco/train2014"},
-        "val": {"annotations": "coco/annotations/captions_val2014.json",
-                "images": "coco/val2014"}}},
-    "vg": {"image_data": "vg/image_data.json",
-           "region_descriptions": "vg/region_descriptions.json", "image_root": "vg"},
-    "vcr": {"splits": {"train": "vcr/train.jsonl", "val": "vcr/val.jsonl"},
-            "image_root": "vcr/vcr1images"},
-    "flickr30k": {"image_root": "flickr30k/flickr30k-images",
-                  "karpathy_split": "flickr30k/dataset_flickr30k.json",
-                  "entities_root": "flickr30k/flickr30k_entities"},
-    "nlvr2": {"splits": NLVR2_SPLITS, "image_root": RELEASED},
-}
+# The official-format fixtures' specs (tests/test_formats.py), NLVR2 in its released layout.
+SPECS = {name: FORMAT_SPECS[name] for name in ("coco", "vg", "vcr", "flickr30k")}
+SPECS["nlvr2"] = {"splits": NLVR2_SPLITS, "image_root": RELEASED}
 
 MISSING_TYPES = {"image_id": pa.string(), "path": pa.string(), "source": pa.string(),
                  "record": pa.string(), "reason": pa.string()}
