@@ -83,13 +83,15 @@ def _inside(path, folder):
 
 
 def resolve_datasets(config):
-    """The `datasets` section the run reads. With the demo enabled it is the demo's layout, and a
-    path the user gave must lie under demo.out_dir: rule demo_data writes there, so a user file
-    elsewhere could otherwise be listed as its output (and deleted by Snakemake before the job)."""
-    datasets = copy.deepcopy(config["datasets"])
-    demo = config["demo"]
-    if not demo["enabled"]:
-        return {name: spec for name, spec in datasets.items() if spec is not None}
+    """The `datasets` section the run reads (before validation, so that a user's partial entry,
+    e.g. only `vg.exclude_eval_images`, completes the demo's). With the demo enabled it is the
+    demo's layout, and a path the user gave must lie under demo.out_dir: rule demo_data writes
+    there, so a user file elsewhere could otherwise be listed as its output (and deleted by
+    Snakemake before the job)."""
+    datasets = copy.deepcopy(config.get("datasets") or {})
+    demo = validate_config({"demo": config.get("demo") or {}})["demo"]
+    if not demo["enabled"] or not isinstance(datasets, dict):
+        return datasets
     from cavl.demo.layout import demo_datasets
 
     outside = [(key, path) for key, path in _paths(datasets, "datasets") if not _inside(path, demo["out_dir"])]
@@ -98,8 +100,7 @@ def resolve_datasets(config):
         raise ConfigError(f"demo.enabled is true, so the demo data (under demo.out_dir {demo['out_dir']!r}) is "
                           f"used and these paths outside it would be mixed with it:\n  {listed}\n"
                           "Set demo.enabled: false to run on your own data (e.g. --configfile configs/paper.yaml).")
-    merged = deep_update(demo_datasets(demo["out_dir"]), datasets)
-    return {name: spec for name, spec in merged.items() if spec is not None}  # null: not used
+    return deep_update(demo_datasets(demo["out_dir"]), datasets)
 
 
 # `datasets` values that are not paths.
@@ -112,9 +113,9 @@ def resolve_config(config):
     """Validate `config`, fill defaults, and resolve what depends on the datasets present:
     `datasets` (the demo's when enabled), pretrain.data.sources (null = the configured ones of
     coco and vg) and datasets.vg.exclude_eval_images (those configured)."""
-    resolved = validate_config(config)
-    resolved = validate_config({**resolved, "datasets": resolve_datasets(resolved)})  # defaults of the demo's entries
-    datasets = resolved["datasets"]
+    resolved = validate_config({**config, "datasets": resolve_datasets(config)})
+    datasets = resolved["datasets"] = {name: spec for name, spec in resolved["datasets"].items()
+                                       if spec is not None}  # null: not used
     data = resolved["pretrain"]["data"]
     if data["sources"] is None:
         data["sources"] = [d for d in PRETRAIN_SOURCES if d in datasets]

@@ -81,8 +81,20 @@ def test_retrieval_recall_at_1_beats_random_ranking(demo_metrics, task):
     _check(demo_metrics, task, "t2i_r@1", min_items=4, min_ratio=1.5)
 
 
+# Open (issue #15, the detector trained in the DAG): of the demo's 157 scored phrases only 23 have
+# a candidate box at IoU >= 0.5, because the random detector's boxes miss the objects; RPG R@1 sat
+# at 2-4 phrases (chance ~1) for every backbone measured, never p < 0.01. strict: once a trained
+# detector lets grounding beat chance beyond doubt, this marker must go.
+@pytest.mark.xfail(strict=True, reason="demo RPG at chance: random-detector boxes cover 23 of 157 phrases")
 def test_rpg_recall_at_1_beats_a_random_candidate(demo_metrics):
+    from cavl.metrics.significance import binomial_p_value
+
     m = demo_metrics["rpg"]
     assert m["num_excluded"] >= 0 and m["metrics"]["upper_bound"] >= m["metrics"]["r@1"]
-    # ~157 phrases, a random region is right for ~0.5–1 of them: ≥ 3× that and ≥ 2 more (random: p ≲ 0.03)
-    _check(demo_metrics, "rpg", "r@1", min_items=2, min_ratio=3.0)
+    n = m["num_examples"]
+    right = round(m["metrics"]["r@1"] / 100 * n)
+    # a random candidate is right with the mean chance per phrase; a binomial with that mean has
+    # the heavier upper tail than the per-phrase (Poisson-binomial) truth, so p is conservative
+    p = binomial_p_value(right, n, m["chance"]["r@1"] / 100)
+    print(f"rpg r@1: {right} of {n} phrases, chance {m['chance']['r@1']:.2f} %, p = {p:.3g}")
+    assert p < 0.01

@@ -58,3 +58,14 @@ def test_accepts_arrays_and_checks_shapes():
         paired_sign_test([float("nan")], [0.0])
     with pytest.raises(ValueError):
         sign_test_p_value(-1, 2)
+
+
+def test_binomial_p_value_hand_computed():
+    from cavl.metrics.significance import binomial_p_value
+
+    assert binomial_p_value(0, 5, 0.3) == pytest.approx(1.0)
+    assert binomial_p_value(3, 3, 0.5) == pytest.approx(1 / 8)
+    # P(X >= 2), X ~ B(4, 1/4): 1 - (3/4)^4 - 4 (1/4)(3/4)^3 = 1 - 81/256 - 108/256 = 67/256
+    assert binomial_p_value(2, 4, 0.25) == pytest.approx(67 / 256)
+    with pytest.raises(ValueError):
+        binomial_p_value(5, 4, 0.5)

@@ -359,7 +359,8 @@ def test_workflow_routes_zs_tir_to_the_zero_shot_rule(tmp_path):
     snakemake = os.path.join(os.path.dirname(sys.executable), "snakemake")
     work = tmp_path / "work"
     for path in ("results/pretrain/model/model.safetensors", "resources/tasks/tir/test.parquet",
-                 "resources/tasks/tir/train.parquet", "resources/features/flickr30k/index.parquet"):
+                 "resources/tasks/tir/train.parquet", "resources/tasks/tir/val.parquet",
+                 "resources/features/flickr30k/index.parquet"):
         (work / path).parent.mkdir(parents=True, exist_ok=True)
         (work / path).write_text("")
     small = tmp_path / "small.yaml"

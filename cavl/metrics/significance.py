@@ -24,6 +24,15 @@ def sign_test_p_value(wins: int, losses: int) -> float:
     return float(Fraction(tail, 2 ** n))
 
 
+def binomial_p_value(successes: int, trials: int, chance: float) -> float:
+    """Exact one-sided p = P(X >= successes), X ~ Binomial(trials, chance): how often a predictor
+    right with probability `chance` on each of `trials` items gets at least `successes` right."""
+    if not 0 <= successes <= trials or not 0.0 <= chance <= 1.0:
+        raise ValueError("need 0 <= successes <= trials and 0 <= chance <= 1")
+    return float(min(1.0, sum(math.comb(trials, k) * chance ** k * (1.0 - chance) ** (trials - k)
+                              for k in range(successes, trials + 1))))
+
+
 def paired_sign_test(model_scores, baseline_scores) -> dict:
     """One-sided exact sign test that the model scores higher than the baseline per question.
 
