@@ -86,12 +86,11 @@ def manifest_spec(dataset):
 def task_data_sources(task):
     """Datasets whose files build a task's tables: the task's sources, plus for pretrain those whose
     evaluation images are kept out of VG's captions (datasets.vg.exclude_eval_images)."""
+    require_datasets(task)
     if task == "pretrain":
-        require_datasets(task)
         sources = list(config["pretrain"]["data"]["sources"])
         excluded = DATASETS["vg"]["exclude_eval_images"] if "vg" in sources else []
         return sources + [d for d in excluded if d not in sources]
-    require_datasets(task)
     return list(TASK_SOURCES[task])
 
 
