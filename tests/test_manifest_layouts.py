@@ -13,12 +13,12 @@ from PIL import Image
 from cavl import manifest
 from cavl.formats import nlvr2, vg
 from cavl.formats.errors import FormatError, MissingImageError, SpecError
+from test_formats import IMAGES as FORMAT_IMAGES
 from test_formats import SPECS as FORMAT_SPECS
+from test_formats import assert_cli_error, assert_schema
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 
-M1 = "lsmdc_3001_21_JUMP_STREET/3001_21_JUMP_STREET_00.03.07.498-00.03.10.975@0"
-M2 = "movieclips_A_Fistful_of_Dollars/Sv_GcxkmW4Y@29"
 
 NLVR2_SPLITS = {"train": "nlvr2/train.json", "dev": "nlvr2/dev.json", "test1": "nlvr2/test1.json"}
 
@@ -35,16 +35,6 @@ NLVR2_IDS = [stem for split in ("train", "dev", "test1") for _, stem in NLVR2_IM
 # The release unpacks train under images/ and dev, test1 beside it.
 RELEASED = {"train": "nlvr2/images/train", "dev": "nlvr2/dev", "test1": "nlvr2/test1"}
 FLAT = {split: f"nlvr2/images/{split}" for split in NLVR2_SPLITS}
-
-OTHER_IMAGES = {
-    "coco": ["coco/train2014/COCO_train2014_000000000009.jpg",
-             "coco/train2014/COCO_train2014_000000000025.jpg",
-             "coco/val2014/COCO_val2014_000000000042.jpg"],
-    "vg": ["vg/VG_100K_2/1.jpg", "vg/VG_100K/10.jpg"],
-    "vcr": [f"vcr/vcr1images/{M1}.jpg", f"vcr/vcr1images/{M2}.jpg"],
-    "flickr30k": [f"flickr30k/flickr30k-images/{i}.jpg"
-                  for i in ("1000092795", "1001", "1002", "1003", "1004")],
-}
 
 # The official-format fixtures' specs (tests/test_formats.py), NLVR2 in its released layout.
 SPECS = {name: FORMAT_SPECS[name] for name in ("coco", "vg", "vcr", "flickr30k")}
@@ -71,8 +61,8 @@ def stage(tmp_path, monkeypatch):
                 for k, (sub, stem) in enumerate(images):
                     _png(tmp_path / folders[split] / sub / f"{stem}.png", (20 + k, 10 + k))
         else:
-            for rel in OTHER_IMAGES[dataset]:
-                _png(tmp_path / rel)
+            for rel, size in FORMAT_IMAGES[dataset].items():
+                _png(tmp_path / rel, size)
         return tmp_path
     return _stage
 
@@ -84,19 +74,8 @@ def run(dataset, spec, out="out/m.parquet", *extra):
 
 def read_missing(path="out/m.missing.parquet"):
     table = pq.read_table(path)
-    assert table.schema.names == list(MISSING_TYPES)
-    for name, typ in MISSING_TYPES.items():
-        assert table.schema.field(name).type == typ, name
+    assert_schema(table, MISSING_TYPES)
     return table.to_pylist()
-
-
-def cli_error(capsys, rc, *fragments):
-    assert rc == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in err, (f, err)
-    return err
 
 
 # ---------------------------------------------------------------- NLVR2 image layouts
@@ -150,7 +129,7 @@ def test_nlvr2_split_missing_from_mapping(stage, capsys):
     stage("nlvr2", RELEASED)
     image_root = {"train": RELEASED["train"], "dev": RELEASED["dev"]}
     rc, _ = run("nlvr2", {"splits": NLVR2_SPLITS, "image_root": image_root})
-    cli_error(capsys, rc, "datasets.nlvr2.image_root.test1", "no image folder for split 'test1'")
+    assert_cli_error(capsys, rc, "datasets.nlvr2.image_root.test1", "no image folder for split 'test1'")
     assert not Path("out/m.parquet").exists()
     with pytest.raises(SpecError, match=r"datasets\.nlvr2\.image_root\.test1"):
         nlvr2.manifest_rows(NLVR2_SPLITS, image_root)
@@ -160,18 +139,18 @@ def test_nlvr2_mapping_folder_not_found(stage, capsys):
     stage("nlvr2", RELEASED)
     image_root = dict(RELEASED, dev="nlvr2/images/dev")  # the flat place, not the release's
     rc, _ = run("nlvr2", {"splits": NLVR2_SPLITS, "image_root": image_root})
-    cli_error(capsys, rc, "datasets.nlvr2.image_root.dev", "not found: nlvr2/images/dev")
+    assert_cli_error(capsys, rc, "datasets.nlvr2.image_root.dev", "not found: nlvr2/images/dev")
     # a string image_root with the released layout: names the split folder it looked for
     rc, _ = run("nlvr2", {"splits": NLVR2_SPLITS, "image_root": "nlvr2/images"})
-    cli_error(capsys, rc, "datasets.nlvr2.image_root", os.path.join("nlvr2/images", "dev"))
+    assert_cli_error(capsys, rc, "datasets.nlvr2.image_root", os.path.join("nlvr2/images", "dev"))
 
 
 def test_nlvr2_image_root_of_wrong_type(stage, capsys):
     stage("nlvr2", RELEASED)
     rc, _ = run("nlvr2", {"splits": NLVR2_SPLITS, "image_root": ["nlvr2/images"]})
-    cli_error(capsys, rc, "datasets.nlvr2.image_root")
+    assert_cli_error(capsys, rc, "datasets.nlvr2.image_root")
     rc, _ = run("nlvr2", {"splits": NLVR2_SPLITS, "image_root": dict(RELEASED, dev=3)})
-    cli_error(capsys, rc, "datasets.nlvr2.image_root.dev: must be a folder path")
+    assert_cli_error(capsys, rc, "datasets.nlvr2.image_root.dev: must be a folder path")
 
 
 # ---------------------------------------------------------------- missing_images
@@ -180,7 +159,7 @@ def test_missing_images_error_is_the_default(stage, capsys):
     (root / "vg/VG_100K/10.jpg").unlink()
     for spec in (SPECS["vg"], dict(SPECS["vg"], missing_images="error")):
         rc, _ = run("vg", spec)
-        err = cli_error(capsys, rc, "image_data.json: [1]: image file missing",
+        err = assert_cli_error(capsys, rc, "image_data.json: [1]: image file missing",
                         "10.jpg", "datasets.vg.missing_images: skip")
         assert len(err.strip().splitlines()) == 1
         assert not Path("out/m.parquet").exists()
@@ -206,7 +185,7 @@ def test_missing_images_coco(stage, capsys):
     root = stage("coco")
     (root / "coco/train2014/COCO_train2014_000000000025.jpg").unlink()
     rc, _ = run("coco", SPECS["coco"])
-    cli_error(capsys, rc, "captions_train2014.json: images[1]: image file missing",
+    assert_cli_error(capsys, rc, "captions_train2014.json: images[1]: image file missing",
               "COCO_train2014_000000000025.jpg")
     rc, rows = run("coco", dict(SPECS["coco"], missing_images="skip"))
     assert rc == 0
@@ -225,7 +204,7 @@ def test_missing_images_nlvr2_reported_once_per_image(stage, capsys, tmp_path):
     (tmp_path / "nlvr2/dev/dev-850-0-img0.png").unlink()
     spec = {"splits": NLVR2_SPLITS, "image_root": RELEASED}
     rc, _ = run("nlvr2", spec)
-    cli_error(capsys, rc, "train.json: line 1 (train-10171-0-0): image file missing",
+    assert_cli_error(capsys, rc, "train.json: line 1 (train-10171-0-0): image file missing",
               "train-10171-0-img1")
     rc, rows = run("nlvr2", dict(spec, missing_images="skip"))
     assert rc == 0
@@ -295,27 +274,27 @@ def test_cli_writes_manifest_and_missing_table(stage):
 def test_bad_missing_images_value(stage, capsys):
     stage("vg")
     rc, _ = run("vg", dict(SPECS["vg"], missing_images="ignore"))
-    cli_error(capsys, rc, "datasets.vg.missing_images: must be one of error, skip")
+    assert_cli_error(capsys, rc, "datasets.vg.missing_images: must be one of error, skip")
 
 
 def test_skip_with_every_image_missing_is_an_error(stage, capsys, tmp_path):
     stage("vg")
-    for rel in OTHER_IMAGES["vg"]:
+    for rel in FORMAT_IMAGES["vg"]:
         (tmp_path / rel).unlink()
     rc, _ = run("vg", dict(SPECS["vg"], missing_images="skip"))
-    cli_error(capsys, rc, "datasets.vg: all 2 listed images are missing")
+    assert_cli_error(capsys, rc, "datasets.vg: all 2 listed images are missing")
     assert not Path("out/m.parquet").exists()
 
 
 def test_image_folder_not_found_names_the_key(stage, capsys):
     stage("vg")
     rc, _ = run("vg", dict(SPECS["vg"], image_root="vg/nope", missing_images="skip"))
-    cli_error(capsys, rc, "datasets.vg.image_root: image folder not found: vg/nope")
+    assert_cli_error(capsys, rc, "datasets.vg.image_root: image folder not found: vg/nope")
     stage("coco")
     spec = json.loads(json.dumps(SPECS["coco"]))
     spec["captions"]["val"]["images"] = "coco/val2017"
     rc, _ = run("coco", spec)
-    cli_error(capsys, rc, "datasets.coco.captions.val.images: image folder not found")
+    assert_cli_error(capsys, rc, "datasets.coco.captions.val.images: image folder not found")
 
 
 def test_readers_report_through_one_callback(stage):
