@@ -14,6 +14,7 @@ from cavl import manifest
 from cavl.formats import nlvr2, vg
 from cavl.formats.errors import FormatError, MissingImageError, SpecError
 from test_formats import IMAGES as FORMAT_IMAGES
+from test_formats import M1, M2
 from test_formats import SPECS as FORMAT_SPECS
 from test_formats import assert_cli_error, assert_schema
 
