@@ -104,7 +104,6 @@ def task_data_paths(task):
 
 def pretrain_inputs(wildcards):
     """Task tables (val when the sources have one: COCO's captions val split) and feature indexes."""
-    require_datasets("pretrain")
     splits = task_splits("pretrain", {s: DATASETS[s] for s in task_data_sources("pretrain")})
     inputs = {
         split: f"resources/tasks/pretrain/{split}.parquet" for split in ("train", "val") if split in splits
@@ -115,7 +114,8 @@ def pretrain_inputs(wildcards):
 def runnable_tasks():
     """The finetune tasks whose datasets are configured; one log line names those left out."""
     tasks = [task for task in config["finetune"]["tasks"] if task in TASK_REGISTRY]
-    left_out = {task: missing_datasets(task) for task in tasks if missing_datasets(task)}
+    missing = {task: missing_datasets(task) for task in tasks}
+    left_out = {task: keys for task, keys in missing.items() if keys}
     if left_out:
         named = ", ".join(
             f"{task} ({' and '.join(f'datasets.{k}' for k in keys)})" for task, keys in left_out.items()
