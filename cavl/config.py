@@ -71,7 +71,7 @@ def _paths(node, key):
     """(dotted key, value) of every string under `node` (the file and folder paths of `datasets`)."""
     if isinstance(node, dict):
         for name, value in node.items():
-            if name not in _NOT_PATHS:
+            if name not in _NOT_PATHS or isinstance(value, dict):  # a dict: datasets.images.glob is a dataset
                 yield from _paths(value, f"{key}.{name}")
     elif isinstance(node, str):
         yield key, node
@@ -104,7 +104,27 @@ def resolve_datasets(config):
 
 
 # `datasets` values that are not paths.
-_NOT_PATHS = {"exclude_eval_images", "missing_images"}
+_NOT_PATHS = {"exclude_eval_images", "missing_images", "glob"}
+
+
+def check_own_images(datasets):
+    """datasets.images (folders of the user's own images): each name must be usable as a file
+    name and a Snakemake wildcard value and must not be an official dataset's; an entry takes
+    glob or list, not both. ConfigError naming the key."""
+    entries = datasets.get("images") if isinstance(datasets, dict) else None
+    if not isinstance(entries, dict):
+        return  # absent or null; another type is the schema's to reject
+    from cavl.formats.images import name_problem
+
+    accepted = []
+    for name, spec in entries.items():
+        problem = name_problem(name, accepted)
+        if problem:
+            raise ConfigError(f"config key 'datasets.images.{name}': {problem}")
+        accepted.append(name)
+        if isinstance(spec, dict) and spec.get("glob") is not None and spec.get("list") is not None:
+            raise ConfigError(f"config key 'datasets.images.{name}': give glob or list, not both")
+
 
 PRETRAIN_SOURCES = ("coco", "vg")
 
@@ -113,9 +133,12 @@ def resolve_config(config):
     """Validate `config`, fill defaults, and resolve what depends on the datasets present:
     `datasets` (the demo's when enabled), pretrain.data.sources (null = the configured ones of
     coco and vg) and datasets.vg.exclude_eval_images (those configured)."""
+    check_own_images(config.get("datasets"))
     resolved = validate_config({**config, "datasets": resolve_datasets(config)})
     datasets = resolved["datasets"] = {name: spec for name, spec in resolved["datasets"].items()
                                        if spec is not None}  # null: not used
+    if "images" in datasets:
+        datasets["images"] = {name: spec for name, spec in datasets["images"].items() if spec is not None}
     data = resolved["pretrain"]["data"]
     if data["sources"] is None:
         data["sources"] = [d for d in PRETRAIN_SOURCES if d in datasets]
@@ -127,7 +150,21 @@ def resolve_config(config):
     if "vg" in datasets:
         vg = datasets["vg"]
         vg["exclude_eval_images"] = [d for d in vg["exclude_eval_images"] if d in datasets]
+    check_detector_vocab(resolved)
     return resolved
+
+
+def check_detector_vocab(config):
+    """With the attribute head, each vocabulary is a published file or built from VG's attributes.json."""
+    detector = config["extract"]["detector"]
+    if not detector["attributes"]:
+        return
+    unset = [kind for kind in ("objects", "attributes") if not detector["vocab"][kind]]
+    vg = config["datasets"].get("vg") or {}
+    if unset and not vg.get("attributes"):
+        keys = " and ".join(f"extract.detector.vocab.{kind}" for kind in unset)
+        raise ConfigError(f"config key 'extract.detector.attributes' is true, but {keys} is null and "
+                          "datasets.vg.attributes (to build it from) is not configured")
 
 
 def main(argv=None):

@@ -2,6 +2,13 @@
 
     python -m cavl.manifest --dataset coco --spec '<JSON of config["datasets"]["coco"]>' \
         --out resources/manifests/coco.parquet
+    python -m cavl.manifest --kind images --dataset my_photos \
+        --spec '<JSON of config["datasets"]["images"]["my_photos"]>' \
+        --out resources/manifests/my_photos.parquet
+
+``--kind images``: a folder of the user's own images (cavl/formats/images.py: image_id = the
+path relative to the folder; a file whose header cannot be read is listed with width/height 0
+and recorded by the extraction in its failures table).
 
 Schema (docs/contracts.md): image_id str, path str, width/height int32,
 gt_boxes list<list<float32>>, gt_box_labels list<str>.
@@ -21,7 +28,7 @@ import sys
 
 import pyarrow as pa
 
-from cavl.formats import coco, flickr30k, nlvr2, vcr, vg
+from cavl.formats import coco, flickr30k, images, nlvr2, vcr, vg
 from cavl.formats._common import spec_get
 from cavl.formats.errors import FormatError, MissingImageError, SpecError
 from cavl.io import write_parquet_atomic
@@ -45,6 +52,13 @@ MISSING_SCHEMA = pa.schema([
 
 DATASETS = ("coco", "vg", "flickr30k", "nlvr2", "vcr")
 MISSING_IMAGES = ("error", "skip")
+# official: one of DATASETS; images: an own-images dataset (config datasets.images.<name>).
+KINDS = ("official", "images")
+
+
+def dataset_key(dataset, kind="official"):
+    """The config key of a dataset: ``datasets.coco``, ``datasets.images.my_photos``."""
+    return f"datasets.images.{dataset}" if kind == "images" else f"datasets.{dataset}"
 
 
 def missing_path(out):
@@ -102,12 +116,23 @@ def _splits(spec, where):
     return splits
 
 
-def manifest_rows(dataset, spec, on_missing=None):
-    """Rows (dicts) of the manifest of `dataset` given its config.yaml `datasets` entry.
+def _warn_unreadable(path, reason):
+    print(f"warning: {path}: cannot read the image header ({reason}); listed with width/height 0, "
+          "the extraction records it in its failures table", file=sys.stderr)
+
+
+def manifest_rows(dataset, spec, on_missing=None, kind="official"):
+    """Rows (dicts) of the manifest of `dataset` given its config.yaml `datasets` entry
+    (kind ``images``: `dataset` is the name of a `datasets.images` entry).
 
     on_missing: None → a listed image whose file is missing raises MissingImageError;
     else it is called with that error and the image is left out (:class:`MissingImages`).
     """
+    if kind == "images":
+        problem = images.name_problem(dataset)
+        if problem:
+            raise SpecError(f"{dataset_key(dataset, kind)}: {problem}")
+        return images.manifest_rows(dataset, spec, on_missing, on_unreadable=_warn_unreadable)
     where = f"datasets.{dataset}"
     if dataset == "coco":
         captions = spec_get(spec, "captions", where, dict)
@@ -140,24 +165,26 @@ def build_table(rows):
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
-def build_manifest(dataset, spec, out, missing_out=None):
-    """Read the dataset's official files and write its manifest and missing-images table
-    (`missing_out`, default :func:`missing_path` of `out`) atomically.
+def build_manifest(dataset, spec, out, missing_out=None, kind="official"):
+    """Read the dataset's official files (kind ``images``: list its folder) and write its
+    manifest and missing-images table (`missing_out`, default :func:`missing_path` of `out`)
+    atomically.
 
     → (row count, :class:`MissingImages`). With ``missing_images: error`` a missing image
     raises MissingImageError and nothing is written.
     """
-    where = f"datasets.{dataset}"
+    where = dataset_key(dataset, kind)
     mode = missing_images_mode(spec, where)
     missing = MissingImages()
-    rows = manifest_rows(dataset, spec, missing if mode == "skip" else None)
+    rows = manifest_rows(dataset, spec, missing if mode == "skip" else None, kind=kind)
     if not rows and len(missing):
         raise SpecError(f"{where}: all {len(missing)} listed images are missing (first: "
                         f"{missing.rows[0]['path']}); check the image folders")
     table = build_table(rows)
-    metadata = {"dataset": dataset, "missing_images": mode}
+    kind_metadata = {"kind": kind} if kind != "official" else {}
+    metadata = {"dataset": dataset, "missing_images": mode, **kind_metadata}
     write_parquet_atomic(missing.table(), missing_out or missing_path(out), metadata=metadata)
-    write_parquet_atomic(table, out, metadata={"dataset": dataset})
+    write_parquet_atomic(table, out, metadata={"dataset": dataset, **kind_metadata})
     return table.num_rows, missing
 
 
@@ -180,19 +207,28 @@ def parse_spec(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cavl.manifest", description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", required=True,
+                        help=f"{', '.join(DATASETS)}; with --kind images, the name of the entry")
+    parser.add_argument("--kind", choices=KINDS, default="official",
+                        help="official (default): an official dataset; images: an entry of "
+                             "datasets.images (a folder of your own images)")
     parser.add_argument("--spec", required=True,
-                        help='JSON of config["datasets"][dataset] (or @file holding it)')
+                        help='JSON of config["datasets"][dataset] (or of config["datasets"]["images"]'
+                             '[dataset]; or @file holding it)')
     parser.add_argument("--out", required=True, help="output parquet path")
     parser.add_argument("--missing-out", default=None,
                         help="missing-images table (default: OUT with .parquet → .missing.parquet)")
     args = parser.parse_args(argv)
+    if args.kind == "official" and args.dataset not in DATASETS:
+        parser.error(f"argument --dataset: invalid choice: {args.dataset!r} (choose from "
+                     f"{', '.join(DATASETS)}, or give --kind images for your own images)")
     missing_out = args.missing_out or missing_path(args.out)
+    key = dataset_key(args.dataset, args.kind)
     try:
         spec = parse_spec(args.spec)
-        n, missing = build_manifest(args.dataset, spec, args.out, missing_out)
+        n, missing = build_manifest(args.dataset, spec, args.out, missing_out, kind=args.kind)
     except MissingImageError as e:
-        print(f"error: {e} (datasets.{args.dataset}.missing_images: skip leaves missing "
+        print(f"error: {e} ({key}.missing_images: skip leaves missing "
               f"images out)", file=sys.stderr)
         return 1
     except (FormatError, SpecError) as e:

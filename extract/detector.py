@@ -21,6 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from extract.boxes import BoxConfig, select_regions
+from extract.butd import ATTRIBUTE_ROI_HEADS, add_attribute_config
+from extract.vocab import read_vocab
+
+ATTRIBUTE_HEADS = ("BUTDRes5ROIHeads", *ATTRIBUTE_ROI_HEADS.values())
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,9 @@ class DetectorConfig:
     opts: tuple = field(default_factory=tuple)  # extra detectron2 overrides: ("KEY", "VALUE", ...)
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # float16 autocast on CUDA (never on CPU; off with random weights, see below)
+    attributes: bool = False  # add the attribute head (extract/butd.py) when the config has none
+    objects_vocab: str | None = None  # vocabulary files (extract/vocab.py): they set the number of
+    attributes_vocab: str | None = None  # object classes / attributes and name them in the shards
 
 
 def build_cfg(dcfg):
@@ -43,11 +50,21 @@ def build_cfg(dcfg):
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
 
-    cfg = get_cfg()
+    cfg = add_attribute_config(get_cfg())
     path = dcfg.config if os.path.isfile(dcfg.config) else model_zoo.get_config_file(dcfg.config)
     cfg.merge_from_file(path)
     if dcfg.opts:
         cfg.merge_from_list(list(dcfg.opts))
+    if dcfg.attributes:
+        cfg.MODEL.ATTRIBUTE_HEAD.ENABLED = True
+        cfg.MODEL.ROI_HEADS.NAME = ATTRIBUTE_ROI_HEADS.get(cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.ROI_HEADS.NAME)
+    if cfg.MODEL.ATTRIBUTE_HEAD.ENABLED and cfg.MODEL.ROI_HEADS.NAME not in ATTRIBUTE_HEADS:
+        raise ValueError(f"ROI heads {cfg.MODEL.ROI_HEADS.NAME} have no attribute head "
+                         f"(attribute-capable: {', '.join(ATTRIBUTE_HEADS)})")
+    if dcfg.objects_vocab:
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(read_vocab(dcfg.objects_vocab))
+    if dcfg.attributes_vocab:
+        cfg.MODEL.ATTRIBUTE_HEAD.NUM_ATTRIBUTES = len(read_vocab(dcfg.attributes_vocab))
     if dcfg.min_size is not None:
         cfg.INPUT.MIN_SIZE_TEST = int(dcfg.min_size)
     if dcfg.max_size is not None:
@@ -107,34 +124,59 @@ class _ArrayUnpickler(pickle.Unpickler):
 def read_checkpoint(path):
     """A Detectron2 checkpoint as the dict `DetectionCheckpointer._load_model` expects.
 
-    `.pkl` (Detectron2 / Detectron1 model zoo): restricted unpickling, numpy arrays only.
+    `.pkl`: restricted unpickling, numpy arrays only. Keys in Detectron2 names (the model zoo's
+    ``{"model": ..., "__author__": ...}``, or a plain dict of dotted names like the BUTD port's
+    files) load by exact name; Caffe2 / Detectron1 blob names (``res2_0_branch2a_w``) through
+    Detectron2's name-matching heuristics.
     `.pth`/`.pt` (Detectron2 training output, torch.save): `torch.load(weights_only=True)`.
     """
     ext = os.path.splitext(path)[1].lower()
     if ext == ".pkl":
-        with open(path, "rb") as f:
-            data = _ArrayUnpickler(f, encoding="latin1").load()
-        if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
-            return {"model": data["model"], "__author__": data["__author__"], "matching_heuristics": True}
-        data = data.get("blobs", data)  # Caffe2 / Detectron1: detection models keep arrays in "blobs"
-        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        try:
+            with open(path, "rb") as f:
+                data = _ArrayUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(f"{path}: not a checkpoint of numpy arrays only ({e}); "
+                                         "this loader runs no code from a file") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a dict of arrays, got {type(data).__name__}")
+        if "model" in data:  # Detectron2 format
+            return {"model": data["model"], "__author__": data.get("__author__", "unknown"),
+                    "matching_heuristics": bool(data.get("matching_heuristics", False))}
+        data = data.get("blobs", data)  # Detectron1 detection models keep arrays in "blobs"
+        dotted = all("." in k for k in data)
+        return {"model": data, "__author__": "Detectron2 names" if dotted else "Caffe2",
+                "matching_heuristics": not dotted}
     if ext in (".pth", ".pt"):
         data = torch.load(path, map_location="cpu", weights_only=True)
         return data if "model" in data else {"model": data}
     raise ValueError(f"unsupported checkpoint {path!r}: expected a Detectron2 .pkl or .pth file")
 
 
-def load_weights(model, path):
-    """Load `path` into `model` through Detectron2's checkpointer (name matching, c2 conversion)."""
+def load_checkpoint(model, path):
+    """Load `path` into `model` as Detectron2's checkpointer does (exact names, or its heuristics
+    for Caffe2 blob names); → (missing keys, unexpected keys, [(key, file shape, model shape)])."""
     from detectron2.checkpoint import DetectionCheckpointer
-
-    class _SafeCheckpointer(DetectionCheckpointer):
-        def _load_file(self, filename):
-            return read_checkpoint(filename)
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"detector weights not found: {path}")
-    _SafeCheckpointer(model).load(path, checkpointables=[])
+    incompatible = DetectionCheckpointer(model)._load_model(read_checkpoint(path))
+    mismatched = [(k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes]
+    wrong_shape = {k for k, _, _ in mismatched}  # not loaded, so also listed as missing: once is enough
+    return ([k for k in incompatible.missing_keys if k not in wrong_shape], list(incompatible.unexpected_keys),
+            mismatched)
+
+
+def load_weights(model, path):
+    """Load `path` into `model`; a layer the file leaves random (missing key, other shape) is an error."""
+    missing, unexpected, mismatched = load_checkpoint(model, path)
+    if missing or mismatched:
+        raise ValueError(f"{path} does not fit the detector: {len(missing)} missing keys "
+                         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), "
+                         f"{len(mismatched)} shape mismatches; run `python -m extract.weights check {path} "
+                         f"--config ...` for the full list")
+    if unexpected:
+        log.warning("%s: %d keys the detector does not use (%s)", path, len(unexpected), ", ".join(unexpected[:5]))
 
 
 class RegionExtractor:
@@ -165,6 +207,7 @@ class RegionExtractor:
         self.feature_dim = heads.box_predictor.cls_score.in_features
         self.num_classes = heads.box_predictor.cls_score.out_features - 1
         self.sigmoid = bool(getattr(heads.box_predictor, "use_sigmoid_ce", False))
+        self.attribute_head = heads.box_predictor if hasattr(heads.box_predictor, "predict_attributes") else None
         self.pixel_mean = self.model.pixel_mean.view(1, -1, 1, 1)
         self.pixel_std = self.model.pixel_std.view(1, -1, 1, 1)
 
@@ -185,13 +228,22 @@ class RegionExtractor:
     def size_divisibility(self):
         return int(self.model.backbone.size_divisibility) or 1
 
+    def vocabularies(self):
+        """The vocabulary files that name the classes and attributes (shard metadata), or None."""
+        files = {"objects": self.dcfg.objects_vocab, "attributes": self.dcfg.attributes_vocab}
+        if not any(files.values()):
+            return None
+        return {kind: None if path is None else {"file": os.path.basename(path), "sha256": file_sha256(path),
+                                                 "classes": len(read_vocab(path))}
+                for kind, path in files.items()}
+
     def describe(self):
         """What the shard metadata records about the detector."""
-        class_names = None
+        class_names = read_vocab(self.dcfg.objects_vocab).names if self.dcfg.objects_vocab else None
         try:
             from detectron2.data import MetadataCatalog
 
-            if len(self.cfg.DATASETS.TEST):
+            if class_names is None and len(self.cfg.DATASETS.TEST):
                 class_names = list(MetadataCatalog.get(self.cfg.DATASETS.TEST[0]).get("thing_classes", []))
         except (ImportError, KeyError):
             pass
@@ -214,6 +266,8 @@ class RegionExtractor:
             "roi_heads": self.cfg.MODEL.ROI_HEADS.NAME,
             "num_classes": self.num_classes,
             "class_names": class_names or None,
+            "attribute_head": self.attribute_head is not None,
+            "num_attributes": self.attribute_head.num_attributes if self.attribute_head else None,
             "amp": self.amp,
         }
 
@@ -228,8 +282,9 @@ class RegionExtractor:
 
         Returns a dict of flat tensors on the CPU, image by image: `counts` (B,), `num_given`
         (B,), `boxes` (S, 4) in input pixels, `scores` (S,), `classes` (S,) int64, `features`
-        (S, D) float32. Per image: the given boxes in their order, then the detected ones by
-        descending score.
+        (S, D) float32, and with an attribute head `attributes` (S,) int64 (0-based attribute
+        vocabulary id, predicted given the box's class) and `attribute_scores` (S,). Per image:
+        the given boxes in their order, then the detected ones by descending score.
         """
         B = images.shape[0]
         sizes = torch.as_tensor(image_sizes, dtype=torch.long).view(B, 2)
@@ -274,14 +329,19 @@ class RegionExtractor:
         image = torch.cat([given_owner, sel.image])
         order = torch.sort(image, stable=True).indices
         rows = rows[order]
+        classes = torch.cat([g_label, sel.label])[order]
         out = {
             "counts": torch.bincount(image, minlength=B).cpu(),
             "num_given": num_given,
             "boxes": boxes[rows].float().cpu(),
             "scores": torch.cat([g_score, sel.score])[order].float().cpu(),
-            "classes": torch.cat([g_label, sel.label])[order].cpu(),
+            "classes": classes.cpu(),
             "features": roi_feats[rows].float().cpu(),
         }
+        if self.attribute_head is not None:  # only for the kept boxes: a small share of the time
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                ids, scores = self.attribute_head.predict_attributes(roi_feats[rows], classes)
+            out["attributes"], out["attribute_scores"] = ids.cpu(), scores.float().cpu()
         return out
 
     def _normalize(self, x, sizes):

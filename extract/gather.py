@@ -5,8 +5,11 @@
 
 Reads only each shard's footer and image_id column. Refuses shards extracted with different
 detectors, weights, box settings or feature layouts (mixing them would silently corrupt training)
-and duplicate image ids; a different code version is only warned about. The index's metadata
-repeats the shards' common metadata plus the shard file names and failure counts.
+and duplicate image ids; a different code version is only warned about. The shards must also
+agree on their label vocabularies (`vocabularies`: the same files by sha256, or all none). The
+index's metadata repeats the shards' common metadata (`vocabularies` included: null for shards
+without one, e.g. those written before shards had attribute columns) plus the shard file names
+and failure counts.
 """
 
 import argparse
@@ -43,13 +46,17 @@ def build_index(shard_paths):
     numbers = [shard_number(p) for p in shard_paths]
     if len(set(numbers)) != len(numbers):
         raise ValueError("the same shard number appears twice")
-    reference, ids, shard_col, row_col, failures = None, [], [], [], 0
+    reference, columns, ids, shard_col, row_col, failures = None, None, [], [], [], 0
     for number, path in zip(numbers, shard_paths):
         meta = read_shard_metadata(path)
+        names = pq.read_schema(path).names
         if reference is None:
-            reference = meta
+            reference, columns = meta, names
         else:
             _check_same(reference, meta, path)
+            if names != columns:  # e.g. a shard from before the attribute columns among newer ones
+                raise ValueError(f"{path}: columns {names} differ from the first shard's {columns}; "
+                                 "re-extract it")
         column = pq.read_table(path, columns=["image_id"]).column("image_id").to_numpy(zero_copy_only=False)
         ids.append(column)
         shard_col.append(np.full(len(column), number, dtype=np.int32))
@@ -70,6 +77,7 @@ def build_index(shard_paths):
     for key in ("shard", "manifest_rows"):
         reference.pop(key, None)
     reference.update({
+        "vocabularies": reference.get("vocabularies"),
         "shards": {str(n): os.path.basename(p) for n, p in zip(numbers, shard_paths)},
         "num_images": len(image_ids),
         "num_failures": failures,
@@ -82,12 +90,21 @@ def _check_same(reference, meta, path):
         if reference.get(key) != meta.get(key):
             raise ValueError(f"{path}: {key} differs from the first shard "
                              f"({meta.get(key)!r} vs {reference.get(key)!r}); re-extract it")
+    if _vocabulary_checksums(reference) != _vocabulary_checksums(meta):
+        raise ValueError(f"{path}: vocabularies differ from the first shard "
+                         f"({_vocabulary_checksums(meta)} vs {_vocabulary_checksums(reference)}); re-extract it")
     for key in _DETECTOR_MUST_MATCH:
         if reference.get("detector", {}).get(key) != meta.get("detector", {}).get(key):
             raise ValueError(f"{path}: detector {key} differs from the first shard; re-extract it")
     if reference.get("code_version") != meta.get("code_version"):
         log.warning("%s was written by %s, the first shard by %s", path, meta.get("code_version"),
                     reference.get("code_version"))
+
+
+def _vocabulary_checksums(meta):
+    """{vocabulary name: sha256} of a shard's `vocabularies` (none: {})."""
+    vocabularies = meta.get("vocabularies") or {}
+    return {name: (v or {}).get("sha256") for name, v in sorted(vocabularies.items()) if v}
 
 
 def main(argv=None):

@@ -31,8 +31,6 @@ from extract.writer import FEATURE_DTYPES, ShardWriter, failures_path_for
 
 log = logging.getLogger("extract")
 
-SCHEMA_VERSION = 1
-
 
 def code_version():
     """Package version + a checksum of the extract/ sources that produced a shard."""
@@ -130,10 +128,10 @@ def run_shard(manifest, shard, out, dcfg, box_cfg, *, shard_size=None, num_shard
         pin_memory=extractor.device.type == "cuda", worker_init_fn=worker_init,
         prefetch_factor=2 if num_workers else None)
     metadata = {
-        "schema_version": SCHEMA_VERSION,
         "feature_dim": extractor.feature_dim,
         "feature_dtype": feature_dtype,
         "detector": extractor.describe(),
+        "vocabularies": extractor.vocabularies(),
         "weights_checksum": extractor.weights_checksum,
         "nms_threshold": box_cfg.nms_threshold,
         "boxes": {"mode": box_cfg.mode, "max_boxes": box_cfg.max_boxes, "min_boxes": box_cfg.min_boxes,
@@ -160,7 +158,9 @@ def run_shard(manifest, shard, out, dcfg, box_cfg, *, shard_size=None, num_shard
                                            part.orig_sizes)
                 writer.add(part.image_ids, part.orig_sizes.numpy(), regions["counts"].numpy(),
                            regions["num_given"].numpy(), boxes.numpy(), regions["scores"].numpy(),
-                           regions["classes"].numpy(), regions["features"].numpy())
+                           regions["classes"].numpy(), regions["features"].numpy(),
+                           attributes=_numpy_or_none(regions.get("attributes")),
+                           attribute_scores=_numpy_or_none(regions.get("attribute_scores")))
             done += len(batch.image_ids) + len(batch.failures)
             rss_first = rss_first or rss_mb()
             if step % 10 == 0 or done == len(rows):
@@ -212,6 +212,10 @@ def _extract(extractor, batch):
             yield part, None
 
 
+def _numpy_or_none(tensor):
+    return None if tensor is None else tensor.numpy()
+
+
 def _none_or_str(value):
     return None if value.lower() in ("", "none", "null") else value
 
@@ -240,6 +244,10 @@ def build_parser():
                    help="extra detectron2 config overrides")
     d.add_argument("--device", default="auto", help="auto (CUDA when available; default), cpu, cuda, cuda:N")
     d.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 autocast on CUDA")
+    d.add_argument("--attributes", action="store_true",
+                   help="add the attribute head to a config without one (extract/butd.py)")
+    d.add_argument("--objects-vocab", help="object vocabulary (one class per line): sets the number of classes")
+    d.add_argument("--attributes-vocab", help="attribute vocabulary: sets the number of attributes")
 
     b = p.add_argument_group("boxes")
     b.add_argument("--mode", choices=MODES, default="fixed", help="fixed count or adaptive (default: %(default)s)")
@@ -271,7 +279,9 @@ def main(argv=None):
         raise SystemExit("--opts takes KEY VALUE pairs")
     dcfg = DetectorConfig(config=args.detector_config, weights=args.weights, seed=args.seed,
                           min_size=args.min_size, max_size=args.max_size, proposals=args.proposals,
-                          opts=tuple(args.opts), device=args.device, amp=args.amp)
+                          opts=tuple(args.opts), device=args.device, amp=args.amp,
+                          attributes=args.attributes, objects_vocab=args.objects_vocab,
+                          attributes_vocab=args.attributes_vocab)
     box_cfg = BoxConfig(mode=args.mode, max_boxes=args.max_boxes, min_boxes=args.min_boxes,
                         score_threshold=args.score_threshold, nms_threshold=args.nms, given=args.given_boxes)
     run_shard(args.manifest, args.shard, args.out, dcfg, box_cfg, shard_size=args.shard_size,

@@ -16,6 +16,10 @@ Columns (docs/contracts.md):
     boxes      list<fixed_size_list<float32, 4>>   N×4, x1 y1 x2 y2 in original pixels
     scores     list<float32>              N, score of the box's class (0: filled up, see boxes.py)
     classes    list<int32>                N, 0-based foreground class of the detector
+    attributes list<int32>                N, 0-based id (attribute vocabulary) of the box's best
+                                          attribute; null for the whole row when the detector has
+                                          no attribute head (an empty list means no boxes)
+    attribute_scores list<float32>        N, that attribute's probability; null like attributes
     features   large_binary               N×D pooled region features: the row-major bytes of a
                                           float16 (or float32) array, see feature_dtype/feature_dim
 
@@ -24,9 +28,19 @@ store a nesting level for each of the N×D numbers, and decoding those made read
 than reading the file (measured: 0.2 GB/s vs 1.5 GB/s); as one blob per image the column reads
 at memory speed, memory-mapped. The field's metadata repeats dtype, shape and order.
 
-File metadata (each value JSON-encoded, as `cavl.io` writes it): feature_dim, feature_dtype,
-detector (config, weights, weights_checksum, ...), boxes (mode, max/min boxes, NMS, ...),
-code_version, shard, manifest. Plain readers:
+File metadata (each value JSON-encoded, as `cavl.io` writes it): schema_version, feature_dim,
+feature_dtype, detector (config, weights, weights_checksum, ...), boxes (mode, max/min boxes,
+NMS, ...), vocabularies, code_version, shard, manifest. `schema_version` is the layout above,
+SCHEMA_VERSION (2: with the attribute columns; shards of version 1 have no attributes /
+attribute_scores columns); the writer adds it when the caller's metadata has none.
+`vocabularies` (written by the caller) names the label vocabularies the ids index into, or is
+null when the detector has none:
+
+    {"objects":    {"file": "objects_vocab.txt",    "sha256": "...", "classes": 1600},
+     "attributes": {"file": "attributes_vocab.txt", "sha256": "...", "classes": 400}}
+
+(`attributes` is null, or absent, for a detector without an attribute head; `classes` is the
+number of entries; gather refuses shards whose vocabularies' sha256 differ). Plain readers:
 
     df = pd.read_parquet(path)
     D, dtype = 1024, "float16"      # or json.loads(pq.read_schema(path).metadata[b"feature_dim"])
@@ -50,6 +64,9 @@ log = logging.getLogger(__name__)
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
+# The shard layout (the columns above); recorded as the file metadata's schema_version.
+SCHEMA_VERSION = 2
+
 FAILURE_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("reason", pa.string())])
 
 
@@ -70,12 +87,13 @@ def shard_schema(feature_dim, feature_dtype="float16", metadata=None):
         pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4))),
         pa.field("scores", pa.list_(pa.float32())),
         pa.field("classes", pa.list_(pa.int32())),
+        pa.field("attributes", pa.list_(pa.int32())),
+        pa.field("attribute_scores", pa.list_(pa.float32())),
         pa.field("features", pa.large_binary(), nullable=False,
                  metadata={k: str(v) for k, v in layout.items()}),
     ])
-    if metadata:
-        schema = schema.with_metadata({k: json.dumps(v) for k, v in metadata.items()})
-    return schema
+    metadata = {"schema_version": SCHEMA_VERSION, **(metadata or {})}
+    return schema.with_metadata({k: json.dumps(v) for k, v in metadata.items()})
 
 
 def read_shard_metadata(path):
@@ -89,7 +107,8 @@ class ShardWriter:
     """Stream regions of many batches into one shard; commit it atomically on a clean exit.
 
         with ShardWriter(path, feature_dim=1024, metadata={...}) as w:
-            w.add(image_ids, sizes, counts, num_given, boxes, scores, classes, features)
+            w.add(image_ids, sizes, counts, num_given, boxes, scores, classes, features,
+                  attributes=attribute_ids, attribute_scores=attribute_probs)   # or None: no head
             w.add_failures([(image_id, path, reason), ...])
     """
 
@@ -103,6 +122,10 @@ class ShardWriter:
         self.row_group_size = int(row_group_size)
         self.num_rows, self.num_clamped = 0, 0
         self._pending, self._pending_rows, self._failures = [], 0, []  # pending: Arrow tables
+        self._with_attributes = None  # set by the first add(): all rows have attributes, or none
+        # Attribute ids are checked against the attribute vocabulary's size where the metadata has it.
+        vocab = ((metadata or {}).get("vocabularies") or {}).get("attributes") or {}
+        self._num_attributes = int(vocab["classes"]) if vocab.get("classes") else np.iinfo(np.int32).max
 
     def __enter__(self):
         self._stack = ExitStack()
@@ -112,7 +135,7 @@ class ShardWriter:
             # Features are near-incompressible noise to a codec: stored raw, they read at memcpy speed.
             compression={"image_id": "zstd", "width": "zstd", "height": "zstd", "num_boxes": "zstd",
                          "num_given": "zstd", "boxes": "zstd", "scores": "zstd", "classes": "zstd",
-                         "features": "none"},
+                         "attributes": "zstd", "attribute_scores": "zstd", "features": "none"},
             use_dictionary=False,
             write_statistics=["image_id", "width", "height", "num_boxes", "num_given"],
         )
@@ -136,10 +159,23 @@ class ShardWriter:
                         self.num_clamped, FLOAT16_MAX)
         return False
 
-    def add(self, image_ids, sizes, counts, num_given, boxes, scores, classes, features):
+    def add(self, image_ids, sizes, counts, num_given, boxes, scores, classes, features,
+            attributes=None, attribute_scores=None):
         """Append B images. sizes: (B, 2) (H, W); counts, num_given: (B,); boxes (S, 4),
-        scores (S,), classes (S,), features (S, D) with S = counts.sum(), image by image."""
+        scores (S,), classes (S,), features (S, D) with S = counts.sum(), image by image.
+        attributes (S,) int, attribute_scores (S,) float: each box's best attribute (0-based id in
+        the attribute vocabulary) and its probability; both None for a detector without an
+        attribute head (the rows' two values are then null). A shard has them for every row or
+        for none. Ids must lie in [0, metadata vocabularies.attributes.classes) where that is
+        given (a head's background/"no attribute" output is not an id)."""
         counts = np.asarray(counts, dtype=np.int32)
+        if (attributes is None) != (attribute_scores is None):
+            raise ValueError("give both attributes and attribute_scores, or neither")
+        with_attributes = attributes is not None
+        if self._with_attributes is None:
+            self._with_attributes = with_attributes
+        elif self._with_attributes != with_attributes:
+            raise ValueError("attributes given for some batches of a shard but not for others")
         features = np.asarray(features)
         if features.shape[1:] != (self.feature_dim,) or len(features) != counts.sum():
             raise ValueError(f"features {features.shape} do not match counts {counts.sum()}×{self.feature_dim}")
@@ -154,6 +190,25 @@ class ShardWriter:
         np.cumsum(counts, out=offsets[1:])
         offsets = pa.array(offsets)
         boxes = pa.array(np.asarray(boxes, dtype=np.float32).reshape(-1))
+        if with_attributes:
+            attributes = np.asarray(attributes).reshape(-1)
+            attribute_scores = np.asarray(attribute_scores, dtype=np.float32).reshape(-1)
+            total = int(counts.sum())
+            if len(attributes) != total or len(attribute_scores) != total:
+                raise ValueError(f"{len(attributes)} attributes and {len(attribute_scores)} attribute "
+                                 f"scores do not match counts {total}")
+            if len(attributes) and not np.issubdtype(attributes.dtype, np.integer):
+                raise ValueError(f"attributes must be integer ids, got {attributes.dtype}")
+            if len(attributes) and not (0 <= attributes.min() and attributes.max() < self._num_attributes):
+                raise ValueError(f"attribute ids must be 0-based ids in the attribute vocabulary "
+                                 f"([0, {self._num_attributes})), got [{attributes.min()}, {attributes.max()}]")
+            attribute_columns = [
+                pa.ListArray.from_arrays(offsets, pa.array(attributes.astype(np.int32))),
+                pa.ListArray.from_arrays(offsets, pa.array(attribute_scores)),
+            ]
+        else:
+            attribute_columns = [pa.nulls(len(counts), pa.list_(pa.int32())),
+                                 pa.nulls(len(counts), pa.list_(pa.float32()))]
         table = pa.Table.from_arrays([
             pa.array(list(image_ids), pa.string()),
             pa.array(sizes[:, 1].astype(np.int32)), pa.array(sizes[:, 0].astype(np.int32)),
@@ -161,6 +216,7 @@ class ShardWriter:
             pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(boxes, 4)),
             pa.ListArray.from_arrays(offsets, pa.array(np.asarray(scores, dtype=np.float32).reshape(-1))),
             pa.ListArray.from_arrays(offsets, pa.array(np.asarray(classes, dtype=np.int32).reshape(-1))),
+            *attribute_columns,
             _blobs(np.ascontiguousarray(features, dtype=np_dtype), counts),
         ], schema=self.schema)
         self._pending.append(table)

@@ -343,7 +343,8 @@ def paper_datasets_config(root=None):
     return {
         "coco": {"captions": coco},
         "vg": {"image_data": p("data/vg/image_data.json"), "objects": p("data/vg/objects.json"),
-               "region_descriptions": p("data/vg/region_descriptions.json"), "image_root": p("data/vg")},
+               "region_descriptions": p("data/vg/region_descriptions.json"),
+               "attributes": p("data/vg/attributes.json"), "image_root": p("data/vg")},
         "vqa": {"splits": {split: {
             "questions": p(f"data/vqa/v2_OpenEnded_mscoco_{split}2014_questions.json"),
             "annotations": p(f"data/vqa/v2_mscoco_{split}2014_annotations.json")} for split in COCO_IDS}},

@@ -79,7 +79,9 @@ def test_shard_has_documented_schema_with_plain_pyarrow_and_pandas(extracted):
     expected = {
         "image_id": pa.string(), "width": pa.int32(), "height": pa.int32(), "num_boxes": pa.int32(),
         "num_given": pa.int32(), "boxes": pa.list_(pa.list_(pa.float32(), 4)),
-        "scores": pa.list_(pa.float32()), "classes": pa.list_(pa.int32()), "features": pa.large_binary(),
+        "scores": pa.list_(pa.float32()), "classes": pa.list_(pa.int32()),
+        "attributes": pa.list_(pa.int32()), "attribute_scores": pa.list_(pa.float32()),
+        "features": pa.large_binary(),
     }
     assert schema.names == list(expected)
     for name, type_ in expected.items():

@@ -291,6 +291,37 @@ def test_vg_region_of_unknown_image():
                         FIXTURES / "vg/image_data.json")
 
 
+def test_vg_read_attributes():
+    got = vg.read_attributes(FIXTURES / "vg/attributes.json")
+    assert list(got) == [1, 10]  # the repeated image 1 is merged; the old "id" key is read
+    assert got[1][0] == {"object_id": 1058498, "box": [2.0, 5.0, 32.0, 25.0], "names": ["clock"],
+                         "attributes": ["green", "Tall."]}  # as annotated: cleaning is extract.vocab's
+    # no "attributes" key, null and [] → []; objects without area are kept
+    assert got[1][1]["attributes"] == [] and got[1][1]["box"] == [1.0, 1.0, 11.0, 1.0]
+    assert got[1][2]["names"] == ["White Shirt", "shirt"]
+    assert got[1][2]["attributes"] == ["black and white", "red and blue"]
+    assert got[1][3] == {"object_id": 7, "box": [6.0, 4.5, 9.0, 6.5], "names": ["grey cat"], "attributes": []}
+    assert got[10] == [{"object_id": 5, "box": [4.0, 3.0, 12.0, 15.0], "names": ["shade"], "attributes": []}]
+    # objects.json in the same form: every object and name, nothing skipped
+    objs = vg.read_object_records(FIXTURES / "vg/objects.json")
+    assert [[(o["object_id"], o["names"]) for o in objs[k]] for k in (1, 10)] == [
+        [(1058498, ["trees"]), (1058534, ["sidewalk"]), (3798579, ["man", "person"])], [(5, ["shade"])]]
+    assert all(o["attributes"] == [] for os_ in objs.values() for o in os_)
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("attributes_not_strings.json", "attributes_not_strings.json: [0].attributes[2].attributes[1]: "
+                                    "entry must be string, got integer"),
+    ("attributes_missing_list.json", "attributes_missing_list.json: [1]: missing key 'attributes'"),
+    ("attributes_string_x.json",
+     "attributes_string_x.json: [0].attributes[1]: key 'x' must be integer or number, got string"),
+])
+def test_vg_attributes_malformed(name, fragment):
+    with pytest.raises(FormatError) as exc:
+        vg.read_attributes(FIXTURES / "vg/bad" / name)
+    assert fragment in str(exc.value)
+
+
 # ---------------------------------------------------------------- pretrain task
 PRETRAIN_TYPES = {"example_id": pa.string(), "dataset": pa.string(), "image_id": pa.string(),
                   "caption": pa.string()}

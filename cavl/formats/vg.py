@@ -9,6 +9,9 @@ Official structure:
 - objects.json (optional; its boxes become the manifest's ground-truth boxes):
   ``[{"image_id" (older dumps: "id"), "objects": [{"object_id", "x", "y", "w", "h",
   "names": [...], "synsets": [...]}, …]}, …]``.
+- attributes.json (optional; the detector's attribute labels, extract/vocab.py): the same as
+  objects.json with ``"attributes"`` for ``"objects"``, and each object may carry
+  ``"attributes": ["green", "tall", …]`` (missing or null: none).
 """
 
 import os
@@ -96,6 +99,55 @@ def read_objects(path):
             boxes.append([x, y, x + w, y + h])
             labels.append(check_type(name, str, path, orec, "object name"))
     return out
+
+
+def _string_list(obj, key, path, rec, default):
+    values = get(obj, key, (list, type(None)), path, rec, default=default)
+    if values is None:
+        return []
+    for k, v in enumerate(values):
+        check_type(v, str, path, f"{rec}.{key}[{k}]", "entry")
+    return list(values)
+
+
+def _object_records(path, list_key):
+    """{image_id: [object record]} of objects.json (list_key "objects") or attributes.json
+    (list_key "attributes"); see :func:`read_attributes`."""
+    data = check_type(load_json(path), list, path, None, "top level")
+    out = {}
+    for i, entry in enumerate(data):
+        rec = f"[{i}]"
+        image_id = _image_id(entry, path, rec)
+        objs = out.setdefault(image_id, [])
+        for j, obj in enumerate(get(entry, list_key, list, path, rec)):
+            orec = f"[{i}].{list_key}[{j}]"
+            x, y, w, h = (float(get(obj, k, (int, float), path, orec)) for k in ("x", "y", "w", "h"))
+            id_key = "object_id" if "object_id" in obj or "id" not in obj else "id"  # older: "id"
+            object_id = get(obj, id_key, (int, type(None)), path, orec, default=None)
+            names = _string_list(obj, "names", path, orec, default=None)
+            if not names and "name" in obj:  # older dumps: one "name"
+                names = [get(obj, "name", str, path, orec)]
+            objs.append({"object_id": object_id, "box": [x, y, x + w, y + h], "names": names,
+                         "attributes": _string_list(obj, "attributes", path, orec, default=None)})
+    return out
+
+
+def read_attributes(path):
+    """Parse attributes.json → {image_id: [{"object_id": int | None, "box": [x1, y1, x2, y2],
+    "names": [str, …], "attributes": [str, …]}, …]} in file order.
+
+    The strings are as annotated (not cleaned: extract/vocab.py does that). An object without
+    an ``attributes`` key (or with null) has ``[]``; older dumps' ``id`` (image) and ``name``
+    (one object name) are accepted. Unlike :func:`read_objects`, objects without area are kept
+    (callers that need a box drop ``x2 <= x1 or y2 <= y1``). Entries repeating an image id
+    are merged."""
+    return _object_records(path, "attributes")
+
+
+def read_object_records(path):
+    """objects.json in :func:`read_attributes`'s form (every object and every name, objects
+    without area included; ``attributes`` is ``[]`` unless the dump has them)."""
+    return _object_records(path, "objects")
 
 
 def manifest_rows(image_data_path, image_root, objects_path=None, on_missing=None):

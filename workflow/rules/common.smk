@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from snakemake.exceptions import WorkflowError
 
 from cavl.config import ConfigError, resolve_config
+from cavl.formats.images import listing_digest
 from cavl.task_data import TASK_SOURCES, task_splits
 from cavl.tasks import REGISTRY as TASK_REGISTRY
 
@@ -25,11 +26,15 @@ os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.envi
 
 # Datasets that have images (and so a manifest and features); VQA uses coco's.
 IMAGE_DATASETS = ["coco", "vg", "flickr30k", "nlvr2", "vcr"]
-DATASETS = config["datasets"]
+# datasets.images: folders of the user's own images, name → {root, glob or list}
+# (cavl/formats/images.py). Each has a manifest (checkpoint images_manifest) and features like an
+# official dataset; DATASETS holds the official entries only.
+OWN_IMAGES = config["datasets"].get("images", {})
+DATASETS = {name: spec for name, spec in config["datasets"].items() if name != "images"}
 
 
 wildcard_constraints:
-    dataset="|".join(IMAGE_DATASETS),
+    dataset="|".join([*IMAGE_DATASETS, *OWN_IMAGES]),
     task="|".join(TASK_SOURCES),
 
 
@@ -64,9 +69,9 @@ def annotation_files(dataset):
         splits = spec["captions"].values()
         return [s["annotations"] for s in splits] + [s["instances"] for s in splits if s.get("instances")]
     if dataset == "vg":
-        return [spec["image_data"], spec["region_descriptions"]] + (
-            [spec["objects"]] if spec.get("objects") else []
-        )
+        return [spec["image_data"], spec["region_descriptions"]] + [
+            spec[key] for key in ("objects", "attributes") if spec.get(key)
+        ]
     if dataset == "vqa":
         return [f for split in spec["splits"].values() for f in (split["questions"], split["annotations"])]
     if dataset in ("vcr", "nlvr2"):
@@ -81,6 +86,19 @@ def manifest_spec(dataset):
     """What the manifest of a dataset is built from: its `datasets` entry less the keys that only
     choose pretraining captions (so changing them re-extracts nothing)."""
     return {k: v for k, v in DATASETS[dataset].items() if k != "exclude_eval_images"}
+
+
+def own_images_list(dataset):
+    """The list file of an own-images dataset (its manifest's input); [] when it uses a glob."""
+    spec = OWN_IMAGES[dataset]
+    return [spec["list"]] if spec.get("list") else []
+
+
+def own_images_listing(dataset):
+    """Digest of the files an own-images dataset names now (path, size, mtime): a param of its
+    manifest, so a file added to the folder, removed or replaced rebuilds the manifest (and so
+    re-extracts) on the next run, with no --forcerun."""
+    return listing_digest(dataset, OWN_IMAGES[dataset])
 
 
 def task_data_sources(task):
@@ -130,7 +148,7 @@ SUMMARY_FILES = ["summary.md", "summary.csv", "summary.html", "summary.png", "me
 
 def all_targets():
     """Everything `snakemake --cores all` builds, growing as stages are added."""
-    images = [d for d in IMAGE_DATASETS if d in DATASETS]
+    images = [*(d for d in IMAGE_DATASETS if d in DATASETS), *OWN_IMAGES]
     targets = [manifest_path(d) for d in images] + [feature_index(d) for d in images]
     targets += [path for task in TASK_SOURCES if not missing_datasets(task) for path in task_data_paths(task)]
     if not missing_datasets("pretrain"):
@@ -152,9 +170,42 @@ def feature_index(dataset):
 
 def feature_shards(dataset):
     """All shard files of a dataset (reads the row count of its manifest checkpoint)."""
-    manifest = checkpoints.manifest.get(dataset=dataset).output[0]
+    manifest_checkpoint = checkpoints.images_manifest if dataset in OWN_IMAGES else checkpoints.manifest
+    manifest = manifest_checkpoint.get(dataset=dataset).output[0]
     count = max(1, math.ceil(pq.read_metadata(manifest).num_rows / EXTRACT["shard_size"]))
     return [f"resources/features/{dataset}/shard-{k:05d}.parquet" for k in range(count)]
+
+
+# The detector's vocabularies (rule detector_vocab), used with extract.detector.attributes.
+DETECTOR_VOCAB = {kind: f"resources/detector/{kind}_vocab.txt" for kind in ("objects", "attributes")}
+
+
+def detector_vocab_inputs():
+    """Inputs of the vocabulary step: the published vocabulary files configured, and VG's
+    attributes.json / objects.json when configured (to build a vocabulary or count what it misses)."""
+    vocab, vg = EXTRACT["detector"]["vocab"], DATASETS.get("vg") or {}
+    files = {f"{kind}_vocab": vocab[kind] for kind in ("objects", "attributes") if vocab[kind]}
+    files.update({f"vg_{key}": vg[key] for key in ("attributes", "objects") if vg.get(key)})
+    return files
+
+
+def detector_vocab_args():
+    """Command-line options of `python -m extract.vocab` for the configured inputs."""
+    names = {
+        "objects_vocab": "--objects-vocab",
+        "attributes_vocab": "--attributes-vocab",
+        "vg_attributes": "--vg-attributes",
+        "vg_objects": "--vg-objects",
+    }
+    vocab = EXTRACT["detector"]["vocab"]
+    options = [o for key, path in detector_vocab_inputs().items() for o in (names[key], path)]
+    options += [
+        o
+        for kind in ("objects", "attributes")
+        if not vocab[kind]
+        for o in (f"--num-{kind}", vocab[f"num_{kind}"])
+    ]
+    return " ".join(shlex.quote(str(o)) for o in options)
 
 
 def extract_options(dataset):
@@ -170,7 +221,7 @@ def extract_options(dataset):
         ("--min-boxes", b["min_boxes"]),
         ("--score-threshold", b["score_threshold"]),
         ("--nms", b["nms_threshold"]),
-        ("--given-boxes", EXTRACT["given_boxes"][dataset]),
+        ("--given-boxes", "none" if dataset in OWN_IMAGES else EXTRACT["given_boxes"][dataset]),
         ("--feature-dtype", EXTRACT["feature_dtype"]),
         ("--batch-size", EXTRACT["batch_size"]),
         ("--row-group-size", EXTRACT["row_group_size"]),
@@ -179,9 +230,16 @@ def extract_options(dataset):
         ("--max-size", d["max_size"]),
         ("--proposals", d["proposals"]),
     ]
+    if d["attributes"]:
+        pairs += [
+            ("--objects-vocab", DETECTOR_VOCAB["objects"]),
+            ("--attributes-vocab", DETECTOR_VOCAB["attributes"]),
+        ]
     options = [str(o) for pair in pairs if pair[1] is not None for o in pair]
     if not d["amp"]:
         options.append("--no-amp")
+    if d["attributes"]:
+        options.append("--attributes")
     if d["opts"]:
         options += ["--opts", *map(str, d["opts"])]
     return " ".join(shlex.quote(o) for o in options)

@@ -33,12 +33,38 @@ checkpoint manifest:
         missing="resources/manifests/{dataset}.missing.parquet",  # images left out (missing_images: skip)
     log:
         "logs/manifest/{dataset}.log",
+    wildcard_constraints:
+        dataset="|".join(IMAGE_DATASETS),  # own images: rule images_manifest
     conda:
         "../../envs/cavl.yaml"
     params:
         spec=lambda w: json_arg(manifest_spec(w.dataset)),
     shell:
         "python -m cavl.manifest --dataset {wildcards.dataset} --spec {params.spec} "
+        "--out {output.manifest} --missing-out {output.missing} > {log} 2>&1"
+
+
+checkpoint images_manifest:
+    """One row per file of an own-images folder (datasets.images.NAME; image_id = path relative to
+    root). Its params hold a digest of the matched files (path, size, mtime), so adding, removing or
+    replacing a file rebuilds the manifest, and so re-extracts, on the next run. A file whose header
+    cannot be read is listed with size 0 and lands in the extraction's failures table."""
+    input:
+        lambda w: own_images_list(w.dataset),
+    output:
+        manifest="resources/manifests/{dataset}.parquet",
+        missing="resources/manifests/{dataset}.missing.parquet",  # list entries not on disk (missing_images: skip)
+    log:
+        "logs/manifest/{dataset}.log",
+    wildcard_constraints:
+        dataset="|".join(OWN_IMAGES) or "(?!)",  # (?!) matches nothing: no own images configured
+    conda:
+        "../../envs/cavl.yaml"
+    params:
+        spec=lambda w: json_arg(OWN_IMAGES[w.dataset]),
+        files=lambda w: own_images_listing(w.dataset),
+    shell:
+        "python -m cavl.manifest --kind images --dataset {wildcards.dataset} --spec {params.spec} "
         "--out {output.manifest} --missing-out {output.missing} > {log} 2>&1"
 
 

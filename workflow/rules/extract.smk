@@ -4,7 +4,28 @@
 # feature_index(dataset) and read features with cavl.features.FeatureReader. The helper functions
 # (feature_index, feature_shards, extract_options) are in common.smk.
 localrules:
+    detector_vocab,
     gather_features,
+
+
+rule detector_vocab:
+    """The detector's object and attribute vocabularies: the published files (aliases kept), or
+    VG's most frequent strings; the report counts the VG strings each one misses."""
+    input:
+        **detector_vocab_inputs(),
+    output:
+        objects=DETECTOR_VOCAB["objects"],
+        attributes=DETECTOR_VOCAB["attributes"],
+        report="resources/detector/vocab_report.json",
+    log:
+        "logs/detector/vocab.log",
+    conda:
+        "../../envs/cavl.yaml"
+    params:
+        args=detector_vocab_args(),
+        out=lambda w, output: os.path.dirname(output.report),
+    shell:
+        "python -m extract.vocab {params.args} --out-dir {params.out} > {log} 2>&1"
 
 
 rule extract_shard:
@@ -12,6 +33,7 @@ rule extract_shard:
     input:
         manifest="resources/manifests/{dataset}.parquet",
         weights=lambda w: [EXTRACT["detector"]["weights"]] if EXTRACT["detector"]["weights"] else [],
+        vocab=list(DETECTOR_VOCAB.values()) if EXTRACT["detector"]["attributes"] else [],
     output:
         shard="resources/features/{dataset}/shard-{shard}.parquet",
         failures="resources/features/{dataset}/shard-{shard}.failures.parquet",
