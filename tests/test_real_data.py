@@ -4,11 +4,13 @@ touches a user's files."""
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cavl.features import FeatureReader
 from release_samples import paper_datasets_config, write_release_samples
 from test_caching import planned_jobs
 from workflow_run import ROOT, snakemake
@@ -19,6 +21,11 @@ PAPER = Path(ROOT) / "configs" / "paper.yaml"
 def _write_yaml(path, data):
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _ship_vocabularies(work):
+    """The published vocabularies where configs/paper.yaml points, as in a checkout."""
+    shutil.copytree(Path(ROOT) / "extract" / "vocabularies", work / "extract" / "vocabularies")
 
 
 def _tree_bytes(folder):
@@ -80,7 +87,8 @@ def test_paper_config_plans_every_rule_without_demo_paths(tmp_path):
     of the pipeline, and no job reads a demo path."""
     work = tmp_path / "work"
     write_release_samples(work)
-    weights = work / "data" / "weights" / "faster_rcnn_R_101_C4.pkl"  # only its presence is planned
+    _ship_vocabularies(work)
+    weights = work / "data" / "weights" / "faster_rcnn_from_caffe_attr.pkl"  # only its presence is planned
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"placeholder: never read by a dry run")
     manifests = [f"resources/manifests/{d}.parquet" for d in ("coco", "vg", "flickr30k", "nlvr2", "vcr")]
@@ -90,8 +98,8 @@ def test_paper_config_plans_every_rule_without_demo_paths(tmp_path):
     result = snakemake(work, "-n", configfiles=[PAPER])
 
     rules = {rule for rule, _ in planned_jobs(result)}
-    assert rules == {"all", "task_data", "extract_shard", "gather_features", "pretrain", "finetune", "evaluate",
-                     "evaluate_zero_shot", "summary"}
+    assert rules == {"all", "task_data", "detector_vocab", "extract_shard", "gather_features", "pretrain",
+                     "finetune", "evaluate", "evaluate_zero_shot", "summary"}
     assert "data/demo" not in result.stdout
     assert not (work / "data" / "demo").exists()
 
@@ -137,6 +145,7 @@ def test_released_layouts_run_end_to_end(tmp_path, present):
     VG alone, and (with COCO) VQA finetuning and its official metric."""
     work = tmp_path / "work"
     write_release_samples(work, datasets=present)
+    _ship_vocabularies(work)
     only = _only(tmp_path, present)
     overlay = _test_overlay(tmp_path)
     targets = ["results/vqa/metrics.json"] if "vqa" in present else ["results/pretrain/model"]
@@ -147,6 +156,11 @@ def test_released_layouts_run_end_to_end(tmp_path, present):
     assert (work / "results" / "pretrain" / "model" / "model.safetensors").is_file()
     log = (work / "logs" / "pretrain.log").read_text()
     assert "pretraining on" in log
+    # The published 1600 / 400 vocabularies size the detector's heads and name each box's attribute.
+    reader = FeatureReader(work / "resources" / "features" / present[0] / "index.parquet")
+    assert {kind: v["classes"] for kind, v in reader.vocabularies.items()} == {"objects": 1600, "attributes": 400}
+    regions = reader.regions(reader.image_ids[0])
+    assert len(regions.attributes) == regions.num_boxes > 0 and 0 <= regions.attributes.min() < 400
     if "vqa" in present:
         metrics = yaml.safe_load((work / "results" / "vqa" / "metrics.json").read_text())
         assert metrics["num_examples"] > 0 and 0 <= metrics["metrics"]["accuracy"] <= 100
