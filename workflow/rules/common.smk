@@ -181,11 +181,13 @@ DETECTOR_VOCAB = {kind: f"resources/detector/{kind}_vocab.txt" for kind in ("obj
 
 
 def detector_vocab_inputs():
-    """Inputs of the vocabulary step: the published vocabulary files configured, and VG's
-    attributes.json / objects.json when configured (to build a vocabulary or count what it misses)."""
+    """Inputs of the vocabulary step: the published vocabulary files configured and, when one of
+    the two is built, VG's attributes.json / objects.json (features with the published files need
+    no VG data)."""
     vocab, vg = EXTRACT["detector"]["vocab"], DATASETS.get("vg") or {}
     files = {f"{kind}_vocab": vocab[kind] for kind in ("objects", "attributes") if vocab[kind]}
-    files.update({f"vg_{key}": vg[key] for key in ("attributes", "objects") if vg.get(key)})
+    if len(files) < 2:
+        files.update({f"vg_{key}": vg[key] for key in ("attributes", "objects") if vg.get(key)})
     return files
 
 
