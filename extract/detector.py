@@ -1,9 +1,11 @@
 """The detector: a Detectron2 Faster R-CNN and a batched forward that returns region features.
 
 `RegionExtractor(DetectorConfig(...), BoxConfig(...))` builds the model from a model-zoo config
-(or a yaml path), loads its checkpoint without running pickled code, and maps a padded uint8
-batch to, per image, the kept boxes, their best class and score, and the pooled feature of each
-box (the box-head output: 1024-d for R50-FPN; mean-pooled res5: 2048-d for R101-C4).
+or a yaml path (e.g. extract/configs/butd_R101_C4_attr.yaml, whose parts extract/butd.py
+registers), loads its checkpoint without running pickled code, and maps a padded uint8 batch to,
+per image, the kept boxes, their best class and score, the pooled feature of each box (the
+box-head output: 1024-d for R50-FPN; mean-pooled res5: 2048-d for R101-C4) and, with an
+attribute head, each box's best attribute and its score.
 
 Random weights (`weights=None`) are for the demo and tests only: the model is seeded, the
 RPN's box-delta layer is zero-initialised so proposals are the (clipped) anchors themselves —
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from cavl.io import file_sha256
 from extract.boxes import BoxConfig, select_regions
 from extract.butd import ATTRIBUTE_ROI_HEADS, add_attribute_config
 from extract.vocab import read_vocab
@@ -81,14 +84,6 @@ def resolve_device(device):
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def file_sha256(path, chunk=1 << 22):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(model):

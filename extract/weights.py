@@ -14,7 +14,8 @@ import pickle
 import sys
 from dataclasses import dataclass, replace
 
-from extract.detector import DetectorConfig, build_cfg, file_sha256, load_checkpoint
+from cavl.io import file_sha256
+from extract.detector import DetectorConfig, build_cfg, load_checkpoint
 
 BUTD_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "butd_R101_C4_attr.yaml")
 

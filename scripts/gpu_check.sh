@@ -32,6 +32,9 @@ check retrieval_bench 120 python3 -m cavl.bench_retrieval --device cuda
 check extract_bench 150 python3 -m extract.bench --device cuda --images 64 --height 480 --width 640 \
     --detector-config COCO-Detection/faster_rcnn_R_101_C4_3x.yaml --proposals 1000 --max-boxes 100 \
     --batch-size 8 --skip rss read
+check butd_bench 150 python3 -m extract.bench --device cuda --images 64 --height 600 --width 800 \
+    --config extract/configs/butd_R101_C4_attr.yaml --min-size 600 --max-size 1000 --proposals 300 \
+    --max-boxes 100 --batch-size 8 --skip rss read
 overrides='{"model": {"bert": ".devmodel/tinybert"}, "pretrain": {"data": {"num_workers": 2},
   "train": {"max_steps": 12, "checkpoint_every": 4, "log_every": 2, "precision": "bf16"}}}'
 check pretrain_gpu 150 torchrun --standalone --nproc_per_node 1 -m cavl.pretrain --config config.yaml \
