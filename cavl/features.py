@@ -106,10 +106,7 @@ class FeatureReader:
 
     def get(self, image_id):
         """(features (N, D), boxes (N, 4) x1 y1 x2 y2 in original pixels, N) of one image."""
-        try:
-            shard, row = self._where[str(image_id)]
-        except KeyError:
-            raise KeyError(f"no features for image {image_id!r} in {self.index_path}") from None
+        shard, row = self._locate(image_id)
         return self._shard(shard).get(row)
 
     def regions(self, image_id):
