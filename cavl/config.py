@@ -155,15 +155,17 @@ def resolve_config(config):
 
 
 def check_detector_vocab(config):
-    """With the attribute head, each vocabulary is a published file or built from VG's attributes.json."""
+    """With the attribute head or a trained detector, each vocabulary is a published file or built
+    from VG's attributes.json."""
     detector = config["extract"]["detector"]
-    if not detector["attributes"]:
+    if not (detector["attributes"] or detector["weights"] == "trained"):
         return
     unset = [kind for kind in ("objects", "attributes") if not detector["vocab"][kind]]
     vg = config["datasets"].get("vg") or {}
     if unset and not vg.get("attributes"):
         keys = " and ".join(f"extract.detector.vocab.{kind}" for kind in unset)
-        raise ConfigError(f"config key 'extract.detector.attributes' is true, but {keys} is null and "
+        key = "attributes' is true" if detector["attributes"] else "weights' is trained"
+        raise ConfigError(f"config key 'extract.detector.{key}, but {keys} is null and "
                           "datasets.vg.attributes (to build it from) is not configured")
 
 

@@ -176,8 +176,56 @@ def feature_shards(dataset):
     return [f"resources/features/{dataset}/shard-{k:05d}.parquet" for k in range(count)]
 
 
-# The detector's vocabularies (rule detector_vocab), used with extract.detector.attributes.
+# The detector's vocabularies (rule detector_vocab), used with the attribute head or a trained detector.
 DETECTOR_VOCAB = {kind: f"resources/detector/{kind}_vocab.txt" for kind in ("objects", "attributes")}
+# extract.detector.weights: trained → rule train_detector's model, whose config is what extraction builds.
+TRAINED = EXTRACT["detector"]["weights"] == "trained"
+TRAINED_DETECTOR = {"model": "resources/detector/model.pth", "config": "resources/detector/config.yaml"}
+USES_VOCAB = EXTRACT["detector"]["attributes"] or TRAINED
+
+
+def detector_weights_inputs():
+    """The files an extraction job's detector comes from (none for random weights)."""
+    if TRAINED:
+        return list(TRAINED_DETECTOR.values())
+    return [EXTRACT["detector"]["weights"]] if EXTRACT["detector"]["weights"] else []
+
+
+def detector_train_sources():
+    """extract.train.sources, or the configured ones of coco / vg."""
+    sources = EXTRACT["train"]["sources"] or [d for d in ("coco", "vg") if d in DATASETS]
+    missing = [d for d in sources if d not in DATASETS]
+    if missing or not sources:
+        raise WorkflowError(
+            f"train_detector needs {' or '.join(f'datasets.{d}' for d in missing or ['coco', 'vg'])}, "
+            "which the configuration does not set"
+        )
+    return sources
+
+
+def train_detector_inputs(wildcards):
+    """Manifests of the training sources, VG's attributes.json (objects and attributes), vocabularies."""
+    sources = detector_train_sources()
+    inputs = {"manifests": [manifest_path(d) for d in sources], **DETECTOR_VOCAB}
+    if "vg" in sources and DATASETS["vg"].get("attributes"):
+        inputs["vg_attributes"] = DATASETS["vg"]["attributes"]
+    return inputs
+
+
+def train_detector_args(wildcards, input):
+    """Command-line options of `python -m extract.train`: the settings (mem_mb and runtime only
+    schedule the job: changing them retrains nothing) and the inputs."""
+    d, t = EXTRACT["detector"], EXTRACT["train"]
+    detector = {k: d[k] for k in ("config", "opts", "device", "attributes", "min_size", "max_size")}
+    train = {k: v for k, v in t.items() if k not in ("mem_mb", "runtime")}
+    train["eval_top_n"] = t["eval_top_n"] or EXTRACT["boxes"]["max_boxes"]
+    options = ["--config", json.dumps({"detector": detector, "train": train}, sort_keys=True)]
+    sources = detector_train_sources()
+    options += [o for source, path in zip(sources, input.manifests) for o in ("--source", f"{source}={path}")]
+    if input.get("vg_attributes"):
+        options += ["--vg-attributes", input.vg_attributes]
+    options += ["--objects-vocab", input.objects, "--attributes-vocab", input.attributes]
+    return " ".join(shlex.quote(str(o)) for o in options)
 
 
 def detector_vocab_inputs():
@@ -232,7 +280,12 @@ def extract_options(dataset):
         ("--max-size", d["max_size"]),
         ("--proposals", d["proposals"]),
     ]
-    if d["attributes"]:
+    if TRAINED:  # the trained config holds the architecture and its overrides
+        pairs[0:2] = [
+            ("--detector-config", TRAINED_DETECTOR["config"]),
+            ("--weights", TRAINED_DETECTOR["model"]),
+        ]
+    if USES_VOCAB:
         pairs += [
             ("--objects-vocab", DETECTOR_VOCAB["objects"]),
             ("--attributes-vocab", DETECTOR_VOCAB["attributes"]),
@@ -242,7 +295,7 @@ def extract_options(dataset):
         options.append("--no-amp")
     if d["attributes"]:
         options.append("--attributes")
-    if d["opts"]:
+    if d["opts"] and not TRAINED:
         options += ["--opts", *map(str, d["opts"])]
     return " ".join(shlex.quote(o) for o in options)
 

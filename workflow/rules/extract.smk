@@ -28,12 +28,40 @@ rule detector_vocab:
         "python -m extract.vocab {params.args} --out-dir {params.out} > {log} 2>&1"
 
 
+rule train_detector:
+    """The detector trained on VG objects + attributes (and COCO instances) with Detectron2's
+    DefaultTrainer → resources/detector/; resumes from resources/detector/checkpoints/."""
+    input:
+        unpack(train_detector_inputs),
+    output:
+        model=TRAINED_DETECTOR["model"],
+        config=TRAINED_DETECTOR["config"],
+        metrics="resources/detector/metrics.json",
+        log="resources/detector/log.jsonl",
+        curve="resources/detector/loss.png",
+    log:
+        "logs/detector/train.log",
+    conda:
+        "../../envs/cavl.yaml"
+    threads: EXTRACT["train"]["threads"]
+    resources:
+        gpu=EXTRACT["train"]["gpus"],
+        mem_mb=EXTRACT["train"]["mem_mb"],
+        runtime=EXTRACT["train"]["runtime"],
+    params:
+        args=train_detector_args,
+        out=lambda w, output: os.path.dirname(output.model),
+        checkpoints="resources/detector/checkpoints",
+    shell:
+        "python -m extract.train {params.args} --out {params.out} --checkpoints {params.checkpoints} > {log} 2>&1"
+
+
 rule extract_shard:
     """Region features of one manifest shard (+ its failures table); written atomically."""
     input:
         manifest="resources/manifests/{dataset}.parquet",
-        weights=lambda w: [EXTRACT["detector"]["weights"]] if EXTRACT["detector"]["weights"] else [],
-        vocab=list(DETECTOR_VOCAB.values()) if EXTRACT["detector"]["attributes"] else [],
+        weights=detector_weights_inputs(),
+        vocab=list(DETECTOR_VOCAB.values()) if USES_VOCAB else [],
     output:
         shard="resources/features/{dataset}/shard-{shard}.parquet",
         failures="resources/features/{dataset}/shard-{shard}.failures.parquet",
