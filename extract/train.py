@@ -234,18 +234,23 @@ def train(cfg, records, log_every):
     Trainer = _trainer_class()
     Trainer.train_records, Trainer.log_every = records, log_every
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    torch.manual_seed(cfg.SEED), np.random.seed(cfg.SEED), random.seed(cfg.SEED)
     trainer = Trainer(cfg)
-    trainer.checkpointer.checkpointables["rng"] = RngState()
+    rng = trainer.checkpointer.checkpointables["rng"] = RngState()
     newest = newest_readable_checkpoint(cfg.OUTPUT_DIR)
     if newest:
         trainer.checkpointer.tag_last_checkpoint(os.path.basename(newest))
-        trainer.resume_or_load(resume=True)
+        trainer.resume_or_load(resume=True)  # model, optimizer, scheduler, iteration, RNG states
         log.info("resuming from %s (iteration %d of %d)", newest, trainer.start_iter, cfg.SOLVER.MAX_ITER)
     else:
         trainer.resume_or_load(resume=False)
-        torch.manual_seed(cfg.SEED), np.random.seed(cfg.SEED), random.seed(cfg.SEED)
         log.info("training from %s for %d iterations", cfg.MODEL.WEIGHTS or "random weights", cfg.SOLVER.MAX_ITER)
     trainer.sampler.skip = trainer.start_iter * cfg.SOLVER.IMS_PER_BATCH
+    # Creating the data iterator draws from torch's RNG: create it now and put the state back, so
+    # that a resumed run and an uninterrupted one draw alike from here on.
+    state = rng.state_dict()
+    trainer._trainer._data_loader_iter
+    rng.load_state_dict(state)
     if trainer.start_iter < cfg.SOLVER.MAX_ITER:
         trainer.train()
     return trainer.model
