@@ -6,7 +6,10 @@
 
 - summary (CSV, Markdown, and an HTML page with both tables for the Snakemake report, which
   shows HTML results inline and offers CSV only as a download): one row per task and metric — task, split, method, metric, value,
-  chance, examples — from each `results/{task}/metrics.json` (percent, as papers report them).
+  chance, p_value, examples — from each `results/{task}/metrics.json` (percent, as papers report them).
+  `p_value`: the exact one-sided p-value of the metric against its task's chance predictor (the
+  metrics.json `significance` record of that metric; empty for metrics without one), written
+  with significant digits (CSV 6, Markdown / HTML 2), below the float range from its log10.
 - methods (CSV): one row per task — method, trainable parameters (and % of the model), median
   training throughput and step time from the task's `log.jsonl` (none for zero-shot tasks), the
   task's main metric, its chance level and the gain over chance: what each adapter method costs
@@ -32,11 +35,12 @@ from pathlib import Path
 from cavl.io import atomic_path
 from cavl.tasks import REGISTRY
 
-SUMMARY_COLUMNS = ["task", "split", "method", "metric", "value", "chance", "examples"]
+SUMMARY_COLUMNS = ["task", "split", "method", "metric", "value", "chance", "p_value", "examples"]
 METHOD_COLUMNS = ["task", "method", "trainable_params", "trainable_pct", "samples_per_s",
                   "step_s", "main_metric", "value", "chance", "gain"]
 REQUIRED_KEYS = ("task", "split", "method", "metrics", "chance")
 MARKDOWN_DECIMALS = {"step_s": 2}  # other floats: 1 decimal, as papers report percentages
+P_VALUE_DIGITS = {"csv": 6, "text": 2}  # significant digits of p-values (CSV; Markdown and HTML)
 
 
 class SummaryError(ValueError):
@@ -95,11 +99,18 @@ def summary_rows(records: list[dict]) -> list[dict]:
     """One row per task and metric, tasks in registry order, metrics in their file's order."""
     rows = []
     for record in sorted(records, key=_task_order):
+        significance = record.get("significance")
+        significance = significance if isinstance(significance, dict) else {}
         for metric, value in record["metrics"].items():
             chance = record["chance"].get(metric)
+            test = significance.get(metric)
+            test = test if isinstance(test, dict) and _is_number(test.get("p_value")) else {}
+            log10 = test.get("log10_p_value")
             rows.append({"task": record["task"], "split": record["split"], "method": record["method"],
                          "metric": metric, "value": value,
                          "chance": chance if _is_number(chance) else None,
+                         "p_value": test.get("p_value"),
+                         "log10_p_value": log10 if _is_number(log10) else None,  # formats a p below the float range
                          "examples": record.get("num_examples")})
     return rows
 
@@ -133,7 +144,8 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row[c], 4) for c in columns])
+        writer.writerow([_p_value_cell(row, P_VALUE_DIGITS["csv"]) if c == "p_value" else _cell(row[c], 4)
+                         for c in columns])
     return out.getvalue()
 
 
@@ -141,7 +153,7 @@ def to_markdown(rows: list[dict], columns: list[str]) -> str:
     """Rows as a Markdown table; None → "–", floats with 1 decimal."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row[c], MARKDOWN_DECIMALS.get(c, 1)) or "–" for c in columns) + " |")
+        lines.append("| " + " | ".join(_text_cell(row, c) or "–" for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +161,9 @@ def summary_markdown(summary: list[dict], methods: list[dict]) -> str:
     """The summary document: the results table, then the method comparison."""
     return (
         "# CAVL results\n\n"
-        "All metrics in percent; `chance` is a random (or majority-answer) predictor on the same split.\n\n"
+        "All metrics in percent; `chance` is a random (or majority-answer) predictor on the same split.\n"
+        "`p_value`: exact one-sided p-value of the metric against its task's chance predictor "
+        "(metrics.json `significance`).\n\n"
         + to_markdown(summary, SUMMARY_COLUMNS)
         + "\n## Finetuning methods\n\n"
         "Trainable parameters, median training throughput (samples/s) and step time (s) from each "
@@ -161,7 +175,7 @@ def summary_markdown(summary: list[dict], methods: list[dict]) -> str:
 def to_html_table(rows: list[dict], columns: list[str]) -> str:
     """Rows as an HTML table (cells escaped, numbers as in the Markdown table)."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(_html_cell(row[c], c) for c in columns) + "</tr>\n" for row in rows)
+    body = "".join("<tr>" + "".join(_html_cell(row, c) for c in columns) + "</tr>\n" for row in rows)
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
 
 
@@ -174,7 +188,8 @@ def summary_html(summary: list[dict], methods: list[dict]) -> str:
         f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>CAVL results</title>"
         f"<style>{style}</style></head><body>\n<h1>CAVL results</h1>\n"
         "<p>All metrics in percent; <em>chance</em> is a random (or majority-answer) predictor on the "
-        "same split.</p>\n" + to_html_table(summary, SUMMARY_COLUMNS)
+        "same split; <em>p_value</em>: exact one-sided p-value of the metric against its task's chance "
+        "predictor (metrics.json <code>significance</code>).</p>\n" + to_html_table(summary, SUMMARY_COLUMNS)
         + "<h2>Finetuning methods</h2>\n<p>Trainable parameters, median training throughput "
         "(samples/s) and step time (s) from each task's log.jsonl, and the task's main metric "
         "against chance.</p>\n" + to_html_table(methods, METHOD_COLUMNS) + "</body></html>\n"
@@ -257,9 +272,32 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _html_cell(value, column) -> str:
-    text = html.escape(_cell(value, MARKDOWN_DECIMALS.get(column, 1)) or "–")
+def _html_cell(row, column) -> str:
+    value = row[column]
+    text = html.escape(_text_cell(row, column) or "–")
     return f'<td class="n">{text}</td>' if _is_number(value) else f"<td>{text}</td>"
+
+
+def _text_cell(row, column) -> str:
+    """A cell of the Markdown / HTML tables ("" for None)."""
+    if column == "p_value":
+        return _p_value_cell(row, P_VALUE_DIGITS["text"])
+    return _cell(row[column], MARKDOWN_DECIMALS.get(column, 1))
+
+
+def _p_value_cell(row, digits) -> str:
+    """A p-value with `digits` significant digits ("0.011", "3.2e-45"); one below the float range
+    (0.0) from its log10 ("3.2e-1235"); "" without one."""
+    p, log10 = row.get("p_value"), row.get("log10_p_value")
+    if p is None:
+        return ""
+    if p > 0 or log10 is None:
+        return f"{p:.{digits}g}"
+    exponent = math.floor(log10)
+    mantissa = round(10 ** (log10 - exponent), digits - 1)
+    if mantissa >= 10:
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:.{digits - 1}f}e{exponent}"
 
 
 def _cell(value, decimals) -> str:

@@ -159,7 +159,15 @@ def test_finetune_then_evaluate_writes_the_contract_outputs(root, tmp_path, caps
 
     assert evaluate.main(eval_cli(root, task, out)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == METRICS_KEYS | ({"baselines"} if task == "vqa" else set())
+    assert set(metrics) == METRICS_KEYS | {"significance"} | ({"baselines"} if task == "vqa" else set())
+    tested = {"vqa": ["accuracy"], "vcr": ["q2ar", "q2a", "qa2r"], "nlvr2": ["accuracy"]}[task]
+    assert list(metrics["significance"]) == tested  # each against its chance predictor, from the counts
+    for metric in tested:
+        record = metrics["significance"][metric]
+        assert 0 <= record["p_value"] <= 1 and 0 <= record["successes"] <= record["trials"]
+        if task != "vqa":  # binomials over every example (vqa: the sign test over differing questions)
+            assert record["trials"] == metrics["num_examples"]
+            assert record["successes"] == round(metrics["metrics"][metric] / 100 * record["trials"])
     assert metrics["task"] == task and metrics["split"] == EVAL_SPLIT[task]
     assert set(metrics["metrics"]) == set(metrics["chance"]) and get_task(task).main_metric in metrics["metrics"]
     assert metrics["trainable_params"] == config["trainable_params"] and metrics["config"]["task"] == task
@@ -323,7 +331,7 @@ def test_workflow_rules_finetune_and_evaluate(root, tmp_path):
     done = subprocess.run([*base, "results/nlvr2/metrics.json", *options], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((work / "results" / "nlvr2" / "metrics.json").read_text())
-    assert set(metrics) == METRICS_KEYS and metrics["split"] == "dev"
+    assert set(metrics) == METRICS_KEYS | {"significance"} and metrics["split"] == "dev"
     for path in ("results/nlvr2/model/finetuned.safetensors", "results/nlvr2/predictions.parquet",
                  "results/nlvr2/log.jsonl", "logs/finetune/nlvr2.log", "logs/evaluate/nlvr2.log"):
         assert (work / path).exists(), path

@@ -87,3 +87,31 @@ def test_an_empty_split_table_is_an_error_naming_it(tmp_path):
                   "label": pd.Series([], dtype=bool)}).to_parquet(path)
     with pytest.raises(ValueError, match=r"dev\.parquet: the split has no examples"):
         get_task("nlvr2").read(path)
+
+
+def _statements(labels):
+    return pd.DataFrame({"identifier": [f"dev-{i}-0-0" for i in range(len(labels))], "label": labels})
+
+
+def test_report_against_a_uniform_random_label_on_a_balanced_split():
+    ex = _statements([True, False] * 5)
+    right = np.array([True] * 9 + [False])  # 9 of 10 right
+    preds = pd.DataFrame({"identifier": ex["identifier"], "prediction": ex["label"].to_numpy(bool) == right})
+    r = TASK.report(preds, ex, {})["significance"]["accuracy"]
+    assert (r["successes"], r["trials"], r["test"], r["chance_rate"]) == (9, 10, "binomial", 0.5)
+    assert r["p_value"] == pytest.approx(11 / 1024, rel=1e-12)  # (C(10,9) + C(10,10)) / 2^10
+    assert "uniform" in r["chance_predictor"]
+
+
+def test_report_against_the_majority_label_when_it_is_stronger():
+    ex = _statements([True] * 8 + [False] * 2)
+    preds = pd.DataFrame({"identifier": ex["identifier"], "prediction": [True] * 9 + [False]})  # 9 of 10 right
+    r = TASK.report(preds, ex, {})["significance"]["accuracy"]
+    assert (r["successes"], r["trials"]) == (9, 10)
+    assert r["chance_rate"] == pytest.approx(0.8)
+    assert "majority label of the evaluated split (True)" in r["chance_predictor"]
+    # P(X >= 9), X ~ B(10, 0.8) = 10 · 0.8^9 · 0.2 + 0.8^10: always saying "True" gets 8 — no evidence
+    assert r["p_value"] == pytest.approx(10 * 0.8 ** 9 * 0.2 + 0.8 ** 10, rel=1e-12)
+    assert r["p_value"] > 0.3
+    flipped = TASK.report(preds.assign(prediction=~preds["prediction"]), _statements([False] * 8 + [True] * 2), {})
+    assert "(False)" in flipped["significance"]["accuracy"]["chance_predictor"]

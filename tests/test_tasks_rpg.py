@@ -117,7 +117,12 @@ def test_grounding_metric_through_the_task_on_hand_made_boxes(entities):
     assert preds["best_box"][1] == DETECTED[2]
     m = TASK.metrics(preds, ex, {})
     assert m == {"r@1": pytest.approx(100 / 3), "r@5": 100.0, "r@10": 100.0, "upper_bound": 100.0}
-    assert TASK.report(preds, ex, {}) == {"num_excluded": 2, "candidates": "detected"}
+    report = TASK.report(preds, ex, {})
+    assert {k: report[k] for k in ("num_excluded", "candidates")} == {"num_excluded": 2, "candidates": "detected"}
+    # one of the 4 candidates hits each phrase (rate 1/4), one phrase of 3 right: P(S >= 1) = 1 - (3/4)^3
+    sig = report["significance"]["r@1"]
+    assert (sig["successes"], sig["trials"], sig["test"]) == (1, 3, "poisson_binomial")
+    assert sig["chance_rate_range"] == [0.25, 0.25] and sig["p_value"] == pytest.approx(37 / 64, rel=1e-12)
     assert TASK.chance(None, ex, {}) == rpg_chance(list(ex["candidate_boxes"]), list(ex["gt_boxes"]))[0]
     # fewer candidates (max_regions 1): only the first detection — men still hit, the car is out of reach
     one = TASK.with_features(examples, TASK.region_source(index, DataSettings(max_regions=1)), "test")
@@ -127,6 +132,39 @@ def test_grounding_metric_through_the_task_on_hand_made_boxes(entities):
     assert m1["upper_bound"] == pytest.approx(100 / 3) and m1["r@1"] == pytest.approx(100 / 3)
     with pytest.raises(ValueError, match="candidates"):
         TASK.predictions(ex, items, {"scores": s1}, {})
+
+
+def test_significance_of_r_at_1_per_phrase_rates():
+    """R@1 against a random candidate: a rate per phrase (hit candidates / candidates), a phrase no
+    candidate reaches still a trial (rate 0, a miss), no-box phrases not trials."""
+    gt = [[0, 0, 10, 10]]
+    hit, miss = [0, 0, 10, 10], [50, 50, 60, 60]
+    cands = [[hit, miss],                   # 1/2, the hit scored first: right
+             [hit, hit, miss],              # 2/3, the miss scored first: wrong
+             [miss, hit, miss, miss],       # 1/4, the hit scored first: right
+             [miss, miss],                  # 0: a sure miss, still a trial
+             [hit]]                         # no gt box: excluded, not a trial
+    scores = [[2.0, 1.0], [0.0, 0.0, 1.0], [0.0, 3.0, 1.0, 2.0], [1.0, 0.0], [1.0]]
+    ex = pd.DataFrame({"image_id": ["7"] * 5, "sentence_index": [0, 0, 1, 1, 2], "first_word_index": [0, 3, 0, 4, 0],
+                       "candidate_boxes": [np.asarray(c, np.float32) for c in cands],
+                       "gt_boxes": [gt, gt, gt, gt, []]})
+    ids = phrase_ids(ex)
+    preds = pd.DataFrame({"phrase_id": ids[:4][::-1], "scores": scores[:4][::-1]})  # matched by phrase id
+    m = TASK.metrics(preds, ex, {})
+    assert m["r@1"] == 50.0
+    report = TASK.report(preds, ex, {})
+    assert report["num_excluded"] == 1
+    sig = report["significance"]["r@1"]
+    assert (sig["successes"], sig["trials"], sig["test"]) == (2, 4, "poisson_binomial")
+    assert sig["successes"] == round(m["r@1"] / 100 * sig["trials"])
+    # P(S >= 2) over rates 1/2, 2/3, 1/4, 0 = 1/4 + 1/24 + 1/12 + 1/12 = 11/24
+    assert sig["p_value"] == pytest.approx(11 / 24, rel=1e-12)
+    assert sig["chance_rate"] == pytest.approx(17 / 48) and sig["chance_rate_range"] == [0.0, pytest.approx(2 / 3)]
+    assert sig["chance_value"] == pytest.approx(TASK.chance(None, ex, {})["r@1"])  # the chance block's r@1
+    assert sig["expected_successes"] == pytest.approx(17 / 12)
+    everything = preds.assign(scores=[[1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 0.0]][::-1])
+    sig = TASK.report(everything, ex, {})["significance"]["r@1"]  # the three reachable ones right
+    assert sig["successes"] == 3 and sig["p_value"] == pytest.approx(0.5 * 2 / 3 * 0.25, rel=1e-12)
 
 
 def test_head_reads_the_phrase_tokens_and_masks_padding():
@@ -195,6 +233,11 @@ def test_finetune_then_evaluate(root, tmp_path):
     # shape features make it learnable — a few epochs beat a random ranking
     assert metrics["metrics"]["upper_bound"] == 100.0
     assert metrics["metrics"]["r@1"] > metrics["chance"]["r@1"] + 10
+    sig = metrics["significance"]["r@1"]  # R@1 per phrase against a random candidate, from the counts
+    print(f"rpg r@1 significance: {sig}")
+    assert sig["trials"] == metrics["num_examples"] and sig["test"] == "poisson_binomial"
+    assert sig["successes"] == round(metrics["metrics"]["r@1"] / 100 * sig["trials"])
+    assert sig["chance_value"] == pytest.approx(metrics["chance"]["r@1"])
     preds = pd.read_parquet(out / "predictions.parquet")
     assert len(preds) == metrics["num_examples"] and set(preds["phrase_id"]) <= set(phrase_ids(test))
     detected = DetectedRegionSource(feats, 8)  # each image's scores: one per detected candidate

@@ -88,6 +88,61 @@ def test_karpathy_split_to_retrieval_set(tmp_path):
     assert task.sequences(test.iloc[0].to_dict(), {}, {})[0].words_a == ["caption", "0", "of", "11"]
 
 
+def _tail(successes, rates):
+    """Exact P(S >= successes) of independent items with these rational rates, by enumeration."""
+    from fractions import Fraction
+    from itertools import product
+
+    total = Fraction(0)
+    for outcome in product((0, 1), repeat=len(rates)):
+        if sum(outcome) >= successes:
+            term = Fraction(1)
+            for hit, r in zip(outcome, rates):
+                term *= r if hit else 1 - r
+            total += term
+    return float(total)
+
+
+@pytest.mark.parametrize("task", ["tir", "zs_tir"])
+def test_significance_of_recall_at_1_in_both_directions(task):
+    from fractions import Fraction
+
+    # 4 images with 3, 2, 1 and 2 captions: 8 captions
+    captions = ["a", "a", "a", "b", "b", "c", "d", "d"]
+    examples = pd.DataFrame({"image_id": captions, "sentence_id": [f"s{i}" for i in range(8)],
+                             "caption": ["x"] * 8})
+    i2t_rank = {"a": 0, "b": 0, "c": 5, "d": 1}  # a and b right at 1
+    t2i_rank = [0, 0, 2, 0, 1, 0, 0, 3]  # 5 of 8 captions right at 1
+    preds = pd.concat([
+        pd.DataFrame({"direction": "i2t", "query": list(i2t_rank)[::-1], "image_id": list(i2t_rank)[::-1],
+                      "rank": list(i2t_rank.values())[::-1]}),
+        pd.DataFrame({"direction": "t2i", "query": examples["sentence_id"], "image_id": captions, "rank": t2i_rank}),
+    ], ignore_index=True)
+    t = get_task(task)
+    metrics = t.metrics(preds, examples, {})
+    assert (metrics["i2t_r@1"], metrics["t2i_r@1"]) == (50.0, 62.5)
+    report = t.report(preds, examples, {})
+    assert (report["num_images"], report["num_captions"]) == (4, 8)
+    sig = report["significance"]
+    assert list(sig) == ["i2t_r@1", "t2i_r@1"]
+    i2t, t2i = sig["i2t_r@1"], sig["t2i_r@1"]
+    # i2t: an image is right by chance when one of its captions comes first: its captions / 8
+    assert (i2t["successes"], i2t["trials"], i2t["test"]) == (2, 4, "poisson_binomial")
+    assert i2t["chance_rate_range"] == [1 / 8, 3 / 8] and i2t["expected_successes"] == pytest.approx(1.0)
+    assert i2t["p_value"] == pytest.approx(_tail(2, [Fraction(k, 8) for k in (3, 2, 1, 2)]), rel=1e-12)
+    # t2i: one right image of 4 per caption
+    assert (t2i["successes"], t2i["trials"], t2i["test"], t2i["chance_rate"]) == (5, 8, "binomial", 0.25)
+    assert t2i["p_value"] == pytest.approx(_tail(5, [Fraction(1, 4)] * 8), rel=1e-9)
+    chance = retrieval_chance(retrieval_set(examples)[1], 4)
+    for key in sig:  # the chance predictor's value is the chance block's
+        assert sig[key]["chance_value"] == pytest.approx(chance[key])
+        assert sig[key]["successes"] == round(metrics[key] / 100 * sig[key]["trials"])
+    # in-training predictions (one row per caption, no directions): no significance
+    batch = pd.DataFrame({"sentence_id": ["s0"], "match_score": [1.0], "neg_image_score": [0.0],
+                          "neg_text_score": [np.nan]})
+    assert "significance" not in t.report(batch, examples, {})
+
+
 def test_given_boxes_are_not_regions(root):
     from cavl.tasks.base import DataSettings, RegionSource
 
@@ -276,6 +331,11 @@ def check_retrieval_outputs(root, out, task):
         for k in (1, 5, 10):
             assert metrics["metrics"][f"{d}_r@{k}"] == pytest.approx(100 * np.mean(ranks < k))
     assert metrics["metrics"]["rsum"] == pytest.approx(sum(metrics["metrics"][k] for k in METRIC_KEYS[:-1]))
+    sig = metrics["significance"]  # R@1 of both directions against a random ranking
+    assert list(sig) == ["i2t_r@1", "t2i_r@1"]
+    for key, trials in (("i2t_r@1", 6), ("t2i_r@1", 30)):
+        assert sig[key]["trials"] == trials and sig[key]["successes"] == round(metrics["metrics"][key] / 100 * trials)
+        assert sig[key]["chance_value"] == pytest.approx(metrics["chance"][key]) and 0 <= sig[key]["p_value"] <= 1
     return metrics
 
 

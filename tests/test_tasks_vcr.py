@@ -112,3 +112,37 @@ def test_decoding_and_metrics_pair_the_two_items():
 def test_unlabelled_examples_are_left_out():
     ex = pd.DataFrame([example(), example(label=-1, rationale=-1, annot="test-1")])
     assert TASK.labelled(ex, "x")["annot_id"].tolist() == ["val-1"]
+
+
+def _binomial_tail(successes, trials, chance):
+    """Exact P(X >= successes), X ~ Binomial(trials, chance) for a rational chance."""
+    from fractions import Fraction
+    from math import comb
+
+    c = Fraction(chance)
+    return float(sum(comb(trials, k) * c ** k * (1 - c) ** (trials - k) for k in range(successes, trials + 1)))
+
+
+def test_report_tests_each_metric_against_a_uniform_random_choice():
+    from fractions import Fraction
+
+    # 12 questions: answers right on the first 8, rationales right on questions 4..11 → both on 4..7
+    ex = pd.DataFrame([example(label=1, rationale=2, annot=f"q{i}") for i in range(12)])
+    answer = [1] * 8 + [0] * 4
+    rationale = [3] * 4 + [2] * 8
+    preds = pd.DataFrame({"annot_id": [f"q{i}" for i in range(12)][::-1],  # any order: matched by annot_id
+                          "answer_pred": answer[::-1], "rationale_pred": rationale[::-1]})
+    assert TASK.metrics(preds, ex, {}) == {"q2a": pytest.approx(800 / 12), "qa2r": pytest.approx(800 / 12),
+                                            "q2ar": pytest.approx(400 / 12)}
+    sig = TASK.report(preds, ex, {})["significance"]
+    assert list(sig) == ["q2ar", "q2a", "qa2r"]
+    expected = (("q2ar", 4, Fraction(1, 16)), ("q2a", 8, Fraction(1, 4)), ("qa2r", 8, Fraction(1, 4)))
+    for metric, right, chance in expected:
+        r = sig[metric]
+        assert (r["successes"], r["trials"], r["test"]) == (right, 12, "binomial"), metric
+        assert r["chance_rate"] == float(chance) and r["chance_value"] == TASK.chance(None, ex, {})[metric]
+        assert r["p_value"] == pytest.approx(_binomial_tail(right, 12, chance), rel=1e-9), metric
+    # 4 of 12 both right at 1/16: p ≈ 0.0067 — beats chance; 8 of 12 at 1/4: p ≈ 0.0028
+    assert sig["q2ar"]["p_value"] < 0.01 and sig["q2a"]["p_value"] < 0.01
+    none = TASK.report(preds.assign(answer_pred=2, rationale_pred=0), ex, {})["significance"]
+    assert none["q2ar"]["successes"] == 0 and none["q2ar"]["p_value"] == 1.0

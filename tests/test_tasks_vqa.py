@@ -111,3 +111,25 @@ def test_report_compares_the_model_with_the_question_type_prior():
     # majority "2") -> scores 0, 1, 0; the model 1, 1, 0: one win, no loss, one tie
     assert out["accuracy"] == pytest.approx(100 / 3)
     assert out["sign_test"] == {"wins": 1, "losses": 0, "ties": 2, "p_value": 0.5}
+    sig = TASK.report(predictions, examples, {}, train)["significance"]["accuracy"]
+    assert (sig["successes"], sig["trials"], sig["ties"], sig["test"]) == (1, 1, 2, "sign_test")
+    assert sig["p_value"] == 0.5 and sig["chance_rate"] == 0.5
+    assert sig["chance_value"] == pytest.approx(100 / 3) and "question-type prior" in sig["chance_predictor"]
+    assert TASK.report(predictions, examples, {}) == {}  # no train split: no prior to test against
+
+
+def test_significance_is_the_sign_test_over_many_questions():
+    train = pd.DataFrame({"question_type": ["is the"] * 3, "multiple_choice_answer": ["yes"] * 3})
+    # 12 yes/no questions; the prior always says "yes": right on the 6 "yes" questions
+    gold = ["yes"] * 6 + ["no"] * 6
+    examples = pd.DataFrame({"question_id": range(12), "question_type": ["is the"] * 12,
+                             "answers": [[a] * 10 for a in gold]})
+    model = ["yes"] * 6 + ["no"] * 4 + ["yes"] * 2  # right on 10: wins 4, losses 0, ties 8
+    predictions = pd.DataFrame({"question_id": range(12), "answer": model})
+    sig = TASK.report(predictions, examples, {}, train)["significance"]["accuracy"]
+    assert (sig["successes"], sig["trials"], sig["ties"]) == (4, 4, 8)
+    assert sig["p_value"] == 1 / 16 and sig["chance_value"] == pytest.approx(50.0)
+    worse = predictions.assign(answer=["no"] * 2 + ["yes"] * 4 + ["no"] * 6)  # loses 2 "yes", wins 6 "no"
+    sig = TASK.report(worse, examples, {}, train)["significance"]["accuracy"]
+    assert (sig["successes"], sig["trials"], sig["ties"]) == (6, 8, 4)
+    assert sig["p_value"] == pytest.approx((28 + 8 + 1) / 256)  # P(X >= 6), X ~ B(8, 1/2)

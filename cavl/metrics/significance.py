@@ -1,15 +1,35 @@
-"""Paired significance of a model against a baseline on the same questions.
+"""Significance of a model's results against a chance predictor: exact one-sided p-values.
 
-:func:`paired_sign_test` is the exact one-sided sign test: over the questions where the two
-per-question scores differ, the model wins ``w`` and loses ``l``; under the null hypothesis
-(the model is no better) each of these ``n = w + l`` questions is a win with probability 1/2,
-so ``p = P(X >= w)`` with ``X ~ Binomial(n, 1/2)`` = sum_{k=w..n} C(n, k) / 2^n, computed
-exactly with integers (no approximation, no dependency). Ties (equal scores, e.g. both 0 or
-both 1 on a VQA question) carry no information about which is better and are left out; with
-no differing question at all, p = 1.
+"Beats chance" here is a statistic computed from counts, never a threshold on the metric: each
+task's ``metrics.json`` carries a ``significance`` block (:func:`binomial_test`,
+:func:`poisson_binomial_test`, :func:`sign_test`; keys documented at :data:`RECORD_KEYS`) with the
+counts, the chance predictor and the one-sided p-value of the model's headline metric(s).
+
+- Binomial (:func:`binomial_p_value`): each of ``n`` items right or wrong, the chance predictor
+  right on each with the same probability ``c`` (VCR 1/4 or 1/16, NLVR2 ≥ 1/2, TIR t2i 1/#images):
+  ``p = P(X >= successes)``, ``X ~ Binomial(n, c)``.
+- Poisson-binomial (:func:`poisson_binomial_p_value`): the chance predictor right on item ``i``
+  with its own probability ``c_i`` (RPG R@1: hit candidates / candidates of the phrase; TIR i2t:
+  the image's captions / all captions): ``p = P(S >= successes)``, ``S = Σ Bernoulli(c_i)``
+  independent, by an exact dynamic programme over the items.
+- Sign test (:func:`paired_sign_test`): the exact one-sided sign test: over the questions where
+  the two per-question scores differ, the model wins ``w`` and loses ``l``; under the null
+  hypothesis (the model is no better) each of these ``n = w + l`` questions is a win with
+  probability 1/2, so ``p = P(X >= w)`` with ``X ~ Binomial(n, 1/2)`` = sum_{k=w..n} C(n, k) / 2^n,
+  computed exactly with integers (no approximation, no dependency). Ties (equal scores, e.g. both
+  0 or both 1 on a VQA question) carry no information about which is better and are left out;
+  with no differing question at all, p = 1. VQA uses it (soft answer scores: no binomial).
+
+Range: the binomial and Poisson-binomial tails are summed in log space (log-sum-exp of exact
+log terms; the DP works on log probabilities), so nothing underflows on the way: the returned
+p-value is the exact tail rounded to a float, and it is 0.0 only when the tail itself is below
+the smallest positive float (~5e-324; e.g. 2000 of 2000 right at chance 1/2). The records also
+carry ``log10_p_value``, finite in that case too (null only for an impossible result, one the
+chance predictor can never reach: p exactly 0).
 """
 
 import math
+import numbers
 from fractions import Fraction
 
 import numpy as np
@@ -20,17 +40,34 @@ def sign_test_p_value(wins: int, losses: int) -> float:
     if wins < 0 or losses < 0:
         raise ValueError("wins and losses must be non-negative")
     n = wins + losses
-    tail = sum(math.comb(n, k) for k in range(wins, n + 1))
+    tail, term = 0, math.comb(n, wins)
+    for k in range(wins, n + 1):  # C(n, k+1) = C(n, k)(n-k)/(k+1), exactly: one big product a term
+        tail += term
+        term = term * (n - k) // (k + 1)
     return float(Fraction(tail, 2 ** n))
 
 
 def binomial_p_value(successes: int, trials: int, chance: float) -> float:
     """Exact one-sided p = P(X >= successes), X ~ Binomial(trials, chance): how often a predictor
     right with probability `chance` on each of `trials` items gets at least `successes` right."""
+    return math.exp(binomial_log_sf(successes, trials, chance))
+
+
+def binomial_log_sf(successes: int, trials: int, chance: float) -> float:
+    """Natural log of P(X >= successes), X ~ Binomial(trials, chance): the log-sum-exp of the
+    exact log terms log C(n, k) + k log c + (n - k) log(1 - c), k = successes..trials (no
+    underflow, no float overflow of C(n, k)). 0.0 for P = 1, -inf for P = 0."""
+    successes, trials = _count("successes", successes), _count("trials", trials)
     if not 0 <= successes <= trials or not 0.0 <= chance <= 1.0:
         raise ValueError("need 0 <= successes <= trials and 0 <= chance <= 1")
-    return float(min(1.0, sum(math.comb(trials, k) * chance ** k * (1.0 - chance) ** (trials - k)
-                              for k in range(successes, trials + 1))))
+    if successes == 0 or chance == 1.0:
+        return 0.0
+    if chance == 0.0:
+        return -math.inf
+    k = np.arange(successes, trials + 1)
+    log_comb = math.lgamma(trials + 1) - np.array([math.lgamma(j + 1) + math.lgamma(trials - j + 1) for j in k])
+    terms = log_comb + k * math.log(chance) + (trials - k) * math.log1p(-chance)
+    return min(0.0, _logsumexp(terms))
 
 
 def paired_sign_test(model_scores, baseline_scores) -> dict:
@@ -54,3 +91,139 @@ def paired_sign_test(model_scores, baseline_scores) -> dict:
     ties = int(model.size - wins - losses)
     return {"wins": wins, "losses": losses, "ties": ties,
             "p_value": sign_test_p_value(wins, losses)}
+
+
+def poisson_binomial_log_sf(successes: int, probabilities) -> float:
+    """Natural log of P(S >= successes), S = the number of successes of independent items, item i
+    a success with probability ``probabilities[i]`` (a Poisson-binomial). 0.0 for P = 1, -inf
+    for P = 0.
+
+    Exact dynamic programme on log probabilities: after each item, log P(k successes so far) for
+    k < s = `successes`, and log P(>= s so far) in an absorbing state; states that can no longer
+    reach s with the items left are dropped, so the cost is O(n · min(s, n - s)) (a few seconds
+    at most for tens of thousands of items). Items with probability 1 are certain successes and
+    items with probability 0 certain failures; they are counted, not iterated.
+    """
+    p = _probabilities(probabilities)
+    successes = _count("successes", successes)
+    if not 0 <= successes <= len(p):
+        raise ValueError(f"need 0 <= successes <= {len(p)} (the number of items), got {successes}")
+    s = successes - int((p == 1.0).sum())
+    p = p[(p > 0.0) & (p < 1.0)]
+    if s <= 0:
+        return 0.0
+    m = len(p)
+    if s > m:
+        return -math.inf
+    log_p, log_q = np.log(p), np.log1p(-p)
+    f = np.full(s + 1, -np.inf)  # f[k]: log P(k successes so far), k < s; f[s]: log P(>= s so far)
+    f[0] = 0.0
+    for i in range(m):
+        # after item i: states that can still reach s (k >= s - items left) and that are reachable (k <= i + 1)
+        lo, hi = max(1, s - (m - i - 1)), min(i + 1, s - 1)
+        absorbed = np.logaddexp(f[s], f[s - 1] + log_p[i])
+        if lo <= hi:  # the right-hand side reads the old values before the slice is overwritten
+            f[lo : hi + 1] = np.logaddexp(f[lo : hi + 1] + log_q[i], f[lo - 1 : hi] + log_p[i])
+        f[0] += log_q[i]
+        f[s] = absorbed
+    return min(0.0, float(f[s]))
+
+
+def poisson_binomial_p_value(successes: int, probabilities) -> float:
+    """Exact one-sided p = P(S >= successes) of a Poisson-binomial: how often a predictor right on
+    item i with probability ``probabilities[i]`` (independently) gets at least `successes` of the
+    items right. With equal probabilities it is :func:`binomial_p_value`. A float in [0, 1]: 0.0
+    only when the tail is below the float range (see :func:`poisson_binomial_log_sf`)."""
+    return math.exp(poisson_binomial_log_sf(successes, probabilities))
+
+
+# ---------------------------------------------------------------------------------------------
+# The `significance` records of metrics.json
+# ---------------------------------------------------------------------------------------------
+
+RECORD_KEYS = ("successes", "trials", "chance_predictor", "chance_value", "chance_rate", "chance_rate_range",
+               "expected_successes", "test", "p_value", "log10_p_value")
+"""Keys of one record of the ``significance`` block of metrics.json (the block maps each tested
+metric, under its name in ``metrics``, to its record):
+
+- ``successes``, ``trials``: the counts the test is computed from (items right / items scored;
+  for the sign test: questions the model wins / questions where model and baseline differ, and
+  ``ties``, the questions left out, as an extra key);
+- ``chance_predictor``: which chance predictor the model is tested against, in words;
+- ``chance_value``: that predictor's value of the metric, in percent (as ``metrics``);
+- ``chance_rate``: the success probability of one trial under the null hypothesis (0–1), the
+  mean over trials where it differs per trial; ``chance_rate_range``: [min, max] over trials;
+- ``expected_successes``: the null hypothesis' expected successes (sum of the per-trial rates);
+- ``test``: ``binomial`` (one rate), ``poisson_binomial`` (a rate per trial) or ``sign_test``
+  (paired, against a baseline's per-item scores), all exact and one-sided;
+- ``p_value``: P(X >= successes) under the null hypothesis (0.0 only below the float range);
+  ``log10_p_value``: its base-10 logarithm, finite down to any size (null when p is exactly 0,
+  a result the chance predictor cannot reach; JSON has no -inf).
+"""
+
+
+def binomial_test(successes: int, trials: int, chance: float, predictor: str) -> dict:
+    """The significance record of `successes` right of `trials` items against `predictor`, right
+    on each item with probability `chance` (0–1): an exact one-sided binomial test."""
+    log_p = binomial_log_sf(successes, trials, chance)
+    return _record(successes, trials, predictor, 100.0 * chance, chance, [chance, chance], trials * chance,
+                   "binomial", log_p)
+
+
+def poisson_binomial_test(successes: int, probabilities, predictor: str) -> dict:
+    """The significance record of `successes` right of ``len(probabilities)`` items against
+    `predictor`, right on item i with probability ``probabilities[i]``: an exact one-sided
+    Poisson-binomial test."""
+    p = _probabilities(probabilities)
+    if len(p) == 0:
+        raise ValueError("no items to test")
+    log_p = poisson_binomial_log_sf(successes, p)
+    mean = float(p.mean())
+    return _record(successes, len(p), predictor, 100.0 * mean, mean, [float(p.min()), float(p.max())],
+                   float(p.sum()), "poisson_binomial", log_p)
+
+
+def sign_test(model_scores, baseline_scores, predictor: str) -> dict:
+    """The significance record of the paired sign test of the model against a baseline's
+    per-item scores (:func:`paired_sign_test`): successes = wins, trials = wins + losses (ties
+    left out, reported as ``ties``), chance rate 1/2; ``chance_value``: the baseline's mean
+    score in percent."""
+    out = paired_sign_test(model_scores, baseline_scores)
+    wins, n = out["wins"], out["wins"] + out["losses"]
+    baseline = 100.0 * float(np.mean(np.asarray(baseline_scores, dtype=np.float64))) if len(baseline_scores) else 0.0
+    record = _record(wins, n, predictor, baseline, 0.5, [0.5, 0.5], n / 2, "sign_test",
+                     binomial_log_sf(wins, n, 0.5))
+    record["p_value"] = out["p_value"]  # the exact rational tail, as `paired_sign_test`
+    record["ties"] = out["ties"]
+    return record
+
+
+def _record(successes, trials, predictor, chance_value, rate, rate_range, expected, test, log_p) -> dict:
+    return {"successes": int(successes), "trials": int(trials), "chance_predictor": predictor,
+            "chance_value": float(chance_value), "chance_rate": float(rate),
+            "chance_rate_range": [float(r) for r in rate_range], "expected_successes": float(expected),
+            "test": test, "p_value": math.exp(log_p),
+            "log10_p_value": log_p / math.log(10.0) if log_p > -math.inf else None}
+
+
+def _count(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer count, got {value!r}")
+    return int(value)
+
+
+def _probabilities(values) -> np.ndarray:
+    p = np.asarray(values, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"probabilities must be 1-D, got shape {p.shape}")
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise ValueError("probabilities must lie in [0, 1]")
+    return p
+
+
+def _logsumexp(values) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    top = float(values.max()) if values.size else -math.inf
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(float(np.exp(values - top).sum()))

@@ -2,7 +2,9 @@
 
 Each example becomes two sequences, (statement, left image) and (statement, right image); the
 head classifies the concatenation of their two pooled states. Metrics: accuracy and
-consistency (cavl.metrics.nlvr2); chance: the train majority label.
+consistency (cavl.metrics.nlvr2); chance: the train majority label; significance (metrics.json
+`significance`): accuracy against the stronger of a uniform random label (1/2) and the majority
+label of the evaluated split, by an exact one-sided binomial over statements (`report`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from cavl.adapters import TaskHead
 from cavl.metrics.chance import nlvr2_majority_chance
 from cavl.metrics.nlvr2 import nlvr2_accuracy
+from cavl.metrics.significance import binomial_test
 from cavl.tasks.base import Encoded, Mlp, Task, TextImage
 
 
@@ -67,6 +70,22 @@ class Nlvr2Task(Task):
     def chance(self, train, examples, state):
         return nlvr2_majority_chance(examples["identifier"].tolist(), examples["label"].to_numpy(bool),
                                      train["label"].dropna().to_numpy(bool))
+
+    def report(self, predictions, examples, state, train=None):
+        """`significance` of the accuracy: each statement right or wrong, against the stronger
+        (larger rate) of a uniform random label (1/2) and the evaluated split's majority label
+        (its share of the split). The latter is the best any predictor that ignores the
+        statement and images can expect (a label-independent guess is right with probability
+        q·π + (1 − q)(1 − π) ≤ max(π, 1 − π)), so it also bounds the train-majority `chance`."""
+        gold = examples.set_index("identifier").loc[predictions["identifier"], "label"].to_numpy(bool)
+        right = predictions["prediction"].to_numpy(bool) == gold
+        majority = nlvr2_majority_chance(predictions["identifier"].tolist(), gold)["accuracy"] / 100.0
+        if majority > 0.5:
+            label = bool(gold.sum() * 2 >= len(gold))
+            chance, what = majority, f"majority label of the evaluated split ({label}) for every statement"
+        else:
+            chance, what = 0.5, "uniform random label (the evaluated split is balanced)"
+        return {"significance": {"accuracy": binomial_test(int(right.sum()), len(right), chance, what)}}
 
 
 TASK = Nlvr2Task()

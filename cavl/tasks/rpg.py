@@ -21,7 +21,10 @@ candidate overlaps adds no loss.
 
 Metrics: cavl.metrics.grounding.rpg_recall — R@1/5/10 over phrases, a candidate right when its
 IoU with any gt box of the entity is ≥ 0.5 — and upper_bound; chance: a uniformly random
-ranking of the same candidates (cavl.metrics.chance.rpg_chance).
+ranking of the same candidates (cavl.metrics.chance.rpg_chance). Significance (metrics.json
+`significance`, `report`): R@1 against a uniformly random candidate, right on phrase i with
+probability m_i / n_i (candidates at IoU ≥ 0.5 / candidates; 0 — a sure miss, still a trial — when
+none reaches 0.5), by an exact one-sided Poisson-binomial over the phrases with a box.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from cavl.adapters import TaskHead
-from cavl.metrics.chance import rpg_chance
-from cavl.metrics.grounding import IOU_THRESHOLD, as_boxes, box_iou, rpg_recall
+from cavl.metrics.chance import prob_any_in_top_k, rpg_chance
+from cavl.metrics.grounding import IOU_THRESHOLD, as_boxes, box_iou, candidate_hits, hit_rank, rpg_recall
+from cavl.metrics.significance import poisson_binomial_test
 from cavl.model import masked_mean
 from cavl.pretrain_data import normalise_boxes
 from cavl.tasks.base import Encoded, ImageRegions, Mlp, RegionSource, Task, TextImage
@@ -198,7 +202,26 @@ class RpgTask(Task):
         return metrics
 
     def report(self, predictions, examples, state, train=None):
-        return {"num_excluded": int((~has_box(examples)).sum()), "candidates": "detected"}
+        return {"num_excluded": int((~has_box(examples)).sum()), "candidates": "detected",
+                "significance": {"r@1": self.significance(predictions, examples)}}
+
+    def significance(self, predictions, examples) -> dict:
+        """R@1 per phrase with a gt box (the phrases `rpg_recall` scores): right when the top-scored
+        candidate reaches IoU 0.5 (pessimistic ties, as the metric), against a uniformly random
+        candidate, right with probability m/n (m of the n candidates reach IoU 0.5; 1/n when one
+        does; 0 when none does or there is none): an exact one-sided Poisson-binomial."""
+        right, rates = [], []
+        for boxes, scores, gt in zip(*self._per_phrase(predictions, examples)):
+            gt = as_boxes("gt_boxes", gt)
+            if len(gt) == 0:
+                continue
+            boxes = as_boxes("candidate_boxes", boxes)
+            hits = candidate_hits(boxes, gt)
+            right.append(hit_rank(np.asarray(scores, np.float64).reshape(-1), hits) < 1)
+            rates.append(float(prob_any_in_top_k(len(hits), int(hits.sum()), 1)))
+        return poisson_binomial_test(int(np.sum(right)), rates,
+                                     "uniformly random candidate region (right with probability: candidates at "
+                                     "IoU >= 0.5 / candidates of the phrase)")
 
 
 TASK = RpgTask()

@@ -19,6 +19,9 @@ Evaluation (`predict_split`): every image against every caption of the split wit
 cavl.retrieval — two-stage (shortlist k by E′·F′, then the ITM cross-encoder; the shortlist
 ranks first, the rest after it by E′·F′) or exhaustive; the re-ranking score is the ITM score
 plus sim_weight · cos(E′, F′), as ALBEF's; Recall@K per cavl.metrics.retrieval.
+Significance (metrics.json `significance`, `report`): i2t_r@1 and t2i_r@1 against a uniformly
+random ranking — t2i: each caption right with probability 1/#images (exact binomial); i2t: each
+image right with probability (its captions)/(all captions) (exact Poisson-binomial).
 Regions: the detected ones only (cavl.tasks.rpg.DetectedRegionSource); flickr30k shards also
 hold the Entities gt boxes, which the standard retrieval protocol does not have.
 
@@ -40,8 +43,9 @@ from safetensors import safe_open
 from torch import nn
 
 from cavl.adapters import TaskHead
-from cavl.metrics.chance import retrieval_chance
+from cavl.metrics.chance import prob_any_in_top_k, retrieval_chance
 from cavl.metrics.retrieval import KS, recall_at_k
+from cavl.metrics.significance import binomial_test, poisson_binomial_test
 from cavl.retrieval import (MODES, ModelScorer, image_embedding, itm_score, pair_batch, retrieve, text_embedding,
                             top_k)
 from cavl.tasks.base import Encoded, Task, TextImage
@@ -279,8 +283,30 @@ class TirTask(Task):
 
     def report(self, predictions, examples, state, train=None):
         images, cap2img = retrieval_set(examples)
-        return {"num_images": len(images), "num_captions": len(cap2img),
-                "retrieval": predictions.attrs.get("retrieval", {})}
+        out = {"num_images": len(images), "num_captions": len(cap2img),
+               "retrieval": predictions.attrs.get("retrieval", {})}
+        if "direction" in predictions:  # the whole-split predictions (predict_split)
+            out["significance"] = self.significance(predictions, examples)
+        return out
+
+    def significance(self, predictions, examples) -> dict:
+        """i2t_r@1 and t2i_r@1, each query right when its rank is 0, against a uniformly random
+        ranking: a caption's one image is first with probability 1/#images (exact binomial); an
+        image has one of its m captions first with probability m/#captions, m per image (exact
+        Poisson-binomial)."""
+        images, cap2img = retrieval_set(examples)
+        captions_of = dict(zip(images, np.bincount(cap2img, minlength=len(images)).tolist()))
+        i2t = predictions[predictions["direction"] == "i2t"]
+        t2i = predictions[predictions["direction"] == "t2i"]
+        rates = prob_any_in_top_k(len(cap2img), np.array([captions_of[str(i)] for i in i2t["query"]]), 1)
+        return {
+            "i2t_r@1": poisson_binomial_test(int((i2t["rank"].to_numpy() < 1).sum()), rates,
+                                             "uniformly random ranking of the captions (right with probability: "
+                                             "the image's captions / all captions)"),
+            "t2i_r@1": binomial_test(int((t2i["rank"].to_numpy() < 1).sum()), len(t2i),
+                                     float(prob_any_in_top_k(len(images), 1, 1)),
+                                     "uniformly random ranking of the images (one right image per caption)"),
+        }
 
 
 TASK = TirTask()

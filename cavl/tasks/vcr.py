@@ -3,7 +3,9 @@
 Each example gives two items: Q→A (question + each answer choice) and QA→R (question + the
 gold answer, + each rationale choice; the protocol gives the model the gold answer). Each
 candidate is scored from its pooled state, softmax over the 4; one head and one loss serve
-both sub-tasks. Metrics q2a, qa2r and q2ar (both right); chance 25 / 25 / 6.25.
+both sub-tasks. Metrics q2a, qa2r and q2ar (both right); chance 25 / 25 / 6.25; significance
+(metrics.json `significance`, cavl.metrics.significance): each of the three against the uniform
+random choice by an exact one-sided binomial over questions (rates 1/16, 1/4, 1/4).
 
 Object references: a token `[i, j]` of the official token lists becomes the objects' names
 ("person and car"), and each name word is linked to region i (j) — the vcr feature shards
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from cavl.adapters import TaskHead
 from cavl.metrics.chance import vcr_chance
+from cavl.metrics.significance import binomial_test
 from cavl.metrics.vcr import vcr_accuracy
 from cavl.tasks.base import Encoded, Mlp, Task, TextImage
 
@@ -122,6 +125,19 @@ class VcrTask(Task):
 
     def chance(self, train, examples, state):
         return vcr_chance(4, 4)
+
+    def report(self, predictions, examples, state, train=None):
+        """`significance`: q2ar (the headline), q2a and qa2r, each question right or wrong, against
+        a uniform random choice of the 4 answers (and 4 rationales): exact one-sided binomials."""
+        gold = examples.set_index("annot_id").loc[predictions["annot_id"]]
+        answer = predictions["answer_pred"].to_numpy() == gold["answer_label"].to_numpy()
+        rationale = predictions["rationale_pred"].to_numpy() == gold["rationale_label"].to_numpy()
+        rates = vcr_chance(4, 4)
+        right = {"q2ar": answer & rationale, "q2a": answer, "qa2r": rationale}
+        what = {"q2ar": "uniform random choice of 4 answers and 4 rationales",
+                "q2a": "uniform random choice of 4 answers", "qa2r": "uniform random choice of 4 rationales"}
+        return {"significance": {metric: binomial_test(int(ok.sum()), len(ok), rates[metric] / 100.0, what[metric])
+                                 for metric, ok in right.items()}}
 
 
 TASK = VcrTask()

@@ -6,7 +6,8 @@ frequent train spelling ("t-shirt", not "t shirt"). Targets: the soft score of e
 answer from the 10 human answers (0.3 / 0.6 / 0.9 / 1.0 for 1 / 2 / 3 / ≥4 agreeing humans),
 BCE loss summed over answers. Metric: the official VQA accuracy (cavl.metrics.vqa), overall and
 per answer type; chance: the train majority answer; baseline (metrics.json `baselines`): the
-train majority answer of each question type, with a sign test of the model against it.
+train majority answer of each question type, with a sign test of the model against it, also the
+task's `significance` record of the accuracy (a VQA answer has a soft score: no binomial).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from cavl.adapters import TaskHead
 from cavl.metrics.chance import vqa_majority_chance, vqa_question_type_prior
-from cavl.metrics.significance import paired_sign_test
+from cavl.metrics.significance import sign_test
 from cavl.metrics.vqa import build_answer_vocab, encode_soft_targets, surface_forms, vqa_accuracy, vqa_scores
 from cavl.tasks.base import Encoded, Mlp, Task, TextImage
 
@@ -89,7 +90,8 @@ class VqaTask(Task):
 
     def report(self, predictions, examples, state, train=None):
         """A stronger baseline than chance: each question answered with its question type's train
-        majority answer; the model against it by an exact one-sided sign test over questions."""
+        majority answer; the model against it by an exact one-sided sign test over questions,
+        in `baselines` and as the accuracy's `significance` record (needs `train`)."""
         if train is None:
             return {}
         gold = examples.set_index("question_id").loc[predictions["question_id"]]
@@ -99,8 +101,13 @@ class VqaTask(Task):
                                         labelled["multiple_choice_answer"].astype(str).tolist(),
                                         gold["question_type"].astype(str).tolist(), answers)
         model = vqa_scores(predictions["answer"].tolist(), answers)
+        test = sign_test(model, prior, "question-type prior: the train majority answer of each question's "
+                                       "question_type, per-question VQA scores paired with the model's")
         return {"baselines": {"question_type_prior": {
-            "accuracy": 100.0 * float(prior.mean()), "sign_test": paired_sign_test(model, prior)}}}
+                    "accuracy": 100.0 * float(prior.mean()),
+                    "sign_test": {"wins": test["successes"], "losses": test["trials"] - test["successes"],
+                                  "ties": test["ties"], "p_value": test["p_value"]}}},
+                "significance": {"accuracy": test}}
 
 
 TASK = VqaTask()
