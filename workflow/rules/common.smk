@@ -212,16 +212,20 @@ def train_detector_inputs(wildcards):
     return inputs
 
 
-def train_detector_args(wildcards, input):
-    """Command-line options of `python -m extract.train`: the settings (mem_mb and runtime only
-    schedule the job: changing them retrains nothing) and the inputs."""
+def train_detector_settings():
+    """The detector and training settings as one JSON argument (a param: changing one retrains;
+    mem_mb and runtime only schedule the job, so they are left out)."""
     d, t = EXTRACT["detector"], EXTRACT["train"]
     detector = {k: d[k] for k in ("config", "opts", "device", "attributes", "min_size", "max_size")}
     train = {k: v for k, v in t.items() if k not in ("mem_mb", "runtime")}
     train["eval_top_n"] = t["eval_top_n"] or EXTRACT["boxes"]["max_boxes"]
-    options = ["--config", json.dumps({"detector": detector, "train": train}, sort_keys=True)]
+    return json_arg({"detector": detector, "train": train})
+
+
+def train_detector_inputs_args(wildcards, input):
+    """The input files as options of `python -m extract.train`."""
     sources = detector_train_sources()
-    options += [o for source, path in zip(sources, input.manifests) for o in ("--source", f"{source}={path}")]
+    options = [o for source, path in zip(sources, input.manifests) for o in ("--source", f"{source}={path}")]
     if input.get("vg_attributes"):
         options += ["--vg-attributes", input.vg_attributes]
     options += ["--objects-vocab", input.objects, "--attributes-vocab", input.attributes]

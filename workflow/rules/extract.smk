@@ -49,11 +49,13 @@ rule train_detector:
         mem_mb=EXTRACT["train"]["mem_mb"],
         runtime=EXTRACT["train"]["runtime"],
     params:
-        args=train_detector_args,
+        settings=train_detector_settings(),
+        inputs=train_detector_inputs_args,
         out=lambda w, output: os.path.dirname(output.model),
         checkpoints="resources/detector/checkpoints",
     shell:
-        "python -m extract.train {params.args} --out {params.out} --checkpoints {params.checkpoints} > {log} 2>&1"
+        "python -m extract.train --config {params.settings} {params.inputs} --out {params.out} "
+        "--checkpoints {params.checkpoints} > {log} 2>&1"
 
 
 rule extract_shard:
