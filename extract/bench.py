@@ -83,7 +83,8 @@ def bench_throughput(args, workdir):
     manifest = write_manifest(os.path.join(workdir, "manifest.parquet"), rows)
     extractor = RegionExtractor(
         DetectorConfig(config=args.detector_config, weights=args.weights, min_size=args.min_size,
-                       max_size=args.max_size, proposals=args.proposals, device=args.device),
+                       max_size=args.max_size, proposals=args.proposals, device=args.device,
+                       opts=tuple(args.opts)),
         BoxConfig(max_boxes=args.max_boxes))
     print(f"\n## Throughput: {extractor.dcfg.config}, {extractor.device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if extractor.device.type == 'cuda' else ''}, "
@@ -154,6 +155,65 @@ def bench_throughput(args, workdir):
           f"{', '.join(f'{x:.1%}' for x in shares)} (the rest is start-up, waiting for data, writing)")
     print("  (best of the runs; CPU time counts decoding in the workers too and is steadier on a shared machine)")
     return best
+
+
+def bench_train(args, workdir):
+    """Seconds per detector-training iteration: extract.train's trainer (attribute mapper,
+    resumable sampler, RNG checkpointable, our hooks) against a plain Detectron2 DefaultTrainer
+    on the same config and images, interleaved."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.engine import DefaultTrainer
+    from detectron2.structures import BoxMode
+
+    from extract import train as T
+
+    rows = write_scenes(os.path.join(workdir, "train_images"), [(args.height, args.width)] * args.images, seed=1)
+    records = [{"file_name": r["path"], "image_id": r["image_id"], "source": "bench", "height": r["height"],
+                "width": r["width"], "annotations": [
+                    {"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": k % 2, "attributes": [1 + k % 3]}
+                    for k, b in enumerate(r["gt_boxes"])]} for r in rows]
+    vocab = {}
+    for kind, names in (("objects", "square\nellipse\n"), ("attributes", "red\ngreen\nblue\n")):
+        vocab[kind] = os.path.join(workdir, f"{kind}_vocab.txt")
+        with open(vocab[kind], "w") as f:
+            f.write(names)
+    detector = {"config": args.detector_config, "opts": args.opts, "device": args.device, "attributes": True,
+                "min_size": args.min_size, "max_size": args.max_size}
+    settings = {"init_weights": None, "opts": ["MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0"],
+                "num_workers": 0, "batch_size": args.batch_size, "lr": 0.005, "iterations": args.train_iterations,
+                "lr_steps": [], "warmup_iterations": 0, "checkpoint_every": args.train_iterations,
+                "seed": 0, "gpus": 0}
+    DatasetCatalog.register(T.TRAIN_DATASET, lambda: records)
+
+    class Plain(DefaultTrainer):
+        def build_writers(self):
+            return []  # the default TensorBoard writer needs a package the pipeline does not install
+
+    def ours(k):
+        cfg = T.build_train_cfg(detector, settings, vocab, os.path.join(workdir, f"ours{k}"))
+        T.train(cfg, records, log_every=args.train_iterations)
+
+    def plain(k):
+        cfg = T.build_train_cfg(detector, settings, vocab, os.path.join(workdir, f"plain{k}"))
+        os.makedirs(cfg.OUTPUT_DIR)
+        torch.manual_seed(0)
+        trainer = Plain(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+
+    print(f"\n## Detector training: {args.detector_config}, {args.images} images {args.width}x{args.height} -> "
+          f"{args.min_size}/{args.max_size} px, batch {args.batch_size}, {args.train_iterations} iterations "
+          f"(model build included), torch threads {torch.get_num_threads()}")
+    times = {"extract.train": [], "plain DefaultTrainer": []}
+    for k in range(args.repeats):
+        for name, fn in (("extract.train", ours), ("plain DefaultTrainer", plain)):
+            t = time.perf_counter()
+            fn(k)
+            times[name].append((time.perf_counter() - t) / args.train_iterations)
+    for name, runs in times.items():
+        print(f"  {name:22s} {min(runs):7.2f} s/iteration   (runs: {', '.join(f'{r:.2f}' for r in runs)})")
+    print(f"  plain / extract.train = {min(times['plain DefaultTrainer']) / min(times['extract.train']):.2f}x "
+          f"(goal >= 1.0: no overhead of ours)")
 
 
 def _attribute_share(head, forward, sync):
@@ -313,12 +373,19 @@ def main(argv=None):
     p.add_argument("--read-dim", type=int, default=1024)
     p.add_argument("--read-shards", type=int, default=4)
     p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "rss", "read"])
+    p.add_argument("--opts", nargs="*", default=[], help="detectron2 overrides of --config (KEY VALUE ...)")
+    p.add_argument("--train", action="store_true",
+                   help="only the detector-training benchmark (extract.train vs a plain DefaultTrainer)")
+    p.add_argument("--train-iterations", type=int, default=10)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
     configure_pil()
     with tempfile.TemporaryDirectory(prefix="extract-bench-") as workdir:
+        if args.train:
+            bench_train(args, workdir)
+            return 0
         if "throughput" not in args.skip:
             bench_throughput(args, workdir)
         if "rss" not in args.skip and args.rss_images:
