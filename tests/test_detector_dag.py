@@ -13,7 +13,7 @@ from workflow_run import ROOT, snakemake
 
 CONFIGS = [Path(ROOT) / "config.yaml", Path(ROOT) / "tests" / "fixtures" / "tiny_demo.yaml"]
 TRAINED = {"extract": {
-    "detector": {"weights": "trained"},
+    "detector": {"weights": "trained", "attributes": True},
     "given_boxes": {"coco": "none", "vg": "none"},
     "train": {"iterations": 4, "batch_size": 2, "lr": 0.005, "warmup_iterations": 1, "checkpoint_every": 2,
               "log_every": 1, "num_workers": 0, "threads": 1, "val_fraction": 0.25,

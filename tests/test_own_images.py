@@ -192,8 +192,8 @@ def test_listing_digest_changes_with_the_files(folder):
 
 
 # ---------------------------------------------------------------- config checks
-# config.yaml's attribute head builds its vocabularies from VG, which these configs lack: the
-# published vocabularies instead, as with configs/paper.yaml (the README's command).
+# The attribute head with the published vocabularies, as configs/paper.yaml has it (the README's
+# command): no VG data needed.
 PUBLISHED_VOCAB = {"attributes": True, "vocab": {
     kind: os.path.join(ROOT, "extract", "vocabularies", "butd_vg", f"{kind}_vocab.txt")
     for kind in ("objects", "attributes")}}
