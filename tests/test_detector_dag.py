@@ -1,14 +1,16 @@
-"""extract.detector.weights: trained in the workflow: rule train_detector feeds every extraction, and
-what a training setting changes is what reruns."""
+"""extract.detector.weights: trained in the workflow: rule train_detector feeds every extraction,
+what a training setting changes is what reruns, and a killed training resumes exactly."""
 
 import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from cavl.features import FeatureReader
 from test_caching import planned_jobs
+from tiny_run import run, run_until
 from workflow_run import ROOT, snakemake
 
 CONFIGS = [Path(ROOT) / "config.yaml", Path(ROOT) / "tests" / "fixtures" / "tiny_demo.yaml"]
@@ -59,3 +61,25 @@ def test_a_training_setting_reruns_training_and_extraction_mem_mb_nothing(traine
     changed = snakemake(trained_run, "-n", TARGET, configfiles=[*CONFIGS, _overlay(tmp_path, "lr.yaml", lr=0.004)])
     rules = sorted({rule for rule, _ in planned_jobs(changed)})
     assert rules == ["extract_shard", "gather_features", "train_detector"]
+
+
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(trained_run, tmp_path):
+    """SIGKILL to the whole run once training has written a checkpoint; the README's rerun
+    continues from it and ends with the uninterrupted run's weights, bit for bit."""
+    work, overlay = tmp_path / "work", _overlay(tmp_path, "trained.yaml")
+    detector = work / "resources" / "detector"
+    # last_checkpoint is written once a checkpoint file is complete
+    def trained_part_way():
+        return (detector / "checkpoints" / "last_checkpoint").exists() and not (detector / "model.pth").exists()
+
+    run_until(work, trained_part_way, TARGET, "--cores", "2", out_name="killed", configfiles=[overlay])
+    assert not (detector / "model.pth").exists()
+
+    assert run(work, "--unlock", out_name="unlock", configfiles=[overlay])[0] == 0
+    rc, out = run(work, TARGET, "--cores", "2", "--rerun-incomplete", out_name="rerun", configfiles=[overlay])
+    assert rc == 0, out[-4000:]
+
+    assert "resuming from" in (work / "logs" / "detector" / "train.log").read_text()
+    expected = torch.load(trained_run / "resources" / "detector" / "model.pth", weights_only=True)["model"]
+    resumed = torch.load(detector / "model.pth", weights_only=True)["model"]
+    assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []

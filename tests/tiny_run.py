@@ -84,9 +84,9 @@ def run(workdir, *args, out_name, timeout=RUN_TIMEOUT, env=None, configfiles=())
     return proc.returncode, output(proc)
 
 
-def run_until(workdir, condition, *args, out_name, timeout=RUN_TIMEOUT):
+def run_until(workdir, condition, *args, out_name, timeout=RUN_TIMEOUT, configfiles=()):
     """Run snakemake and SIGKILL its process group as soon as condition() is true."""
-    proc = start(workdir, *args, out_name=out_name)
+    proc = start(workdir, *args, out_name=out_name, configfiles=configfiles)
     deadline = time.monotonic() + timeout
     try:
         while not condition():
