@@ -35,6 +35,8 @@ check extract_bench 150 python3 -m extract.bench --device cuda --images 64 --hei
 check butd_bench 150 python3 -m extract.bench --device cuda --images 64 --height 600 --width 800 \
     --config extract/configs/butd_R101_C4_attr.yaml --min-size 600 --max-size 1000 --proposals 300 \
     --max-boxes 100 --batch-size 8 --skip rss read
+check train_bench 150 python3 -m extract.bench --train --device cuda --images 16 --height 224 --width 224 \
+    --min-size 224 --max-size 373 --batch-size 4 --train-iterations 10 --repeats 1
 overrides='{"model": {"bert": ".devmodel/tinybert"}, "pretrain": {"data": {"num_workers": 2},
   "train": {"max_steps": 12, "checkpoint_every": 4, "log_every": 2, "precision": "bf16"}}}'
 check pretrain_gpu 150 torchrun --standalone --nproc_per_node 1 -m cavl.pretrain --config config.yaml \
