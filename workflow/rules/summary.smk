@@ -8,7 +8,7 @@ localrules:
 
 
 rule summary:
-    """results/summary.md/.csv/.html (task, split, method, metric, value, chance), methods.csv, plot."""
+    """results/summary.md/.csv/.html (task, split, method, metric, value, chance, p_value, examples), methods.csv, plot."""
     input:
         metrics=expand("results/{task}/metrics.json", task=RUNNABLE_TASKS),
         logs=expand("results/{task}/log.jsonl", task=[t for t in RUNNABLE_TASKS if t in TRAINED_TASKS]),
