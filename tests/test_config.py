@@ -154,3 +154,21 @@ def test_conda_env_pins_match_requirements():
     pip_pins = set(next(d for d in env["dependencies"] if isinstance(d, dict))["pip"])
     assert required <= pip_pins, f"missing from envs/cavl.yaml: {required - pip_pins}"
     assert {"torch==2.14.1", "torchvision==0.29.1"} <= pip_pins
+
+
+def test_attribute_head_or_trained_detector_needs_vocabularies_naming_the_keys():
+    config = load("config.yaml")
+    config["demo"]["enabled"] = False
+    config["datasets"] = {"images": {"mine": {"root": "photos"}}}  # no VG to build them from
+    for detector, key in (({"attributes": True}, "'extract.detector.attributes' is true"),
+                          ({"weights": "trained"}, "'extract.detector.weights' is trained")):
+        bad = copy.deepcopy(config)
+        bad["extract"]["detector"].update(detector)
+        with pytest.raises(ConfigError, match=key + ", but extract.detector.vocab.objects and "
+                           "extract.detector.vocab.attributes is null"):
+            resolve_config(bad)
+    published = copy.deepcopy(config)
+    published["extract"]["detector"].update(
+        attributes=True, vocab={"objects": "extract/vocabularies/butd_vg/objects_vocab.txt",
+                                "attributes": "extract/vocabularies/butd_vg/attributes_vocab.txt"})
+    assert resolve_config(published)["extract"]["detector"]["vocab"]["num_objects"] == 1600
