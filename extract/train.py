@@ -24,6 +24,7 @@ order skips the batches already seen and the RNG states are restored.
 """
 
 import argparse
+import copy
 import glob
 import hashlib
 import itertools
@@ -94,9 +95,11 @@ def _vg_objects(path):
 
 
 def split_records(records, fraction):
-    val = [r for r in records if held_out(r["source"], r["image_id"], fraction)]
-    train = [r for r in records if not held_out(r["source"], r["image_id"], fraction)]
-    return train, val
+    """(training records, held-out records)."""
+    split = {True: [], False: []}
+    for r in records:
+        split[held_out(r["source"], r["image_id"], fraction)].append(r)
+    return split[False], split[True]
 
 
 def _attribute_mapper_class():
@@ -271,7 +274,8 @@ def evaluate(out, records, top_n, device, workdir):
     dcfg = DetectorConfig(config=os.path.join(out, "config.yaml"), weights=os.path.join(out, "model.pth"),
                           device=device)
     detect = RegionExtractor(dcfg, BoxConfig(mode="fixed", max_boxes=top_n))
-    classify = RegionExtractor(dcfg, BoxConfig(given="given"))
+    classify = copy.copy(detect)  # the same model, loaded once, on the ground-truth boxes
+    classify.box_cfg = BoxConfig(given="given")
     cfg = detect.cfg
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     found = objects = right_class = attr_right = attr_total = 0

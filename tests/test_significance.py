@@ -75,7 +75,7 @@ def test_binomial_p_value_hand_computed():
 # Poisson-binomial and the binomial in log space
 # ---------------------------------------------------------------------------------------------
 
-def _brute_force_tail(successes, probabilities):
+def brute_force_tail(successes, probabilities):
     """P(S >= successes) by enumerating every outcome of the items, in exact rationals."""
     from fractions import Fraction
     from itertools import product
@@ -109,7 +109,7 @@ def test_poisson_binomial_matches_brute_force(seed, n):
     if n > 4:
         probs[:2] = [0.0, 1.0]  # a sure miss and a sure hit among the items
     for s in range(n + 1):
-        expected = float(_brute_force_tail(s, probs))
+        expected = float(brute_force_tail(s, probs))
         assert poisson_binomial_p_value(s, probs) == pytest.approx(expected, rel=1e-12, abs=0), (s, probs)
 
 
