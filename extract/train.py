@@ -18,7 +18,8 @@ config), `metrics.json` (validation: object recall at IoU >= 0.5 in the top N de
 AP50 from Detectron2's COCO evaluator, object and attribute accuracy on the ground-truth boxes),
 `log.jsonl` (Detectron2's JSONWriter: losses, lr, time) and `loss.png`. Checkpoints (model,
 optimizer, scheduler, iteration, RNG states) go to --checkpoints every `checkpoint_every`
-iterations; a rerun resumes from the newest readable one and says so in the log. With one
+iterations; a rerun resumes from the newest readable one and says so in the log. Checkpoints of
+another configuration (config, training images, settings) are deleted first. With one
 process and no decoding workers the resumed run repeats an uninterrupted one exactly: the data
 order skips the batches already seen and the RNG states are restored.
 """
@@ -233,6 +234,39 @@ def newest_readable_checkpoint(folder):
     return None
 
 
+# Settings that change where or how fast a run goes, not the weights it reaches.
+NOT_IN_FINGERPRINT = ("mem_mb", "runtime", "log_every", "checkpoint_every", "eval_top_n")
+
+
+def fingerprint(cfg, records, settings):
+    """SHA-256 of what the trained weights depend on: the resolved Detectron2 config, the training
+    records and the settings that enter neither (threads); not where the checkpoints lie."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.OUTPUT_DIR = ""
+    kept = {k: v for k, v in settings.items() if k not in NOT_IN_FINGERPRINT}
+    text = json.dumps({"cfg": cfg.dump(), "records": records, "settings": kept}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def discard_other_checkpoints(folder, digest):
+    """Delete the checkpoints (and training log) in `folder` that another configuration wrote,
+    with a warning, then record `digest` as the folder's configuration."""
+    os.makedirs(folder, exist_ok=True)
+    mark = os.path.join(folder, "fingerprint.txt")
+    previous = open(mark).read().strip() if os.path.exists(mark) else None
+    if previous != digest:
+        stale = glob.glob(os.path.join(folder, "model_*.pth")) + glob.glob(os.path.join(folder, "last_checkpoint"))
+        if stale:
+            log.warning("%d checkpoint(s) in %s are of another configuration; training starts afresh",
+                        len(stale), folder)
+        for path in stale + glob.glob(os.path.join(folder, "log.jsonl")):
+            os.remove(path)
+        with atomic_path(mark) as tmp:
+            with open(tmp, "w") as f:
+                f.write(digest + "\n")
+
+
 def train(cfg, records, log_every):
     """Train (resuming from the newest readable checkpoint in cfg.OUTPUT_DIR) → the model."""
     Trainer = _trainer_class()
@@ -388,6 +422,9 @@ def run(args):
         raise SystemExit("no training images with a known object: check the sources and the vocabularies")
     cfg = build_train_cfg(detector, settings, {"objects": args.objects_vocab, "attributes": args.attributes_vocab},
                           args.checkpoints)
+    if comm.is_main_process():
+        discard_other_checkpoints(cfg.OUTPUT_DIR, fingerprint(cfg, train_records, settings))
+    comm.synchronize()
     t0 = time.time()
     model = train(cfg, train_records, settings["log_every"])
     if not comm.is_main_process():

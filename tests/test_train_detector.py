@@ -79,7 +79,8 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(demo, uninterrupted, 
     weights, bit for bit; a corrupt newer checkpoint is passed over."""
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
-    shutil.copy(uninterrupted / "checkpoints" / "model_0000002.pth", checkpoints)
+    for name in ("model_0000002.pth", "fingerprint.txt"):
+        shutil.copy(uninterrupted / "checkpoints" / name, checkpoints)
     torn = checkpoints / "model_0000005.pth"
     torn.write_bytes((uninterrupted / "checkpoints" / "model_0000005.pth").read_bytes()[:5000])
     os.utime(torn, (os.path.getmtime(checkpoints / "model_0000002.pth") + 10,) * 2)
@@ -92,6 +93,23 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(demo, uninterrupted, 
     expected, resumed = _weights(uninterrupted / "out"), _weights(tmp_path / "out")
     assert expected.keys() == resumed.keys()
     assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(demo, uninterrupted, tmp_path, caplog):
+    """A changed training setting starts afresh instead of resuming the old run's checkpoints;
+    a setting that cannot change the weights (mem_mb) keeps them."""
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(uninterrupted / "checkpoints", checkpoints)
+    with caplog.at_level("INFO", logger="extract.train"):
+        _train(demo, tmp_path / "same", checkpoints, {**SETTINGS, "mem_mb": 1234})
+    assert "resuming from" in caplog.text and "another configuration" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="extract.train"):
+        _train(demo, tmp_path / "out", checkpoints, {**SETTINGS, "lr": 0.004})
+    assert "of another configuration; training starts afresh" in caplog.text
+    assert "resuming from" not in caplog.text and "training from random weights" in caplog.text
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == list(range(6)) and log[-1]["lr"] < 0.004
 
 
 def test_an_image_without_known_objects_is_left_out(demo):
