@@ -15,7 +15,8 @@ the images (by a hash of source and image id) is held out for validation.
 
 Writes into --out: `model.pth` (the trained weights), `config.yaml` (the resolved Detectron2
 config), `metrics.json` (validation: object recall at IoU >= 0.5 in the top N detected boxes,
-AP50 from Detectron2's COCO evaluator, object and attribute accuracy on the ground-truth boxes),
+AP50 from Detectron2's COCO evaluator, object and attribute accuracy and attribute recall on the
+ground-truth boxes),
 `log.jsonl` (Detectron2's JSONWriter: losses, lr, time) and `loss.png`. Checkpoints (model,
 optimizer, scheduler, iteration, RNG states) go to --checkpoints every `checkpoint_every`
 iterations; a rerun resumes from the newest readable one and says so in the log. Checkpoints of
@@ -25,6 +26,7 @@ order skips the batches already seen and the RNG states are restored.
 """
 
 import argparse
+import collections
 import copy
 import glob
 import hashlib
@@ -295,9 +297,14 @@ def train(cfg, records, log_every):
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate(out, records, top_n, device, workdir):
+def evaluate(out, records, top_n, device, workdir, attribute_names=()):
     """Validation figures on held-out records, from the written model.pth and config.yaml
-    through the extraction's own RegionExtractor (see the module docstring)."""
+    through the extraction's own RegionExtractor (see the module docstring).
+
+    Attributes, on the ground-truth boxes given each box's predicted class: accuracy (the top
+    attribute is one of the object's), recall (of the (object, attribute) pairs, the share whose
+    attribute is among the object's k best, k = the object's number of attributes) and that
+    recall per attribute name (right / total)."""
     from detectron2.data import transforms as T
     from detectron2.data.detection_utils import read_image
     from detectron2.structures import Boxes, pairwise_iou
@@ -313,6 +320,7 @@ def evaluate(out, records, top_n, device, workdir):
     cfg = detect.cfg
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     found = objects = right_class = attr_right = attr_total = 0
+    by_attribute = collections.defaultdict(lambda: [0, 0])  # attribute id -> [in the top k, objects]
     for record in records:
         image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
         transform = resize.get_transform(image)
@@ -326,15 +334,30 @@ def evaluate(out, records, top_n, device, workdir):
         given = classify(x, size, [gt])
         labels = torch.tensor([a["category_id"] for a in record["annotations"]])
         right_class += int((given["classes"] == labels).sum())
-        for anno, predicted in zip(record["annotations"], given.get("attributes", [])):
-            if anno["attributes"]:
-                attr_total += 1
-                attr_right += int(int(predicted) + 1 in anno["attributes"])
+        if detect.attribute_head is not None:
+            head = detect.attribute_head
+            with torch.no_grad():
+                logits = head.attribute_logits(given["features"].to(head.attr_score.weight.device),
+                                               given["classes"].to(head.attr_score.weight.device))
+            ranked = logits[:, 1:].argsort(dim=1, descending=True).cpu()  # 0-based attribute ids
+            for anno, order in zip(record["annotations"], ranked):
+                truth = {a - 1 for a in anno["attributes"]}
+                if truth:
+                    attr_total += 1
+                    attr_right += int(int(order[0]) in truth)
+                    top = set(order[:len(truth)].tolist())
+                    for a in truth:
+                        by_attribute[a][0] += int(a in top)
+                        by_attribute[a][1] += 1
     metrics = {"val_images": len(records), "val_objects": objects, "top_n": top_n, "objects_found": found,
                "recall@0.5": found / objects if objects else None,
                "class_accuracy_given_boxes": right_class / objects if objects else None,
                "objects_with_attributes": attr_total,
                "attribute_accuracy_given_boxes": attr_right / attr_total if attr_total else None}
+    pairs = [sum(c[0] for c in by_attribute.values()), sum(c[1] for c in by_attribute.values())]
+    metrics["attribute_recall_given_boxes"] = pairs[0] / pairs[1] if pairs[1] else None
+    metrics["attribute_recall_by_name"] = {attribute_names[a]: {"right": c[0], "total": c[1]}
+                                           for a, c in sorted(by_attribute.items())}
     metrics["AP50"] = coco_ap50(cfg, detect.model, records, workdir) if records else None
     return metrics
 
@@ -432,7 +455,8 @@ def run(args):
     write_model(cfg, model, args.out)
     metrics = {"train_images": len(train_records), "iterations": cfg.SOLVER.MAX_ITER,
                "train_seconds": round(time.time() - t0, 1), "vocabulary": counts.report(top=10)}
-    metrics.update(evaluate(args.out, val_records, settings["eval_top_n"], cfg.MODEL.DEVICE, args.checkpoints))
+    metrics.update(evaluate(args.out, val_records, settings["eval_top_n"], cfg.MODEL.DEVICE, args.checkpoints,
+                            attributes_vocab.names))
     log.info("validation %s", json.dumps(metrics))
     write_json_atomic(metrics, os.path.join(args.out, "metrics.json"))
 

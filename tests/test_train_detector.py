@@ -12,7 +12,7 @@ from cavl.demo.cli import main as demo_main
 from cavl.demo.layout import demo_datasets
 from cavl.manifest import build_manifest
 from extract import train as T
-from extract.vocab import make_vocabularies
+from extract.vocab import make_vocabularies, read_vocab
 
 DETECTOR = {"config": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml", "device": "cpu", "attributes": True,
             "opts": ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"],
@@ -61,13 +61,18 @@ def uninterrupted(demo, tmp_path_factory):
     return run
 
 
-def test_training_writes_the_model_its_config_metrics_and_log(uninterrupted):
+def test_training_writes_the_model_its_config_metrics_and_log(demo, uninterrupted):
     out = uninterrupted / "out"
     assert {p.name for p in out.iterdir()} >= {"model.pth", "config.yaml", "metrics.json", "log.jsonl", "loss.png"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 6 and metrics["train_images"] > 0 and metrics["val_images"] > 0
     assert metrics["val_objects"] >= metrics["val_images"] and 0 <= metrics["recall@0.5"] <= 1
     assert metrics["vocabulary"]["objects"]["outside"] == 0
+    by_name = metrics["attribute_recall_by_name"]
+    assert by_name and set(by_name) <= set(read_vocab(demo[0] / "vocab" / "attributes_vocab.txt").names)
+    right, total = sum(c["right"] for c in by_name.values()), sum(c["total"] for c in by_name.values())
+    assert 0 <= right <= total and total >= metrics["objects_with_attributes"]
+    assert metrics["attribute_recall_given_boxes"] == pytest.approx(right / total)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == list(range(6))
     assert all(r["loss_attr"] > 0 for r in log)  # the attribute head trains on the demo's colours / sizes
