@@ -666,6 +666,25 @@ def test_vg_attributes_official_and_true(demo):
     assert styles["some"] > styles["missing"] + styles["empty"]
 
 
+def test_vg_vocabularies_name_every_object_and_attribute_truly(demo, variant):
+    """vocab/{objects,attributes}_vocab.txt: every annotated object maps (through BUTD's cleaning)
+    to its shape and only to its true colour and size; no string falls outside."""
+    from cavl.formats.vg import read_attributes
+    from extract.vocab import VocabCounts, map_object, read_vocab
+
+    out, scenes = demo
+    objects, attributes = (read_vocab(out / "vocab" / f"{k}_vocab.txt") for k in ("objects", "attributes"))
+    assert objects.names == ["circle", "square", "triangle", "star"]
+    assert set(attributes.names) == set(PALETTES[variant]) | {"large", "small"}
+    counts = VocabCounts()
+    for image_id, records in read_attributes(out / "vg" / "attributes.json").items():
+        for rec, o in zip(records, scenes["vg"][str(image_id)]["objects"]):
+            shape, attrs = map_object(rec["names"], rec["attributes"], objects, attributes, counts)
+            assert objects.names[shape] == o["shape"]
+            assert {attributes.names[a] for a in attrs} <= {o["color"], o["size"]}, (rec, o)
+    assert all(report["outside"] == 0 for report in counts.report(top=0).values())
+
+
 # ---------------------------------------------------------------- VCR
 VCR_KEYS = {"movie", "objects", "interesting_scores", "answer_likelihood", "img_fn",
             "metadata_fn", "answer_orig", "question_orig", "rationale_orig", "question",

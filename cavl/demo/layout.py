@@ -39,3 +39,8 @@ def demo_datasets(out_dir: str) -> dict:
                       "karpathy_split": p("flickr30k", "dataset_flickr30k.json"),
                       "entities_root": p("flickr30k", "flickr30k_entities")},
     }
+
+
+def demo_vocabularies(out_dir: str) -> dict:
+    """The detector vocabulary files the demo writes (kind → path): its stand-in for BUTD's."""
+    return {kind: posixpath.join(out_dir, "vocab", f"{kind}_vocab.txt") for kind in ("objects", "attributes")}

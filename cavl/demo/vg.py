@@ -1,14 +1,16 @@
 """Visual Genome v1.4-style ``vg/image_data.json``, ``vg/region_descriptions.json``,
-``vg/objects.json``, ``vg/attributes.json`` and images ``vg/VG_100K/{image_id}.jpg``."""
+``vg/objects.json``, ``vg/attributes.json`` and images ``vg/VG_100K/{image_id}.jpg``; beside them
+the detector's vocabularies ``vocab/{objects,attributes}_vocab.txt``, aliases merged as in
+BUTD's hand-made files (the demo's stand-in for the published vocabularies)."""
 
 import hashlib
 import os
 
-from extract.vocab import COMMON_ADJECTIVES
+from extract.vocab import COMMON_ADJECTIVES, Vocabulary, write_vocab
 
 from .files import rel, write_json_atomic
 from .language import region_phrases
-from .scenes import public, save_image
+from .scenes import SHAPES, public, save_image
 from .variants import DEFAULT
 
 URL = "https://example.invalid/rak248/VG_100K/{}.jpg"
@@ -89,6 +91,14 @@ def attributes(scenes):
     return out
 
 
+def vocabularies(variant=DEFAULT):
+    """(objects, attributes): the shapes; the variant's colours and the sizes, each with the
+    aliases attributes.json writes it as."""
+    colors = [(c, *COLOR_ALIASES.get(c, ())) for c in variant.colors]
+    sizes = [(s, *(w for w in words if w != s)) for s, words in SIZE_WORDS.items()]
+    return Vocabulary(SHAPES), Vocabulary(colors + sizes)
+
+
 def write(out_dir, rng, count, image_size, variant=DEFAULT):
     """→ (scenes.json entries, summary line)."""
     ids = sorted(rng.sample(range(1, 2417998), count))
@@ -115,6 +125,8 @@ def write(out_dir, rng, count, image_size, variant=DEFAULT):
     write_json_atomic(regions, os.path.join(out_dir, "vg", "region_descriptions.json"))
     write_json_atomic(objects(scenes), os.path.join(out_dir, "vg", "objects.json"))
     write_json_atomic(attributes(scenes), os.path.join(out_dir, "vg", "attributes.json"))
+    for kind, vocab in zip(("objects", "attributes"), vocabularies(variant)):
+        write_vocab(vocab, os.path.join(out_dir, "vocab", f"{kind}_vocab.txt"))
     n_reg = sum(len(r["regions"]) for r in regions)
     return entries, (f"vg: {len(ids)} images, {n_reg} region descriptions "
                      f"→ {os.path.join(out_dir, 'vg')}")

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from snakemake.exceptions import WorkflowError
 
 from cavl.config import ConfigError, resolve_config
+from cavl.demo.layout import demo_vocabularies
 from cavl.formats.images import listing_digest
 from cavl.task_data import TASK_SOURCES, task_splits
 from cavl.tasks import REGISTRY as TASK_REGISTRY

@@ -9,6 +9,7 @@ if config["demo"]["enabled"]:
         output:
             sorted({f for d in DATASETS for f in annotation_files(d)}),
             scenes=f"{config['demo']['out_dir']}/scenes.json",
+            vocab=demo_vocabularies(config["demo"]["out_dir"]).values(),
         log:
             "logs/demo_data.log",
         conda:
