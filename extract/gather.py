@@ -46,9 +46,10 @@ def build_index(shard_paths):
     numbers = [shard_number(p) for p in shard_paths]
     if len(set(numbers)) != len(numbers):
         raise ValueError("the same shard number appears twice")
-    reference, columns, ids, shard_col, row_col, failures = None, None, [], [], [], 0
+    reference, columns, ids, shard_col, row_col, failures, metas = None, None, [], [], [], 0, []
     for number, path in zip(numbers, shard_paths):
         meta = read_shard_metadata(path)
+        metas.append(meta)
         names = pq.read_schema(path).names
         if reference is None:
             reference, columns = meta, names
@@ -68,13 +69,14 @@ def build_index(shard_paths):
     unique, counts = np.unique(image_ids.astype(str), return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"image ids in more than one row: {unique[counts > 1][:5].tolist()}")
+    check_coverage(metas)
     table = pa.table({
         "image_id": pa.array(image_ids.tolist(), pa.string()),
         "shard": pa.array(np.concatenate(shard_col) if shard_col else [], pa.int32()),
         "row": pa.array(np.concatenate(row_col) if row_col else [], pa.int32()),
     })
     reference = dict(reference or {})
-    for key in ("shard", "manifest_rows"):
+    for key in ("shard", "manifest_rows", "manifest_num_rows"):
         reference.pop(key, None)
     reference.update({
         "vocabularies": reference.get("vocabularies"),
@@ -83,6 +85,25 @@ def build_index(shard_paths):
         "num_failures": failures,
     })
     return table, reference
+
+
+def check_coverage(metas):
+    """The shards' manifest row ranges must tile the whole manifest they were cut from. They do
+    not when the manifest changed after the run planned its shards: Snakemake counts them from
+    the manifest checkpoint's output as it was when the run started."""
+    if not metas or any("manifest_num_rows" not in m for m in metas):
+        return  # shards written before the total was recorded
+    totals = {m["manifest_num_rows"] for m in metas}
+    ranges = sorted(tuple(m["manifest_rows"]) for m in metas)
+    covered, end = 0, 0
+    for start, stop in ranges:
+        if start != end:
+            break
+        covered, end = covered + stop - start, stop
+    if len(totals) != 1 or end != next(iter(totals)) or covered != end:
+        raise ValueError(f"the shards cover manifest rows {ranges} of {sorted(totals)}: the manifest changed "
+                         "after this run planned its shards (they are counted from the manifest as it was when "
+                         "the run started). Run the same command again: the shards already extracted are kept.")
 
 
 def _check_same(reference, meta, path):

@@ -141,6 +141,7 @@ def run_shard(manifest, shard, out, dcfg, box_cfg, *, shard_size=None, num_shard
         "manifest": os.path.basename(manifest),
         "shard": shard,
         "manifest_rows": [start, stop],
+        "manifest_num_rows": num_rows,
         "batch_size": batch_size,
     }
     done = model_failures = 0

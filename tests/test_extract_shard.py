@@ -174,9 +174,11 @@ def test_gather_index_and_feature_reader(extracted, tmp_path):
 
     path, _ = extracted
     folder = os.path.dirname(path)
-    # A second shard of the same "dataset", written directly (same metadata, other images).
+    # A second shard of the same "dataset", written directly (same metadata, other images, the
+    # next manifest rows, without the manifest's total: no coverage check).
     meta = {k.decode(): json.loads(v) for k, v in pq.read_schema(path).metadata.items()
-            if not k.startswith(b"ARROW")}
+            if not k.startswith(b"ARROW") and k != b"manifest_num_rows"}
+    meta["manifest_rows"] = [len(SIZES), len(SIZES) + 5]
     second = os.path.join(folder, "shard-00001.parquet")
     rng = np.random.default_rng(0)
     with ShardWriter(second, 1024, metadata={**meta, "shard": 1}, row_group_size=2) as w:
@@ -223,6 +225,33 @@ def test_gather_refuses_mixed_detectors_and_duplicate_ids(extracted, tmp_path):
     duplicate = shard("shard-00002.parquet", ["img00000"])
     with pytest.raises(ValueError, match="img00000"):
         build_index([path, duplicate])
+
+
+def test_gather_refuses_shards_that_do_not_cover_the_manifest(extracted, tmp_path):
+    """Shards planned from an older, shorter manifest: the index would silently miss images."""
+    from extract.gather import build_index
+
+    path, _ = extracted
+    meta = {k.decode(): json.loads(v) for k, v in pq.read_schema(path).metadata.items()
+            if not k.startswith(b"ARROW")}
+    n = len(SIZES)
+    assert meta["manifest_rows"] == [0, n] and meta["manifest_num_rows"] == n
+    build_index([path])  # one shard, the whole manifest
+
+    def shard(name, ids, rows, total):
+        out = str(tmp_path / name)
+        with ShardWriter(out, 1024, metadata={**meta, "manifest_rows": rows, "manifest_num_rows": total}) as w:
+            for i in ids:
+                w.add([i], [[10, 10]], [1], [0], np.zeros((1, 4)), [0.5], [1], np.zeros((1, 1024)))
+        return out
+
+    first = shard("shard-00000.parquet", ["a", "b"], [0, 2], 6)
+    second = shard("shard-00001.parquet", ["c", "d"], [2, 4], 6)
+    with pytest.raises(ValueError, match=r"manifest changed after this run planned its shards.*again"):
+        build_index([first, second])
+    third = shard("shard-00002.parquet", ["e", "f"], [4, 6], 6)
+    table, _ = build_index([first, second, third])
+    assert table.column("image_id").to_pylist() == ["a", "b", "c", "d", "e", "f"]
 
 
 def test_checkpoints_load_without_pickled_code(tmp_path):
