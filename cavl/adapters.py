@@ -168,9 +168,7 @@ def _group_parameters(backbone: CavlModel, group: str) -> list:
         return [p for m in backbone.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()]
     if group == "visual_embeddings":
         e = backbone.embeddings
-        norm = getattr(e, "visual_feature_norm", None)  # the raw-feature LayerNorm, where the backbone has one
-        return [*(norm.parameters() if norm is not None else ()), *e.visual_projection.parameters(),
-                *e.box_projection.parameters(), e.visual_token_type]
+        return [*e.visual_projection.parameters(), *e.box_projection.parameters(), e.visual_token_type]
     if group == "pooler":
         return list(backbone.pooler.parameters())
     raise ValueError(f"unknown backbone group {group!r}")

@@ -62,7 +62,6 @@ class CavlConfig:
     mask_token_id: int = 103  # [MASK] id (MLM)
     visual_dim: int = 2048  # width of one detector region feature (pooled res5 of Faster R-CNN)
     box_dim: int = 5  # box encoding: x1/W, y1/H, x2/W, y2/H, box area / image area
-    visual_feature_norm: bool = True  # LayerNorm over each raw region feature before the projection
 
     @classmethod
     def from_dict(cls, d: dict) -> "CavlConfig":
@@ -133,13 +132,6 @@ class CavlEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(cfg.vocab_size, H, padding_idx=cfg.pad_token_id)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, H)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, H)
-        # Detector features are post-ReLU activations of arbitrary scale (pooled res5: mostly < 10;
-        # the demo's random-init R50-FPN box head: up to ~3000). Normalising each one before the
-        # projection keeps the projection's input, and so its gradients, at unit scale whatever
-        # the detector; without it a large-feature detector's projection gradients dominate the
-        # global gradient norm and clipping starves every other parameter.
-        self.visual_feature_norm = (nn.LayerNorm(cfg.visual_dim, eps=1e-5) if cfg.visual_feature_norm
-                                    else nn.Identity())
         # Per-dimension standardisation of raw region features, (x - mean) * scale, with the mean
         # and 1/std over the pretraining regions (`set_visual_feature_statistics`; identity until
         # set). Saved with the weights, so finetuning and evaluation standardise alike. Detector
@@ -166,7 +158,7 @@ class CavlEmbeddings(nn.Module):
         if visual_feats is not None:
             standardised = (visual_feats - self.visual_feature_mean) * self.visual_feature_scale  # (B, R, D)
             v = (
-                self.visual_projection(self.visual_feature_norm(standardised))
+                self.visual_projection(standardised)
                 + self.box_projection(visual_boxes)
                 + self.visual_token_type
             )  # (B, R, H)

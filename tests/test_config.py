@@ -160,6 +160,8 @@ def test_attribute_head_or_trained_detector_needs_vocabularies_naming_the_keys()
     config = load("config.yaml")
     config["demo"]["enabled"] = False
     config["datasets"] = {"images": {"mine": {"root": "photos"}}}  # no VG to build them from
+    config["extract"]["detector"].update(attributes=False, weights=None,
+                                         vocab={"objects": None, "attributes": None})
     for detector, key in (({"attributes": True}, "'extract.detector.attributes' is true"),
                           ({"weights": "trained"}, "'extract.detector.weights' is trained")):
         bad = copy.deepcopy(config)

@@ -104,7 +104,7 @@ def test_backbone_shapes_and_masks():
     feats[1, -1] += 100.0
     out2 = model(b["text_ids"], b["text_mask"], feats, b["visual_boxes"], b["visual_mask"])
     assert torch.allclose(out.last_hidden_state[1, :-3], out2.last_hidden_state[1, :-3], atol=1e-6)
-    # ... while a real one does (a change of its pattern: the feature LayerNorm removes offsets)
+    # ... while a real one does
     feats[1, 0] += torch.linspace(-1.0, 1.0, feats.shape[-1])
     out3 = model(b["text_ids"], b["text_mask"], feats, b["visual_boxes"], b["visual_mask"])
     assert not torch.allclose(out.last_hidden_state[1, 0], out3.last_hidden_state[1, 0], atol=1e-4)

@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 
 from cavl import evaluate, finetune
 from cavl.bench_retrieval import write_synthetic_flickr30k, write_tiny_pretrained
-from cavl.losses import InfoNceLoss, PairwiseContrastiveLoss
+from cavl.losses import PairwiseContrastiveLoss
 from cavl.metrics.chance import retrieval_chance
 from cavl.tasks import REGISTRY, get_task
 from cavl.tasks.base import TaskBatches
-from cavl.tasks.tir import draw_negatives, masked_infonce, masked_pwcl, retrieval_set
+from cavl.tasks.tir import draw_negatives, masked_pwcl, retrieval_set
 from test_significance import brute_force_tail
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,25 +181,6 @@ def test_masked_pwcl_is_pwcl_with_the_diagonal():
     assert not torch.allclose(masked_pwcl(e, f, same, 0.5), ref)
 
 
-def test_masked_infonce_is_clip_infonce_with_the_diagonal():
-    torch.manual_seed(0)
-    e, f = torch.randn(6, 8), torch.randn(6, 8)
-    eye = torch.eye(6, dtype=torch.bool)
-    ref = InfoNceLoss(0.5, gather=False)(e, f)["pwcl_loss"]
-    assert torch.allclose(masked_infonce(e, f, eye, 0.5), ref)
-    same = eye.clone()
-    same[0, 1] = same[1, 0] = True  # captions 0, 1 of one picture: images 0, 1 are both positives
-    got = masked_infonce(e, f, same, 0.5)
-    assert not torch.allclose(got, ref)
-    logits = torch.nn.functional.normalize(e, dim=-1) @ torch.nn.functional.normalize(f, dim=-1).t() / 0.5
-    # by hand: captions 0 and 1 and images 0 and 1 each have two positives, the rest one
-    rows = [torch.logsumexp(logits[i], 0) - torch.logsumexp(logits[i, :2], 0) for i in range(2)]
-    rows += [torch.logsumexp(logits[i], 0) - logits[i, i] for i in range(2, 6)]
-    cols = [torch.logsumexp(logits[:, j], 0) - torch.logsumexp(logits[:2, j], 0) for j in range(2)]
-    cols += [torch.logsumexp(logits[:, j], 0) - logits[j, j] for j in range(2, 6)]
-    assert torch.allclose(got, (torch.stack(rows).mean() + torch.stack(cols).mean()) / 2)
-
-
 def test_negatives_come_from_other_pictures():
     torch.manual_seed(0)
     picture = torch.tensor([0, 0, 1, 2, 2])
@@ -330,7 +311,6 @@ def test_finetune_then_evaluate(root, finetuned):
     config = json.loads((out / "model/finetune_config.json").read_text())
     assert config["task"] == "tir" and config["method"] == "adapter2"
     assert config["task_state"] == {"retrieval": "two_stage", "shortlist_k": 3, "sim_weight": 1.0, "pwcl_weight": 1.0,
-                                    "pwcl_loss": "pairwise",
                                     "temperature": 0.5}
     saved = load_file(str(out / "model/finetuned.safetensors"))
     assert "head.classifier.weight" in saved and not any(k.startswith("backbone.embeddings.word") for k in saved)

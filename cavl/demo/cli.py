@@ -7,7 +7,7 @@ import sys
 from . import coco, flickr30k, nlvr2, vcr, vg, vqa, variants
 from .files import rng_for, write_json_atomic
 
-DEFAULT_COUNTS = {"coco": 120, "vg": 60, "flickr30k": 80, "nlvr2": 80, "vcr": 40}
+DEFAULT_COUNTS = {"coco": 120, "vg": 60, "flickr30k": 160, "nlvr2": 400, "vcr": 200}
 
 
 def _count(text):

@@ -72,23 +72,6 @@ def masked_pwcl(text_emb, image_emb, same, temperature: float):
     return torch.logsumexp(logits[~same], 0) - torch.logsumexp(logits[same], 0)
 
 
-def masked_infonce(text_emb, image_emb, same, temperature: float):
-    """CLIP's symmetric InfoNCE with positives given by `same` (B, B): each caption against the
-    batch's images and each image against its captions, −log(Σ_pos exp(cos/τ) / Σ_all exp(cos/τ)),
-    averaged over both directions. Unlike PwCL's one batch-wide term it ranks per query, in both
-    directions — what Recall@K measures."""
-    e = F.normalize(text_emb.float(), dim=-1)  # (B, H)
-    f = F.normalize(image_emb.float(), dim=-1)  # (B, H)
-    logits = e @ f.t() / temperature  # (B, B) caption i, image j
-    pos = logits.masked_fill(~same, float("-inf"))
-    t2i = torch.logsumexp(logits, 1) - torch.logsumexp(pos, 1)  # (B,) per caption
-    i2t = torch.logsumexp(logits, 0) - torch.logsumexp(pos, 0)  # (B,) per image
-    return (t2i.mean() + i2t.mean()) / 2
-
-
-CONTRASTIVE = {"pairwise": masked_pwcl, "infonce": masked_infonce}
-
-
 def draw_negatives(similarity, same, sample: bool):
     """For each row, a column of another picture: drawn ∝ exp(similarity) (sample) or the most
     similar (not sample); -1 where the batch has no other picture."""
@@ -132,10 +115,9 @@ class TirTask(Task):
     label_columns = ("caption",)
     # retrieval: two_stage | exhaustive; shortlist_k: candidates re-ranked per query (0 = E′·F′ only);
     # sim_weight: re-ranking score = ITM score + sim_weight · cos(E′, F′) (ALBEF's; 0 = ITM alone);
-    # pwcl_weight: auxiliary contrastive loss on E′, F′ (0 = off); pwcl_loss: pairwise (the paper's
-    # PwCL) | infonce (per query, both directions); temperature: its τ and that of negative sampling
+    # pwcl_weight: auxiliary PwCL on E′, F′ (0 = off); temperature: its τ and that of negative sampling
     options = {"retrieval": "two_stage", "shortlist_k": 16, "sim_weight": 1.0, "pwcl_weight": 1.0,
-               "pwcl_loss": "pairwise", "temperature": 0.5}
+               "temperature": 0.5}
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -145,8 +127,6 @@ class TirTask(Task):
             raise ValueError(f"{self.name}: retrieval must be one of {MODES}, got {state['retrieval']!r}")
         if int(state["shortlist_k"]) < 0:
             raise ValueError(f"{self.name}: shortlist_k must be >= 0")
-        if state.get("pwcl_loss", "pairwise") not in CONTRASTIVE:
-            raise ValueError(f"{self.name}: pwcl_loss must be one of {sorted(CONTRASTIVE)}, got {state['pwcl_loss']!r}")
         if float(state.get("temperature", 1.0)) <= 0:
             raise ValueError(f"{self.name}: temperature must be > 0")
         return {k: state[k] for k in self.options}
@@ -201,16 +181,14 @@ class TirTask(Task):
             labels = torch.cat([labels, torch.zeros(len(neg), dtype=torch.long, device=pos.device)])
         return {"itm_logits": logits, "itm_labels": labels, "text_emb": e, "image_emb": f, "same": same,
                 "neg_image": neg_image, "neg_text": neg_text,
-                "pwcl_weight": float(state["pwcl_weight"]), "pwcl_loss": state.get("pwcl_loss", "pairwise"),
-                "temperature": tau}
+                "pwcl_weight": float(state["pwcl_weight"]), "temperature": tau}
 
     def loss(self, out, batch):
         itm = F.cross_entropy(out["itm_logits"].float(), out["itm_labels"])
         losses, total = {"itm_loss": itm}, itm
         if out["pwcl_weight"] > 0:
             same = out["same"]
-            contrastive = CONTRASTIVE[out.get("pwcl_loss", "pairwise")]
-            pwcl = (contrastive(out["text_emb"], out["image_emb"], same, out["temperature"]) if (~same).any()
+            pwcl = (masked_pwcl(out["text_emb"], out["image_emb"], same, out["temperature"]) if (~same).any()
                     else out["text_emb"].sum() * 0.0)
             losses["pwcl_loss"] = pwcl
             total = total + out["pwcl_weight"] * pwcl
