@@ -256,7 +256,10 @@ def discard_other_checkpoints(folder, digest):
     with a warning, then record `digest` as the folder's configuration."""
     os.makedirs(folder, exist_ok=True)
     mark = os.path.join(folder, "fingerprint.txt")
-    previous = open(mark).read().strip() if os.path.exists(mark) else None
+    previous = None
+    if os.path.exists(mark):
+        with open(mark) as f:
+            previous = f.read().strip()
     if previous != digest:
         stale = glob.glob(os.path.join(folder, "model_*.pth")) + glob.glob(os.path.join(folder, "last_checkpoint"))
         if stale:
@@ -297,7 +300,7 @@ def train(cfg, records, log_every):
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate(out, records, top_n, device, workdir, attribute_names=()):
+def evaluate(out, records, top_n, device, workdir, attribute_names):
     """Validation figures on held-out records, from the written model.pth and config.yaml
     through the extraction's own RegionExtractor (see the module docstring).
 
