@@ -278,7 +278,7 @@ def test_workflow_extracts_a_folder_skips_the_broken_file_and_resumes(tmp_path):
     small.write_text(yaml.safe_dump({
         "demo": {"enabled": False},
         "datasets": {"images": {"mine": {"root": "photos"}}},
-        "extract": {"detector": {"min_size": 64, "max_size": 96, "proposals": 50, **PUBLISHED_VOCAB},
+        "extract": {"detector": {"weights": None, "min_size": 64, "max_size": 96, "proposals": 50, **PUBLISHED_VOCAB},
                     "boxes": {"max_boxes": 5, "min_boxes": 2}, "shard_size": 3, "batch_size": 2,
                     "num_workers": 0, "threads": 1}}))
     target = "resources/features/mine/index.parquet"
