@@ -30,6 +30,7 @@ import collections
 import copy
 import glob
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -412,8 +413,13 @@ def loss_curve(log_jsonl, out_png):
 def write_model(cfg, model, out):
     """model.pth, config.yaml, log.jsonl and loss.png into `out` (metrics.json comes last)."""
     os.makedirs(out, exist_ok=True)
+    # Saved through a buffer: torch.save names the archive's records after the file it writes,
+    # and the temporary name would make equal weights hash differently (shards record the hash).
+    buffer = io.BytesIO()
+    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buffer)
     with atomic_path(os.path.join(out, "model.pth")) as tmp:
-        torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
     with atomic_path(os.path.join(out, "config.yaml")) as tmp:
         with open(tmp, "w") as f:
             f.write(cfg.dump())

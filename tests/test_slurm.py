@@ -118,7 +118,7 @@ def test_whole_workflow_on_slurm_equals_a_local_run(cluster, tiny_demo_run, tmp_
     assert rc == 0, out[-6000:] + "\n" + cluster.log_tails(lines=5)
 
     # Every job but the local rules went through SLURM: submitted, in the controller's
-    # completion log under this run's job name, with the profile's wall time, and with its sbatch
+    # completion log under this run's job name, with the profile's (or config's) wall time, and with its sbatch
     # log in the working dir.
     run_id, jobs = submitted_jobs(out)
     rules = set(jobs.values())
@@ -131,6 +131,8 @@ def test_whole_workflow_on_slurm_equals_a_local_run(cluster, tiny_demo_run, tmp_
     for slurm_id, rule in jobs.items():
         runtime = profile["set-resources"].get(rule, {}).get(
             "runtime", profile["default-resources"]["runtime"])
+        if rule == "train_detector":  # its wall time is a config setting (extract.train.runtime)
+            runtime = yaml.safe_load(tiny_run.TINY.read_text())["extract"]["train"]["runtime"]
         assert records[slurm_id]["JobState"] == "COMPLETED", records[slurm_id]
         assert records[slurm_id]["TimeLimit"] == str(runtime), (rule, records[slurm_id])
     logs = sorted((on_slurm / ".snakemake" / "slurm_logs").rglob("*.log"))

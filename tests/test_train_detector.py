@@ -98,6 +98,8 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(demo, uninterrupted, 
     expected, resumed = _weights(uninterrupted / "out"), _weights(tmp_path / "out")
     assert expected.keys() == resumed.keys()
     assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []
+    # byte for byte too: extraction records model.pth's sha256 in every shard
+    assert (uninterrupted / "out" / "model.pth").read_bytes() == (tmp_path / "out" / "model.pth").read_bytes()
 
 
 def test_checkpoints_of_another_configuration_are_not_resumed(demo, uninterrupted, tmp_path, caplog):
