@@ -95,12 +95,8 @@ def check_coverage(metas):
         return  # shards written before the total was recorded
     totals = {m["manifest_num_rows"] for m in metas}
     ranges = sorted(tuple(m["manifest_rows"]) for m in metas)
-    covered, end = 0, 0
-    for start, stop in ranges:
-        if start != end:
-            break
-        covered, end = covered + stop - start, stop
-    if len(totals) != 1 or end != next(iter(totals)) or covered != end:
+    starts, stops = [r[0] for r in ranges], [r[1] for r in ranges]
+    if len(totals) != 1 or starts != [0, *stops[:-1]] or stops[-1] != next(iter(totals)):
         raise ValueError(f"the shards cover manifest rows {ranges} of {sorted(totals)}: the manifest changed "
                          "after this run planned its shards (they are counted from the manifest as it was when "
                          "the run started). Run the same command again: the shards already extracted are kept.")

@@ -11,16 +11,15 @@ import pytest
 
 ALPHA = 0.01
 
-# (task, metric): the headline metrics whose p-value must be below ALPHA
 # Open (issue #15): on the demo's NLVR2 (240 train statements about colour, shape and count across
 # two images) the frozen backbone with Adapter II does not learn: the train loss stays at ln 2
 # for all 10 epochs and dev accuracy sits at chance (39-46 of 80) in every configuration measured
 # (docs/demo_settings.md). strict: once NLVR2 beats chance beyond doubt, this marker must go.
-NLVR2_OPEN = pytest.mark.xfail(strict=True, reason="demo NLVR2 at chance: adapter2 does not learn 240 statements")
-HEADLINES = [("vqa", "accuracy"), ("vcr", "q2ar"), pytest.param("nlvr2", "accuracy", marks=NLVR2_OPEN),
-             ("rpg", "r@1"), ("tir", "i2t_r@1"), ("tir", "t2i_r@1"), ("zs_tir", "i2t_r@1"), ("zs_tir", "t2i_r@1")]
-IDS = ["vqa-accuracy", "vcr-q2ar", "nlvr2-accuracy", "rpg-r@1", "tir-i2t_r@1", "tir-t2i_r@1", "zs_tir-i2t_r@1",
-       "zs_tir-t2i_r@1"]
+OPEN = {("nlvr2", "accuracy"): pytest.mark.xfail(
+    strict=True, reason="demo NLVR2 at chance: adapter2 does not learn 240 statements")}
+# (task, metric): the headline metrics whose p-value must be below ALPHA
+HEADLINES = [("vqa", "accuracy"), ("vcr", "q2ar"), ("nlvr2", "accuracy"), ("rpg", "r@1"),
+             ("tir", "i2t_r@1"), ("tir", "t2i_r@1"), ("zs_tir", "i2t_r@1"), ("zs_tir", "t2i_r@1")]
 
 
 def test_demo_has_every_task(demo_metrics):
@@ -28,7 +27,8 @@ def test_demo_has_every_task(demo_metrics):
     assert demo_metrics["zs_tir"]["method"] == "zero-shot" and demo_metrics["zs_tir"]["trainable_params"] == 0
 
 
-@pytest.mark.parametrize("task,metric", HEADLINES, ids=IDS)
+@pytest.mark.parametrize("task,metric", [pytest.param(t, m, marks=OPEN.get((t, m), ()), id=f"{t}-{m}")
+                                         for t, m in HEADLINES])
 def test_task_beats_its_chance_predictor(demo_metrics, task, metric):
     m = demo_metrics[task]
     test = m["significance"][metric]
