@@ -71,6 +71,9 @@ rule extract_shard:
         "logs/extract/{dataset}/shard-{shard}.log",
     wildcard_constraints:
         shard=r"\d{5}",
+    # Every task waits on extraction; without priority a multi-thread shard that becomes ready
+    # beside single-thread jobs waits until they have all finished (the cores never free together).
+    priority: 10
     conda:
         "../../envs/cavl.yaml"
     threads: EXTRACT["threads"]
