@@ -4,6 +4,7 @@
 
 import math
 import os
+import random
 
 from .files import rel, split_counts, write_jsonl_atomic
 from .language import nlvr2_sentences
@@ -12,15 +13,18 @@ from .variants import DEFAULT
 
 SPLITS = ("train", "dev", "test1")
 PAIRS_PER_SET = 4
+SENTENCES_PER_SET = 8
 URL = "https://example.invalid/nlvr2/{}.png"
 
 
 def write(out_dir, rng, count, image_size, variant=DEFAULT):
-    """count images → count // 2 pairs in sets of 4. → (scenes.json entries, summary)."""
+    """count images → count // 2 pairs in sets of 4, eight statements per set (those whose
+    labels over the set's pairs are the most mixed). → (scenes.json entries, summary)."""
     n_pairs = count // 2
     n_sets = math.ceil(n_pairs / PAIRS_PER_SET)
     set_splits = split_counts(n_sets, (0.6, 0.2, 0.2))
     set_ids = rng.sample(range(1, 11000), n_sets)
+    text_rng = random.Random(rng.getrandbits(64))  # statements draw apart: the images do not depend on them
     entries, records = {}, {s: [] for s in SPLITS}
     k, left = 0, n_pairs
     for split, n in zip(SPLITS, set_splits):
@@ -46,11 +50,12 @@ def write(out_dir, rng, count, image_size, variant=DEFAULT):
                 pairs.append(tuple(pair))
                 names.append((stems, directory))
             left -= len(pairs)
-            for sentence_id, (sentence, labels) in enumerate(nlvr2_sentences(pairs, rng)):
-                writer = str(rng.randint(0, 160))
+            sentences = nlvr2_sentences(pairs, text_rng, SENTENCES_PER_SET)
+            for sentence_id, (sentence, labels) in enumerate(sentences):
+                writer = str(text_rng.randint(0, 160))
                 for pair_id, ((stems, directory), label) in enumerate(zip(names, labels)):
                     label = "True" if label else "False"
-                    rec = {"validation": {str(rng.randint(0, 160)): label},
+                    rec = {"validation": {str(text_rng.randint(0, 160)): label},
                            "sentence": sentence, "left_url": URL.format(stems[0]),
                            "writer": writer, "label": label, "right_url": URL.format(stems[1]),
                            "synset": theme[0], "query": query,
@@ -59,7 +64,7 @@ def write(out_dir, rng, count, image_size, variant=DEFAULT):
                         rec["directory"] = directory
                     else:
                         rec["extra_validations"] = {str(w): label for w in
-                                                    sorted(rng.sample(range(161), 4))}
+                                                    sorted(text_rng.sample(range(161), 4))}
                     records[split].append(rec)
     for split in SPLITS:
         write_jsonl_atomic(records[split], os.path.join(out_dir, "nlvr2", f"{split}.json"))
