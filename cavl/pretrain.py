@@ -221,16 +221,15 @@ def parse_args(argv):
                                 allow_abbrev=False)
     p.add_argument("--config", action="append", default=[],
                    help="YAML/JSON config file or inline JSON; repeatable, later ones override")
-    p.add_argument("--train", default="resources/tasks/pretrain/train.parquet", help="pretrain task train split")
-    p.add_argument("--val", default="resources/tasks/pretrain/val.parquet",
-                   help="pretrain task val split ('' = no evaluation)")
-    p.add_argument("--features", default="resources/features",
+    p.add_argument("--train", required=True, help="pretrain task train split")
+    p.add_argument("--val", default="", help="pretrain task val split (default: none, no evaluation)")
+    p.add_argument("--features", required=True,
                    help="feature root holding {dataset}/index.parquet and the shards")
-    p.add_argument("--out", default="results/pretrain/model", help="model folder written at the end")
+    p.add_argument("--out", required=True, help="model folder written at the end")
     # (not `--log`: torchrun would take it for an abbreviation of its own --log-dir options)
-    p.add_argument("--train-log", default="results/pretrain/log.jsonl", help="training log (JSON lines)")
-    p.add_argument("--curves", default="results/pretrain/curves.png", help="PNG of the loss curves")
-    p.add_argument("--checkpoints", default="results/pretrain/checkpoints", help="checkpoint folder (resume)")
+    p.add_argument("--train-log", required=True, help="training log (JSON lines)")
+    p.add_argument("--curves", required=True, help="PNG of the loss curves")
+    p.add_argument("--checkpoints", required=True, help="checkpoint folder (resume)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (overrides pretrain.threads)")
     p.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is visible")
     return p.parse_args(argv)

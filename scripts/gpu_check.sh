@@ -40,7 +40,8 @@ check train_bench 150 python3 -m extract.bench --train --device cuda --images 16
 overrides='{"model": {"bert": ".devmodel/tinybert"}, "pretrain": {"data": {"num_workers": 2},
   "train": {"max_steps": 12, "checkpoint_every": 4, "log_every": 2, "precision": "bf16"}}}'
 check pretrain_gpu 150 torchrun --standalone --nproc_per_node 1 -m cavl.pretrain --config config.yaml \
-    --config "$overrides" --out $gpu/model --train-log "$OUT/pretrain_log.jsonl" \
+    --config "$overrides" --train resources/tasks/pretrain/train.parquet \
+    --val resources/tasks/pretrain/val.parquet --features resources/features --out $gpu/model --train-log "$OUT/pretrain_log.jsonl" \
     --curves $gpu/curves.png --checkpoints $gpu/checkpoints
 check finetune_gpu 120 torchrun --standalone --nproc_per_node 1 -m cavl.finetune --task vqa --config config.yaml \
     --config '{"finetune": {"tasks": {"vqa": {"method": "adapter2", "epochs": 1}}}}' \

@@ -30,7 +30,7 @@ def parse_args(argv=None):
         description="Write the embedded demo data: seeded synthetic scenes with annotations "
                     "in the official formats of COCO captions, VQA v2, Visual Genome, VCR, "
                     "NLVR2, Flickr30k (Karpathy split) and Flickr30k Entities.")
-    p.add_argument("--out", default="data/demo", help="output folder (default: data/demo)")
+    p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--image-size", type=int, default=224,
                    help="image side in pixels; some images are ~11%% shorter in one side "

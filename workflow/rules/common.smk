@@ -19,12 +19,6 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error))
 
-# Rules call `python -m ...`: make that the interpreter running Snakemake (e.g. .venv/bin/snakemake
-# used without activating .venv). With --software-deployment-method conda, each job's activated
-# environment comes first on PATH and wins.
-# (PATH is set here, not required from the user: no `envvars:` entry.)
-os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-
 # Datasets that have images (and so a manifest and features); VQA uses coco's.
 IMAGE_DATASETS = ["coco", "vg", "flickr30k", "nlvr2", "vcr"]
 # datasets.images: folders of the user's own images, name → {root, glob or list}
