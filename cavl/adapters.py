@@ -24,37 +24,13 @@ Parameters are frozen and unfrozen by module type, never by name matching:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
 from cavl.model import CavlConfig, CavlEncoder, CavlModel
+from cavl.settings import BACKBONE_GROUPS, AdapterSettings  # noqa: F401  (finetune.adapters' dataclass)
 
 METHODS = ("full", "linear", "adapter1", "adapter2", "adapter1+2")
-# Backbone parts that may train besides Adapter II (`also_train`).
-BACKBONE_GROUPS = ("layer_norm", "visual_embeddings", "pooler")
-
-
-@dataclass
-class AdapterSettings:
-    """Architecture of the adapters (the `finetune.adapters` config section)."""
-
-    bottleneck: int = 32  # Adapter II width r: Down hidden→r, Up r→hidden
-    shortcut_layers: int = 2  # Adapter I: transformer layers of the shortcut block
-    shortcut_width: int = 128  # Adapter I: hidden width of the shortcut block
-    shortcut_heads: int = 4  # Adapter I: attention heads of the shortcut block (must divide the width)
-    also_train: list = field(default_factory=lambda: ["layer_norm"])  # with Adapter II: backbone groups that train too
-
-    def __post_init__(self):
-        unknown = set(self.also_train) - set(BACKBONE_GROUPS)
-        if unknown:
-            raise ValueError(f"also_train: unknown group(s) {sorted(unknown)}; known: {BACKBONE_GROUPS}")
-        if self.bottleneck < 1 or self.shortcut_layers < 1 or self.shortcut_width < 1:
-            raise ValueError("bottleneck, shortcut_layers and shortcut_width must be >= 1")
-        if self.shortcut_width % self.shortcut_heads:
-            raise ValueError(f"shortcut_width {self.shortcut_width} is not a multiple of "
-                             f"shortcut_heads {self.shortcut_heads}")
 
 
 def check_method(method: str) -> str:

@@ -1,222 +1,221 @@
-"""Cache of a frozen backbone's final hidden states, one row per input sequence (Adapter I, linear).
+"""The frozen backbone's final hidden states, precomputed once per split (Adapter I, linear).
 
 When no backbone parameter trains, the backbone's output for a sequence never changes during
-finetuning: it is computed once (eval mode, no_grad), stored, and every later epoch costs only
-the shortcut block and the head.
+finetuning: it is computed once (eval mode, no_grad) into a memory-mapped array, and every epoch
+then costs only what trains (shortcut block, head).
 
-    cache = BackboneCache("results/vqa/cache", backbone_checksum, hidden=768)
-    stats = cache.fill(chunks, compute)     # compute the missing rows, drop the stale ones
-    states = cache.lookup(keys, attention_mask, visual_mask)   # (N, L+R, H) float32
+    (train.cache, select.cache), stats = precompute(
+        "results/vqa/cache", [train, select], model.backbone_states,   # TaskBatches, shuffle=False ok
+        backbone=state_checksum(model.backbone), hidden=768, chunk_size=64, dtype="float16")
+    train[k]["backbone_states"]       # (N, L+R, H) float32: the states of the batch's sequences
 
-File: `{directory}/backbone.parquet` (written atomically), rows `key` (digest of everything
-the backbone sees of the sequence: token ids and types, region features and boxes, word-region
-links — see cavl.tasks.base.encode_sequences), `text_len`, `num_regions`, `states`
-((text_len + num_regions) × H: the real text tokens, then the real regions; padding is not
-stored). File metadata: the backbone's checksum, the hidden size, the dtype, the format version.
+Files, per table t of `tables` (its sequences item after item, K per item: row = item · K + k):
+`states-{t}.bin`, the raw (T, H) float16/float32 array of every sequence's states at its real
+tokens (its text, then its regions; padding is not stored), memory-mapped; `rows-{t}.npy`, (S, 3)
+int64 per sequence: its first row in the states, its text tokens, its regions. `cache.json`,
+written last, holds `key` — a SHA-256 of what the states depend on: the format version, the
+backbone's checksum, the dtype, the chunk size, the tables' sequences (words, image ids, word-region
+links), the tokenizer, the data settings and the region source (feature index, shard files, the
+cut) — and each table's shape. A folder whose key differs (another backbone, new features, other
+examples) is recomputed whole. Nothing is hashed per batch: a batch looks its rows up by position.
 
-Invalidation: a file whose metadata differs (another backbone, dtype or version) is deleted
-and rebuilt; a sequence whose text or features changed has another key, so it is recomputed;
-rows no longer needed are dropped when the file is rewritten. The states column is stored
-uncompressed and read memory-mapped, so lookups are array slices.
-
-Under DDP every process computes the missing rows of every W-th chunk into its own part file;
-the main process merges the parts and all processes then read the merged file.
+Computing: the tables' items one after the other, `chunk_size` at a time, each chunk one batch
+(cavl.tasks.base.encode_sequences) through `compute`; a sequence with the same inputs (image,
+tokens, links) as an earlier one gets that one's states. Under DDP process r computes chunks
+r, r+W, … into part files, the main process writes the tables' files from them, and every process
+then maps those.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import pickle
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from cavl.io import atomic_path
+from cavl.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-FILE_NAME = "backbone.parquet"
-_DTYPES = {"float16": (np.float16, pa.float16()), "float32": (np.float32, pa.float32())}
+FORMAT_VERSION = 2
+MANIFEST = "cache.json"
+_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-class BackboneCache:
-    def __init__(self, directory, backbone_checksum: str, hidden: int, dtype: str = "float16"):
-        if dtype not in _DTYPES:
-            raise ValueError(f"cache dtype must be float16 or float32, got {dtype!r}")
-        self.dir = Path(directory)
-        self.path = self.dir / FILE_NAME
-        self.hidden, self.dtype = int(hidden), dtype
-        self.meta = {"backbone": backbone_checksum, "hidden": self.hidden, "dtype": dtype,
-                     "version": FORMAT_VERSION}
-        self._index = {}  # key → (chunk, start, end, text_len, num_regions)
-        self._chunks = []  # per row group: (T_total, H) array view
+class BackboneStates:
+    """The cached states of one table's sequences (row = item · K + k), memory-mapped."""
 
-    # -- reading --------------------------------------------------------------------------------
+    def __init__(self, directory, name: str, tokens: int, hidden: int, dtype: str):
+        self.directory, self.name = Path(directory), name
+        self.tokens, self.hidden, self.dtype = int(tokens), int(hidden), dtype
+        self._open()
 
-    def _schema(self):
-        return pa.schema([("key", pa.string()), ("text_len", pa.int32()), ("num_regions", pa.int32()),
-                          ("states", pa.list_(pa.list_(_DTYPES[self.dtype][1], self.hidden)))],
-                         metadata={"cavl_backbone_cache": json.dumps(self.meta)})
-
-    def _file_meta(self, path):
-        raw = (pq.read_schema(path).metadata or {}).get(b"cavl_backbone_cache")
-        return json.loads(raw) if raw else None
-
-    def load(self) -> bool:
-        """Open the cache file if it belongs to this backbone/format (else delete it). → usable?"""
-        self._index, self._chunks = {}, []
-        if not self.path.exists():
-            return False
-        try:
-            meta = self._file_meta(self.path)
-        except (OSError, pa.ArrowInvalid) as e:
-            meta = f"unreadable ({e})"
-        if meta != self.meta:
-            log.warning("backbone cache %s is stale (%s, now %s); rebuilding it", self.path,
-                        meta if isinstance(meta, str) else {k: v for k, v in (meta or {}).items() if v != self.meta.get(k)},
-                        self.meta)
-            self.path.unlink(missing_ok=True)
-            return False
-        table = pq.read_table(self.path, memory_map=True)
-        keys = table.column("key").to_pylist()
-        text_len = table.column("text_len").to_numpy()
-        num_regions = table.column("num_regions").to_numpy()
-        row = 0
-        for c, chunk in enumerate(table.column("states").chunks):
-            offsets = chunk.offsets.to_numpy()
-            self._chunks.append(chunk.values.flatten().to_numpy().reshape(-1, self.hidden))
-            for i in range(len(offsets) - 1):
-                self._index[keys[row]] = (c, int(offsets[i]), int(offsets[i + 1]), int(text_len[row]),
-                                          int(num_regions[row]))
-                row += 1
-        return True
-
-    def __getstate__(self):  # DataLoader workers map the file themselves instead of copying it
-        state = dict(self.__dict__)
-        state["_index"], state["_chunks"], state["_loaded"] = {}, [], bool(self._index)
-        return state
-
-    def __setstate__(self, state):
-        loaded = state.pop("_loaded", False)
-        self.__dict__.update(state)
-        if loaded:
-            self.load()
+    def _open(self):
+        self.rows = np.load(self.directory / f"rows-{self.name}.npy")  # (S, 3): start, text_len, num_regions
+        self.states = (np.memmap(self.directory / f"states-{self.name}.bin", _DTYPES[self.dtype], mode="r",
+                                 shape=(self.tokens, self.hidden))
+                       if self.tokens else np.zeros((0, self.hidden), _DTYPES[self.dtype]))
 
     def __len__(self):
-        return len(self._index)
+        return len(self.rows)
 
-    def __contains__(self, key):
-        return key in self._index
-
-    def _states(self, key) -> np.ndarray:
-        c, s, e, _, _ = self._index[key]
-        return self._chunks[c][s:e]
-
-    def lookup(self, keys: list, text_mask: np.ndarray, visual_mask: np.ndarray) -> np.ndarray:
-        """Cached states of N sequences laid out as a batch: (N, L+R, H) float32, text at
+    def lookup(self, rows, text_mask: np.ndarray, visual_mask: np.ndarray) -> np.ndarray:
+        """States of the sequences `rows` laid out as their batch: (N, L+R, H) float32, text at
         [0, text_len), regions at [L, L+num_regions), zeros elsewhere."""
         N, L = text_mask.shape
         R = visual_mask.shape[1]
         out = np.zeros((N, L + R, self.hidden), np.float32)
-        for i, key in enumerate(keys):
-            try:
-                c, s, e, tl, nr = self._index[key]
-            except KeyError:
-                raise KeyError(f"sequence {key} is not in the backbone cache {self.path} "
-                               "(fill() it over every sequence first)") from None
+        for i, row in enumerate(rows):
+            start, tl, nr = (int(x) for x in self.rows[row])
             if tl != int(text_mask[i].sum()) or nr != int(visual_mask[i].sum()):
-                raise ValueError(f"cached sequence {key} has {tl}+{nr} tokens, the batch {int(text_mask[i].sum())}"
-                                 f"+{int(visual_mask[i].sum())}")
-            st = self._chunks[c][s:e]
+                raise ValueError(f"cached sequence {row} of {self.directory / self.name} has {tl}+{nr} tokens, the "
+                                 f"batch {int(text_mask[i].sum())}+{int(visual_mask[i].sum())}")
+            st = self.states[start : start + tl + nr]
             out[i, :tl] = st[:tl]
             out[i, L : L + nr] = st[tl:]
         return out
 
-    # -- filling --------------------------------------------------------------------------------
+    def __getstate__(self):  # DataLoader workers map the files themselves
+        state = dict(self.__dict__)
+        state["rows"] = state["states"] = None
+        return state
 
-    def fill(self, chunks: Sequence, compute: Callable[[dict], torch.Tensor], rank: int = 0,
-             world_size: int = 1) -> dict:
-        """Make the cache hold exactly the sequences of `chunks` (an indexable sequence of
-        batches of cavl.tasks.base: `keys`, `attention_mask`, `visual_mask`, ...);
-        `compute(batch)` → (N, L+R, H) states of the batch's sequences. Each process builds and
-        handles every `world_size`-th chunk.
-        Returns {"sequences", "computed", "reused"} (this process's counts)."""
-        self.load()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        part = self.dir / f"part-{rank:03d}-of-{world_size:03d}.parquet"
-        stats = {"sequences": 0, "computed": 0, "reused": 0}
-        seen = set()
-        np_dtype = _DTYPES[self.dtype][0]
-        with atomic_path(part) as tmp:
-            with pq.ParquetWriter(tmp, self._schema(), compression={"key": "zstd", "text_len": "zstd",
-                                  "num_regions": "zstd", "states": "none"}, use_dictionary=False) as writer:
-                for k in range(rank, len(chunks), world_size):
-                    batch = chunks[k]
-                    keys = batch["keys"]
-                    tmask, vmask = batch["attention_mask"].numpy(), batch["visual_mask"].numpy()
-                    todo = [i for i, key in enumerate(keys) if key not in self._index and key not in seen]
-                    new = compute(batch).float().cpu().numpy() if todo else None  # (N, L+R, H)
-                    L = tmask.shape[1]
-                    rows = {"key": [], "text_len": [], "num_regions": [], "states": []}
-                    for i, key in enumerate(keys):
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                        tl, nr = int(tmask[i].sum()), int(vmask[i].sum())
-                        if key in self._index:
-                            st = self._states(key)
-                            stats["reused"] += 1
-                        else:
-                            st = np.concatenate([new[i, :tl], new[i, L : L + nr]])  # (tl+nr, H)
-                            stats["computed"] += 1
-                        rows["key"].append(key)
-                        rows["text_len"].append(tl)
-                        rows["num_regions"].append(nr)
-                        rows["states"].append(st.astype(np_dtype, copy=False))
-                    stats["sequences"] += len(rows["key"])
-                    if rows["key"]:
-                        writer.write_table(self._rows_table(rows), row_group_size=len(rows["key"]))
-        if world_size > 1:
-            dist.barrier()
-        if rank == 0:
-            self._merge([self.dir / f"part-{r:03d}-of-{world_size:03d}.parquet" for r in range(world_size)])
-        if world_size > 1:
-            dist.barrier()
-        self.load()
-        return stats
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
 
-    def _rows_table(self, rows) -> pa.Table:
-        flat = np.concatenate(rows["states"]) if rows["states"] else np.zeros((0, self.hidden))
-        counts = np.array([len(s) for s in rows["states"]], dtype=np.int32)
-        offsets = np.zeros(len(counts) + 1, dtype=np.int32)
-        np.cumsum(counts, out=offsets[1:])
-        values = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), _DTYPES[self.dtype][1]), self.hidden)
-        states = pa.ListArray.from_arrays(pa.array(offsets), values)
-        return pa.Table.from_arrays([pa.array(rows["key"], pa.string()), pa.array(rows["text_len"], pa.int32()),
-                                     pa.array(rows["num_regions"], pa.int32()), states], schema=self._schema())
 
-    def _merge(self, parts: list):
-        """Concatenate the part files (first occurrence of a key wins) into the cache file."""
-        self._index, self._chunks = {}, []  # release the old file's memory map before replacing it
-        seen = set()
-        with atomic_path(self.path) as tmp:
-            with pq.ParquetWriter(tmp, self._schema(), compression={"key": "zstd", "text_len": "zstd",
-                                  "num_regions": "zstd", "states": "none"}, use_dictionary=False) as writer:
-                for path in parts:
-                    f = pq.ParquetFile(path)
-                    for g in range(f.num_row_groups):
-                        t = f.read_row_group(g)
-                        keep = [k not in seen for k in t.column("key").to_pylist()]
-                        seen.update(t.column("key").to_pylist())
-                        t = t.filter(pa.array(keep))
-                        if t.num_rows:
-                            writer.write_table(t.replace_schema_metadata(self._schema().metadata))
-        for path in parts:
-            os.remove(path)
+def _tokenizer_digest(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # a fast tokenizer: its definition, less the last call's truncation/padding
+        definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    else:
+        definition = [type(tokenizer).__name__, getattr(tokenizer, "do_lower_case", None),
+                      sorted(tokenizer.get_vocab().items())]
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+
+
+def cache_key(tables: Sequence, backbone: str, hidden: int, chunk_size: int, dtype: str) -> str:
+    """SHA-256 of everything the states of `tables` (TaskBatches) depend on (module docstring)."""
+    first = tables[0]
+    h = hashlib.sha256(json.dumps({
+        "version": FORMAT_VERSION, "backbone": backbone, "hidden": int(hidden), "dtype": dtype,
+        "chunk_size": int(chunk_size), "task": first.task.name, "data": asdict(first.cfg),
+        "regions": first.regions.identity(), "tokenizer": _tokenizer_digest(first.tokenizer),
+        "tables": [len(t.items) for t in tables]}, sort_keys=True).encode())
+    for t in tables:
+        for s in t.sequences(range(len(t.items))):
+            h.update(json.dumps([s.words_a, s.image_id, s.words_b, s.links_a, s.links_b], default=str).encode())
+    return h.hexdigest()
+
+
+def _open_all(directory: Path, key: str, names: list):
+    """The tables' BackboneStates if `directory` holds states computed for `key`, else None."""
+    try:
+        meta = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key or meta.get("version") != FORMAT_VERSION:
+        return None
+    return [BackboneStates(directory, n, meta["tables"][n]["tokens"], meta["hidden"], meta["dtype"]) for n in names]
+
+
+def precompute(directory, tables: Sequence, compute: Callable[[dict], torch.Tensor], backbone: str, hidden: int,
+               chunk_size: int, dtype: str = "float16", rank: int = 0, world_size: int = 1):
+    """(a BackboneStates per table of `tables` (TaskBatches of one task, tokenizer, region source
+    and data settings), {"sequences", "computed"}) — computed into `directory` unless it already
+    holds them for the same key; `compute(batch)` → (N, L+R, H) states of the batch's sequences."""
+    from cavl.tasks.base import encode_sequences
+
+    if dtype not in _DTYPES:
+        raise ValueError(f"cache dtype must be float16 or float32, got {dtype!r}")
+    directory = Path(directory)
+    names = [str(t) for t in range(len(tables))]
+    K = tables[0].task.num_candidates
+    sequences = K * sum(len(t.items) for t in tables)
+    key = cache_key(tables, backbone, hidden, chunk_size, dtype)
+    found = _open_all(directory, key, names)
+    if found is not None:
+        return found, {"sequences": sequences, "computed": 0}
+
+    if world_size > 1:
+        dist.barrier()  # every process has looked before the main one removes the stale manifest
+    if rank == 0:
+        (directory / MANIFEST).unlink(missing_ok=True)
+        (directory / "backbone.parquet").unlink(missing_ok=True)  # the keyed cache of format 1
+    directory.mkdir(parents=True, exist_ok=True)
+    owner = np.concatenate([np.full(len(t.items), n, np.int64) for n, t in enumerate(tables)])
+    position = np.concatenate([np.arange(len(t.items)) for t in tables])
+    chunks = -(-len(owner) // chunk_size)
+    part = directory / f"part-{rank:03d}-of-{world_size:03d}"
+    np_dtype = _DTYPES[dtype]
+    records, offset = [], 0  # per sequence: (global row, inputs key, text_len, num_regions, offset in part)
+    with atomic_path(f"{part}.bin") as tmp, open(tmp, "wb") as f:
+        for c in range(rank, chunks, world_size):
+            items = range(c * chunk_size, min((c + 1) * chunk_size, len(owner)))
+            seqs = [s for g in items for s in tables[owner[g]].sequences([position[g]])]
+            inputs = encode_sequences(seqs, tables[0].tokenizer, tables[0].regions, tables[0].cfg)
+            states = compute({k: torch.from_numpy(v) for k, v in inputs.items()}).float().cpu().numpy()
+            ids, types, links = inputs["input_ids"], inputs["token_type_ids"], inputs.get("region_links")
+            L = ids.shape[1]
+            for j, s in enumerate(seqs):
+                tl, nr = int(inputs["attention_mask"][j].sum()), int(inputs["visual_mask"][j].sum())
+                f.write(np.concatenate([states[j, :tl], states[j, L : L + nr]]).astype(np_dtype).tobytes())
+                same = (str(s.image_id), ids[j, :tl].tobytes(), types[j, :tl].tobytes(),
+                        b"" if links is None else np.ascontiguousarray(links[j, :nr, :tl]).tobytes())
+                records.append((c * chunk_size * K + j, same, tl, nr, offset))
+                offset += tl + nr
+    with atomic_path(f"{part}.pkl") as tmp:
+        Path(tmp).write_bytes(pickle.dumps(records))
+    if world_size > 1:
+        dist.barrier()
+    if rank == 0:
+        _write_tables(directory, [len(t.items) * K for t in tables], names, world_size, key, hidden, dtype)
+    if world_size > 1:
+        dist.barrier()
+    states = _open_all(directory, key, names)
+    if states is None:
+        raise RuntimeError(f"backbone cache {directory}: no {MANIFEST} for this key after computing it")
+    return states, {"sequences": sequences, "computed": sequences}
+
+
+def _write_tables(directory: Path, sizes: list, names: list, world_size: int, key: str, hidden: int, dtype: str):
+    """The tables' files from the part files of every process (a sequence with an earlier twin: the
+    twin's states), then the manifest."""
+    parts = [directory / f"part-{r:03d}-of-{world_size:03d}" for r in range(world_size)]
+    records = sorted((rec + (p,) for p, part in enumerate(parts)
+                      for rec in pickle.loads(Path(f"{part}.pkl").read_bytes())), key=lambda rec: rec[0])
+    if [rec[0] for rec in records] != list(range(sum(sizes))):
+        raise RuntimeError(f"backbone cache {directory}: the part files do not cover every sequence once")
+    np_dtype = _DTYPES[dtype]
+    mapped = [np.memmap(f"{part}.bin", np_dtype, mode="r").reshape(-1, hidden) if os.path.getsize(f"{part}.bin")
+              else np.zeros((0, hidden), np_dtype) for part in parts]
+    first, meta, start = {}, {}, 0
+    for name, size in zip(names, sizes):
+        rows = np.zeros((size, 3), np.int64)
+        with atomic_path(directory / f"states-{name}.bin") as tmp, open(tmp, "wb") as f:
+            tokens = 0
+            for r, (_, same, tl, nr, offset, p) in enumerate(records[start : start + size]):
+                p, offset = first.setdefault(same, (p, offset))
+                f.write(np.ascontiguousarray(mapped[p][offset : offset + tl + nr]).tobytes())
+                rows[r] = (tokens, tl, nr)
+                tokens += tl + nr
+        with atomic_path(directory / f"rows-{name}.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, rows)
+        meta[name] = {"sequences": size, "tokens": tokens}
+        start += size
+    del mapped
+    write_json_atomic({"version": FORMAT_VERSION, "key": key, "hidden": int(hidden), "dtype": dtype, "tables": meta},
+                      directory / MANIFEST)
+    for part in parts:
+        for suffix in (".bin", ".pkl"):
+            Path(f"{part}{suffix}").unlink(missing_ok=True)

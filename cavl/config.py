@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 def load_schema(path=SCHEMA_PATH):
     with open(path) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # safe_load, ten times faster
 
 
 def _key(path):

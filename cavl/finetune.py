@@ -19,7 +19,7 @@ Training is cavl.train_loop's (warm-up + linear decay, accumulation, AMP, exact 
 `--checkpoints`, DDP, log.jsonl + curves; the best epoch's trainable state waits in
 `--checkpoints` as best-XXXXXXXX.pt). With `adapter1` or `linear` the backbone is frozen and
 runs in eval mode under no_grad; with the cache enabled its final hidden states (of the
-selection examples too) are computed once into `--cache` (cavl.backbone_cache) and every epoch
+selection examples too) are precomputed once into `--cache` (cavl.backbone_cache) and every epoch
 then costs only the trainable part.
 
 The output folder holds only what the method trained (`finetuned.safetensors`: every parameter
@@ -32,13 +32,12 @@ vocabulary, the epoch selection, parameter counts, and the backbone as a path + 
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,16 +50,16 @@ from torch import nn
 from cavl.adapters import (AdapterSettings, ShortcutAdapter, backbone_frozen, check_method, configure_trainable,
                            count_parameters, install_bottleneck_adapters, params_line, state_checksum,
                            trainable_state, uses_adapter1, uses_adapter2)
-from cavl.backbone_cache import BackboneCache
-from cavl.io import atomic_dir
-from cavl.config import load_schema, validate_config
+from cavl.backbone_cache import precompute
+from cavl.data.batches import make_loader
+from cavl.io import atomic_dir, file_sha256
 from cavl.config import read_config_specs as read_config
-from cavl.model import WEIGHTS_NAME, CavlModel
-from cavl.pretrain_data import make_loader
+from cavl.model import WEIGHTS_NAME, CavlModel, CavlOutput
 from cavl.tasks import REGISTRY, get_task
-from cavl.tasks.base import DataSettings, Encoded, Task, TaskBatches, file_sha256
-from cavl.train_loop import (OptimConfig, Trainer, TrainConfig, cleanup_distributed, finalize_log,
-                             seed_everything, setup_distributed)
+from cavl.tasks.base import DataSettings, Encoded, Task, TaskBatches, TaskLoss, TaskOutput
+from cavl.settings import (CacheSettings, FinetuneSection, OptimConfig, TrainConfig, TrainedTaskSection,
+                           load_section, operational_keys, option_keys, task_section, without)
+from cavl.train_loop import Trainer, cleanup_distributed, finalize_log, seed_everything, setup_distributed
 
 log = logging.getLogger("cavl.finetune")
 
@@ -74,123 +73,78 @@ FINETUNED_CONFIG = "finetune_config.json"
 
 
 @dataclass
-class CacheSettings:
-    """`finetune.cache:` — the frozen-backbone cache (adapter1, linear)."""
-
-    enabled: bool = True  # compute the frozen backbone's states once, reuse them every epoch
-    dtype: str = "float16"  # storage type of the cached states: float16 | float32
-
-
-# The `finetune.tasks.<task>` keys a task may have besides its `options` (lr: this task's peak lr,
-# a number or per method, over finetune.optim.lr). Their defaults, like every setting's, are the
-# schema's (workflow/schemas/config.schema.yaml): see `finetune_section`.
-TASK_KEYS = ("method", "train_split", "eval_split", "select_split", "epochs", "batch_size", "max_text_len",
-             "max_regions", "lr")
-
-
-@dataclass
 class FinetuneSettings:
-    """Everything one finetuning run of one task depends on."""
+    """Everything one finetuning run of one task depends on: the `finetune` section with the task's
+    entry resolved over it (`task_settings`). Saved with the model (finetune_config.json)."""
 
-    task: str = "vqa"  # registry name
-    method: str = "adapter2"  # full | linear | adapter1 | adapter2 | adapter1+2
-    train_split: str = "train"  # split trained on
-    eval_split: str = "val"  # split evaluated (rule evaluate; in-training eval when train.eval_every > 0)
-    select_split: str | None = None  # split the best epoch is chosen on; None: held-out images of train_split
-    select_fraction: float = 0.1  # select_split None: share of the train split's images held out for it
-    options: dict = field(default_factory=dict)  # task-specific keys (vqa: answer_vocab_size)
-    data: DataSettings = field(default_factory=DataSettings)
-    adapters: AdapterSettings = field(default_factory=AdapterSettings)
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01,
-                                                                   warmup_fraction=0.1))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval_batch_size: int = 64  # items per evaluation batch
-    gpus: int = 0  # processes under torchrun (0 = one CPU process)
-    threads: int = 2  # torch CPU threads per process
-    num_workers: int = 0  # DataLoader worker processes per training process
-
-
-def _take(section: dict, allowed, where: str) -> dict:
-    unknown = set(section) - set(allowed)
-    if unknown:
-        raise ValueError(f"unknown key(s) in {where}: {sorted(unknown)}")
-    return dict(section)
+    task: str  # registry name
+    method: str  # full | linear | adapter1 | adapter2 | adapter1+2
+    train_split: str  # split trained on
+    eval_split: str  # split evaluated (rule evaluate; in-training eval when train.eval_every > 0)
+    select_split: str | None  # split the best epoch is chosen on; None: held-out images of train_split
+    select_fraction: float  # select_split None: share of the train split's images held out for it
+    options: dict  # the task's own keys (vqa: answer_vocab_size; cavl.settings.option_keys)
+    data: DataSettings
+    adapters: AdapterSettings
+    cache: CacheSettings
+    optim: OptimConfig
+    train: TrainConfig
+    eval_batch_size: int  # items per evaluation batch
+    gpus: int  # processes under torchrun (0 = one CPU process)
+    threads: int  # torch CPU threads per process
+    num_workers: int  # DataLoader worker processes per training process
 
 
-@functools.lru_cache(maxsize=1)
-def _finetune_schema() -> dict:
-    """The config schema cut down to its `finetune` section (definitions kept)."""
-    schema = {k: v for k, v in load_schema().items() if k not in ("properties", "required")}
-    return {**schema, "properties": {"finetune": load_schema()["properties"]["finetune"]}}
-
-
-def finetune_section(config: dict) -> dict:
-    """`config["finetune"]` validated against the schema, every default filled in: the one place
-    the defaults live. A bad key raises cavl.config.ConfigError (a ValueError) naming it."""
-    return validate_config({"finetune": config.get("finetune") or {}}, _finetune_schema())["finetune"]
+# An evaluate-only task (zs_tir) trains nothing, and its entry has none of these keys: its settings
+# record them as these placeholders (method → finetune.optim.lr's rate of it), which nothing reads.
+ZERO_SHOT_PLACEHOLDERS = {"method": "adapter2", "train_split": "train", "select_split": None, "epochs": 2,
+                          "batch_size": 16}
 
 
 def settings_from_config(config: dict, task: str, method: str | None = None) -> FinetuneSettings:
-    """`config["finetune"]` (as in config.yaml) → the settings of one task (`method` overrides).
-
-    Defaults are the schema's (`finetune_section`); only keys a task's schema entry lacks (the
-    evaluate-only zs_tir has no method, epochs, select_split ...) keep the dataclasses' inert ones."""
+    """`config["finetune"]` (as in config.yaml), validated against the schema, whose defaults are
+    the only ones → the settings of one task (`method` overrides its method). A bad key raises
+    cavl.config.ConfigError (a ValueError) naming it."""
     if task not in REGISTRY:
         raise ValueError(f"unknown task {task!r}; registered: {', '.join(REGISTRY)}")
-    f = finetune_section(config)
-    fields_of = lambda cls: list(cls.__dataclass_fields__)  # noqa: E731
-    per_task = dict(f.pop("tasks").get(task) or {})
-    spec = get_task(task)
-    options = {k: per_task.pop(k, v) for k, v in spec.options.items()}
-    t = _take(per_task, TASK_KEYS, f"finetune.tasks.{task}")
-    base, base_train, base_data = FinetuneSettings(), TrainConfig(), DataSettings()
-    method = check_method(method or t.get("method", base.method))
-    train_split, eval_split = t.get("train_split", base.train_split), t.get("eval_split", base.eval_split)
-    select_split = t.get("select_split", base.select_split)
+    return task_settings(load_section(FinetuneSection, config, "finetune"), task, method)
+
+
+def task_settings(f: FinetuneSection, task: str, method: str | None = None) -> FinetuneSettings:
+    """The effective settings of one task: its `finetune.tasks.<task>` entry over the shared
+    section (lr: the task's own rate, a number or per method, over finetune.optim.lr)."""
+    entry = getattr(f.tasks, task)
+    t = asdict(entry) if isinstance(entry, TrainedTaskSection) else {**ZERO_SHOT_PLACEHOLDERS, **asdict(entry)}
+    method = check_method(method or t["method"])
+    train_split, eval_split, select_split = t["train_split"], t["eval_split"], t["select_split"]
     if select_split is not None and select_split in (eval_split, train_split):
         what = ("the split evaluated (eval_split): the reported score would be tuned on it"
                 if select_split == eval_split else
                 "the split trained on (train_split): null holds out part of its images instead")
         raise ValueError(f"finetune.tasks.{task}.select_split = {select_split!r} is {what}; "
                          f"choose another split for finetune.tasks.{task}.select_split")
-
-    optim = f.pop("optim")
-    lr = dict(optim.pop("lr"))  # per method
+    lr = dict(f.optim.lr)  # per method
     own = t.get("lr")
     if own is not None:  # the task's own
         lr.update(own if isinstance(own, dict) else dict.fromkeys(lr, own))
-    optim = OptimConfig(**_take(optim, fields_of(OptimConfig), "finetune.optim"), lr=float(lr[method]))
-    train = _take(f.pop("train"), [k for k in fields_of(TrainConfig) if k not in ("epochs", "batch_size")],
-                  "finetune.train")
-    train = TrainConfig(**train, epochs=int(t.get("epochs", base_train.epochs)),
-                        batch_size=int(t.get("batch_size", base_train.batch_size)))
-    adapters = AdapterSettings(**_take(f.pop("adapters"), fields_of(AdapterSettings), "finetune.adapters"))
-    cache = CacheSettings(**_take(f.pop("cache"), fields_of(CacheSettings), "finetune.cache"))
-    f.pop("mem_mb", None)  # a workflow resource only
-    scalars = _take(f, ["eval_batch_size", "gpus", "threads", "num_workers", "select_fraction"], "finetune")
+    shared = {k: v for k, v in asdict(f.optim).items() if k != "lr"}
+    # new_lr_scale: finetuning has no such key, every trained parameter gets the one rate
+    optim = OptimConfig(**shared, lr=float(lr[method]), new_lr_scale=1.0)
+    train = TrainConfig(**asdict(f.train), epochs=int(t["epochs"]), batch_size=int(t["batch_size"]))
     return FinetuneSettings(
         task=task, method=method, train_split=train_split, eval_split=eval_split, select_split=select_split,
-        options=options,
-        data=DataSettings(max_text_len=int(t.get("max_text_len", base_data.max_text_len)),
-                          max_regions=int(t.get("max_regions", base_data.max_regions))),
-        adapters=adapters, cache=cache, optim=optim, train=train, **scalars)
-
-
-
-
-# Keys that do not change what is computed: a checkpoint stays valid when only these change.
-_OPERATIONAL = ("threads", "num_workers", "gpus", "eval_batch_size", "eval_split")
-_OPERATIONAL_TRAIN = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every")
+        select_fraction=f.select_fraction, options={k: t[k] for k in option_keys(type(entry))},
+        data=DataSettings(max_text_len=int(t["max_text_len"]), max_regions=int(t["max_regions"])),
+        adapters=f.adapters, cache=f.cache, optim=optim, train=train, eval_batch_size=f.eval_batch_size,
+        gpus=f.gpus, threads=f.threads, num_workers=f.num_workers)
 
 
 def fingerprint(s: FinetuneSettings, backbone_sha: str, inputs: list) -> str:
-    """Hash of what a checkpoint depends on: settings (less operational keys), backbone, inputs."""
-    d = asdict(s)
-    for k in _OPERATIONAL:
-        d.pop(k)
-    for k in _OPERATIONAL_TRAIN:
-        d["train"].pop(k)
+    """Hash of what a checkpoint depends on: settings less their operational keys (those of the
+    shared section and of the task's entry, which sits at the top of the settings:
+    cavl.settings.operational), backbone, inputs."""
+    shared = {k for k in operational_keys(FinetuneSection) if not k.startswith("tasks.")}
+    d = without(asdict(s), shared | operational_keys(task_section(s.task)))
     h = hashlib.sha256(json.dumps({"finetune": d, "backbone": backbone_sha}, sort_keys=True).encode())
     for path in inputs:
         h.update(file_sha256(path).encode())
@@ -203,16 +157,18 @@ def fingerprint(s: FinetuneSettings, backbone_sha: str, inputs: list) -> str:
 
 
 class FinetuneModel(nn.Module):
-    """Backbone, adapters of `method`, and the task's head; forward(batch) → named losses.
+    """Backbone, adapters of `method`, and the task's head; forward(batch) → TaskLoss.
 
-    Encoding a batch (B items × K sequences = N sequences):
-        embeddings (N, T, H) — word-region links add the linked words' position embeddings to
-                               their region tokens (VisualBERT's alignment; after the
-                               embedding LayerNorm, since the embedding module is the backbone's)
+    Encoding a batch (B items × K sequences = N sequences) is one call of the backbone's
+    `forward` (cavl.model.CavlModel), which runs:
+        embeddings (N, T, H) — word-region links (`region_links`) add the linked words' position
+                               embeddings to their region tokens (VisualBERT's alignment)
         backbone encoder     — frozen methods: eval mode, no_grad, or the cached states
+                               (`backbone_states`, cavl.backbone_cache)
         shortcut (Adapter I) — general states + Up(shortcut(embeddings))
         pooler               — the backbone's, on the [CLS] state
-        head                 — task head on Encoded(pooled (B, K, H), states (B, K, T, H))
+    then the head runs on Encoded(pooled (B, K, H), states (B, K, T, H)). The task's forward
+    (`task_output`) gives a TaskOutput, its loss a TaskLoss.
     """
 
     def __init__(self, backbone: CavlModel, task: Task, state: dict, method: str, adapters: AdapterSettings):
@@ -238,46 +194,46 @@ class FinetuneModel(nn.Module):
 
     # -- encoding -------------------------------------------------------------------------------
 
-    def embed(self, batch):
-        """Input embeddings (N, L+R, H) and the attention mask (N, 1, 1, L+R)."""
-        emb = self.backbone.embeddings
-        ids = batch["input_ids"]  # (N, L)
-        L = ids.shape[1]
-        x = emb(ids, batch["token_type_ids"], batch["visual_feats"], batch["visual_boxes"])  # (N, L+R, H)
-        if "region_links" in batch:
-            linked = batch["region_links"].to(x.dtype) @ emb.position_embeddings.weight[:L]  # (N, R, H)
-            x = torch.cat([x[:, :L], x[:, L:] + linked], dim=1)
-        mask = torch.cat([batch["attention_mask"], batch["visual_mask"].to(batch["attention_mask"].dtype)], dim=1)
-        return x, mask.bool()[:, None, None, :]
+    def _backbone(self, batch: dict, **kwargs) -> CavlOutput:
+        """The backbone's forward on the sequences of a batch (its `region_links` included)."""
+        return self.backbone(batch["input_ids"], batch["attention_mask"], batch["visual_feats"],
+                             batch["visual_boxes"], batch["visual_mask"], batch["token_type_ids"],
+                             word_region_links=batch.get("region_links"), frozen=self.frozen_backbone, **kwargs)
 
     def backbone_states(self, batch) -> torch.Tensor:
-        """The backbone's final hidden states (N, L+R, H) — what the cache stores."""
-        x, mask = self.embed(batch)
-        return self.backbone.encoder(x, mask)[0]
+        """The backbone's final hidden states (N, L+R, H), without the shortcut — what the cache stores."""
+        return self._backbone(batch).last_hidden_state
 
     def encode(self, batch) -> Encoded:
-        if self.frozen_backbone:
-            with torch.no_grad():
-                x, mask = self.embed(batch)
-                if "backbone_states" in batch:
-                    h = batch["backbone_states"].to(x.dtype)  # (N, T, H) from the cache
-                else:
-                    h = self.backbone.encoder(x, mask)[0]  # (N, T, H)
-        else:
-            x, mask = self.embed(batch)
-            h = self.backbone.encoder(x, mask)[0]  # (N, T, H)
-        if self.shortcut is not None:
-            h = self.shortcut(x, h, mask)  # (N, T, H)
-        pooled = self.backbone.pooler(h)  # (N, H)
+        """The batch's sequences through backbone, adapters and shortcut (one backbone forward),
+        as the head sees them; frozen methods read the cached states when the batch has them."""
+        cached = batch.get("backbone_states") if self.frozen_backbone else None
+        out = self._backbone(batch, cached_states=cached, shortcut=self.shortcut)
+        h, pooled = out.last_hidden_state, out.pooled_output  # (N, T, H), (N, H)
         N, T, H = h.shape
         K = self.task.num_candidates
-        return Encoded(pooled.view(N // K, K, H), h.view(N // K, K, T, H), batch["input_ids"].shape[1], batch)
+        return Encoded(pooled.view(N // K, K, H), h.view(N // K, K, T, H), out.text_len, batch)
 
-    def logits(self, batch) -> torch.Tensor:
-        return self.task.model_logits(self, batch)  # default: self.head(self.encode(batch))
+    def encode_text(self, input_ids, attention_mask, token_type_ids=None) -> CavlOutput:
+        """A text-only pass through backbone, adapters and shortcut (retrieval's E′)."""
+        return self.backbone.encode_text(input_ids, attention_mask, token_type_ids, shortcut=self.shortcut,
+                                         frozen=self.frozen_backbone)
 
-    def forward(self, batch) -> dict:
-        return self.task.loss(self.logits(batch), batch)
+    def encode_image(self, visual_feats, visual_boxes, visual_mask) -> CavlOutput:
+        """An image-only pass (`[CLS] [SEP]` + regions) through backbone, adapters and shortcut (F′)."""
+        return self.backbone.encode_image(visual_feats, visual_boxes, visual_mask, shortcut=self.shortcut,
+                                          frozen=self.frozen_backbone)
+
+    def task_output(self, batch) -> TaskOutput:
+        """The task's forward pass (default: the head on `encode(batch)`)."""
+        return self.task.forward(self, batch)
+
+    def loss(self, out: TaskOutput, batch) -> TaskLoss:
+        return self.task.loss(out, batch, self.state)
+
+    def forward(self, batch) -> TaskLoss:
+        """The losses of a batch; a TaskLoss reads as {"loss": total, "<task>_loss": ...} (cavl.train_loop)."""
+        return self.loss(self.task_output(batch), batch)
 
     # -- saving and loading ---------------------------------------------------------------------
 
@@ -355,9 +311,9 @@ def predict(model: FinetuneModel, batches: TaskBatches, device) -> tuple[dict, f
     try:
         for k in range(len(batches)):
             batch = {key: v.to(device) if torch.is_tensor(v) else v for key, v in batches[k].items()}
-            logits = model.logits(batch)
-            losses.append(float(model.task.loss(logits, batch)["loss"]))
-            for key, v in model.task.decode(logits, batch).items():
+            out = model.task_output(batch)
+            losses.append(float(model.loss(out, batch).loss))
+            for key, v in model.task.decode(out, batch).items():
                 outputs.setdefault(key, []).append(v)
     finally:
         model.train(was_training)
@@ -383,7 +339,8 @@ def score_split(model: FinetuneModel, examples, regions, tokenizer, data: DataSe
 def make_select_fn(task: Task, examples, state: dict, regions, tokenizer, data: DataSettings, batch_size: int,
                    device, cache=None):
     """Best-epoch selection: the task's metrics (and loss, where it has one) on the selection
-    examples, computed as rule evaluate computes them (main process)."""
+    examples, computed as rule evaluate computes them (main process); `cache`: the precomputed
+    backbone states of their sequences (cavl.backbone_cache), or None."""
     batches = TaskBatches(task, examples, state, regions, tokenizer, data, batch_size, shuffle=False, cache=cache)
 
     def select_fn(model: FinetuneModel, step: int) -> dict:
@@ -573,21 +530,20 @@ def main(argv=None) -> int:
                      paths["select"] or f"{s.select_fraction:g} of the train images (seed {seed})", len(select_ex))
             print(params_line(trainable, total), flush=True)
 
-        if model.frozen_backbone and s.cache.enabled:
+        select_cache = None
+        if model.frozen_backbone and s.cache.enabled:  # the train and selection sequences' states, once
             model.to(env.device)
-            cache = BackboneCache(paths["cache"], state_checksum(model.backbone), model.backbone.config.hidden_size,
-                                  s.cache.dtype)
-            both = pd.concat([train_ex, select_ex], ignore_index=True)  # the selection passes use it too
-            chunks = TaskBatches(task, both, state, regions, tokenizer, s.data, s.eval_batch_size, shuffle=False)
             model.eval()
+            select = TaskBatches(task, select_ex, state, regions, tokenizer, s.data, s.eval_batch_size, shuffle=False)
             with torch.no_grad():
-                stats = cache.fill(chunks, lambda b: model.backbone_states(
-                    {k: v.to(env.device) if torch.is_tensor(v) else v for k, v in b.items()}),
-                    env.rank, env.world_size)
+                (batches.cache, select_cache), stats = precompute(
+                    paths["cache"], [batches, select],
+                    lambda b: model.backbone_states({k: v.to(env.device) for k, v in b.items()}),
+                    backbone=state_checksum(model.backbone), hidden=model.backbone.config.hidden_size,
+                    chunk_size=s.eval_batch_size, dtype=s.cache.dtype, rank=env.rank, world_size=env.world_size)
             if env.is_main:
-                log.info("backbone cache %s: %d sequences, %d computed now, %d reused", cache.path,
-                         len(cache), stats["computed"], stats["reused"])
-            batches.cache = cache
+                log.info("backbone cache %s: %d sequences, %d computed now", paths["cache"], stats["sequences"],
+                         stats["computed"])
 
         eval_fn = None
         if s.train.eval_every > 0:
@@ -597,7 +553,7 @@ def main(argv=None) -> int:
             eval_fn = make_eval_fn(task, eval_ex, eval_batches, state, env.device)
 
         select_fn = make_select_fn(task, select_ex, state, regions, tokenizer, s.data, s.eval_batch_size,
-                                   env.device, cache=batches.cache)
+                                   env.device, cache=select_cache)
         inputs = [paths["train"], paths["features"], *([paths["select"]] if paths["select"] else [])]
         trainer = Trainer(
             model, s.optim, s.train, env, paths["checkpoints"], fingerprint(s, backbone_sha, inputs),

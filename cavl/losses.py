@@ -3,7 +3,8 @@
 `MlmLoss` → {"mlm_loss"}, `ItmLoss` → {"itm_loss"}, `PairwiseContrastiveLoss` /
 `InfoNceLoss` → {"pwcl_loss"}. The contrastive losses know about distributed training: under
 DDP they gather the embeddings of every rank (the local shard put back so it keeps its
-gradient), so every rank evaluates the loss over the global batch.
+gradient), so every rank evaluates the loss over the global batch. A call that must stay local
+(evaluation on the main process alone) passes `gather=False`.
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ def gather_with_local_grad(x):
 
 
 class _Contrastive(nn.Module):
-    """Shared part: temperature (fixed or learnable), L2 normalisation, gather, cosine matrix."""
+    """Shared part: temperature (fixed or learnable), L2 normalisation, gather, cosine matrix.
+
+    `gather` (constructor): whether a call gathers the other ranks' embeddings by default; a
+    call's own `gather=` argument overrides it for that call (the module is never changed)."""
 
     def __init__(self, temperature: float = 0.07, learnable_temperature: bool = False, gather: bool = True):
         super().__init__()
@@ -97,11 +101,12 @@ class _Contrastive(nn.Module):
     def temperature(self):
         return self.log_tau.exp().clamp(min=0.01)  # as CLIP: 1/tau capped at 100
 
-    def logits(self, text_emb, image_emb):
-        """log s(E'_i, F'_j) = cos(E'_i, F'_j) / tau over the global batch → (N, N), N = world·B."""
+    def logits(self, text_emb, image_emb, gather: bool | None = None):
+        """log s(E'_i, F'_j) = cos(E'_i, F'_j) / tau over the global batch → (N, N), N = world·B
+        (N = B with gather=False; None: the constructor's `gather`)."""
         e = F.normalize(text_emb.float(), dim=-1)  # (B, D)
         f = F.normalize(image_emb.float(), dim=-1)  # (B, D)
-        if self.gather:
+        if self.gather if gather is None else gather:
             e, f = gather_with_local_grad(e), gather_with_local_grad(f)  # (N, D)
         if e.shape[0] < 2:
             raise ValueError("the contrastive loss needs at least 2 pairs in the (global) batch")
@@ -129,8 +134,8 @@ class PairwiseContrastiveLoss(_Contrastive):
     towards that degenerate low-tau regime, so it is off by default.
     """
 
-    def forward(self, text_emb, image_emb) -> dict:
-        logits = self.logits(text_emb, image_emb)  # (N, N)
+    def forward(self, text_emb, image_emb, gather: bool | None = None) -> dict:
+        logits = self.logits(text_emb, image_emb, gather)  # (N, N)
         eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)  # (N, N)
         log_pos = torch.logsumexp(logits.diagonal(), dim=0)  # log sum_i s_ii
         log_neg = torch.logsumexp(logits.masked_fill(eye, float("-inf")).flatten(), dim=0)  # log sum_{i!=j} s_ij
@@ -140,8 +145,8 @@ class PairwiseContrastiveLoss(_Contrastive):
 class InfoNceLoss(_Contrastive):
     """CLIP's symmetric per-sample InfoNCE: mean over text→image and image→text cross-entropy."""
 
-    def forward(self, text_emb, image_emb) -> dict:
-        logits = self.logits(text_emb, image_emb)  # (N, N)
+    def forward(self, text_emb, image_emb, gather: bool | None = None) -> dict:
+        logits = self.logits(text_emb, image_emb, gather)  # (N, N)
         target = torch.arange(logits.shape[0], device=logits.device)  # (N,)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         return {"pwcl_loss": loss}

@@ -2,12 +2,16 @@
 
 Read bottom-up, the way the forward pass runs:
     CavlEmbeddings  → text embeddings (word + position + type) and region embeddings
-                      (projected feature + box embedding + visual type), one LayerNorm + dropout
+                      (projected feature + box embedding + visual type), one LayerNorm + dropout,
+                      then the linked words' position embeddings on region tokens (when given)
     CavlSelfAttention → multi-head attention through torch's scaled_dot_product_attention
     CavlLayer       → attention, FFN, each followed by an adapter slot (nn.Identity here; the
                       adapter issue puts an adapter module in it) and then residual + LayerNorm
     CavlEncoder     → the stack of layers
-    CavlModel       → embeddings + encoder + pooler; loads any Hugging Face BERT checkpoint
+    CavlModel       → embeddings + encoder + pooler in one `forward` (text, regions, optional
+                      word-region links, cached states, shortcut), which every stage calls;
+                      `encode_text` / `encode_image` are it with one modality; loads any Hugging
+                      Face BERT checkpoint
     MlmHead, ItmHead → pretraining heads (MLM decoder tied to the word embeddings)
     CavlForPretraining → backbone + heads + loss modules; returns a dict of named losses
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -28,6 +33,7 @@ from torch import nn
 
 from cavl.io import atomic_dir
 from cavl.losses import ItmLoss, MlmLoss, make_contrastive_loss
+from cavl.settings import schema_defaults
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +88,20 @@ PWCL_ENCODINGS = ("joint", "joint_clean", "separate")
 
 
 @dataclass
+@schema_defaults("pretrain", mlm_weight="mlm.weight", itm_weight="itm.weight", pwcl_weight="pwcl.weight",
+                 pwcl_loss="pwcl.loss", pwcl_encoding="pwcl.encoding", temperature="pwcl.temperature",
+                 learnable_temperature="pwcl.learnable_temperature")
 class ObjectiveConfig:
-    """The pretraining objectives and how they are weighted."""
+    """The pretraining objectives and how they are weighted (saved with the model), from the
+    `pretrain.mlm`, `.itm` and `.pwcl` keys named above, whose schema defaults are its defaults."""
 
-    mlm_weight: float = 1.0  # weight of the masked-language-modelling loss (0 = off)
-    itm_weight: float = 1.0  # weight of the image-text matching loss (0 = off)
-    pwcl_weight: float = 1.0  # weight of the pair-wise contrastive loss (0 = off)
-    pwcl_loss: str = "pairwise"  # pairwise: the paper's PwCL; infonce: CLIP's symmetric per-sample loss
-    pwcl_encoding: str = "joint"  # joint: E', F' from the matched rows of the MLM/ITM fused pass; joint_clean: a second fused pass over the clean pairs; separate: text-only and image-only passes
-    temperature: float = 0.5  # tau in s(e, f) = exp(cos(e, f) / tau); PwCL needs a soft tau (see losses.py)
-    learnable_temperature: bool = False  # learn log(tau) with the model (clamped to tau >= 0.01)
+    mlm_weight: float  # weight of the masked-language-modelling loss (0 = off)
+    itm_weight: float  # weight of the image-text matching loss (0 = off)
+    pwcl_weight: float  # weight of the pair-wise contrastive loss (0 = off)
+    pwcl_loss: str  # pairwise: the paper's PwCL; infonce: CLIP's symmetric per-sample loss
+    pwcl_encoding: str  # joint: E', F' from the matched rows of the MLM/ITM fused pass; joint_clean: a second fused pass over the clean pairs; separate: text-only and image-only passes
+    temperature: float  # tau in s(e, f) = exp(cos(e, f) / tau); PwCL needs a soft tau (see losses.py)
+    learnable_temperature: bool  # learn log(tau) with the model (clamped to tau >= 0.01)
 
     def __post_init__(self):
         if self.pwcl_encoding not in PWCL_ENCODINGS:
@@ -145,7 +155,11 @@ class CavlEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids=None, visual_feats=None, visual_boxes=None):
+    def forward(self, input_ids, token_type_ids=None, visual_feats=None, visual_boxes=None,
+                word_region_links=None):
+        # word_region_links (B, R, L): 1 where text token l refers to region r; each region token
+        # then gets the position embeddings of its words (VisualBERT's alignment), added after
+        # the LayerNorm and dropout
         B, L = input_ids.shape
         positions = torch.arange(L, device=input_ids.device)  # (L,)
         if token_type_ids is None:
@@ -163,7 +177,11 @@ class CavlEmbeddings(nn.Module):
                 + self.visual_token_type
             )  # (B, R, H)
             x = torch.cat([x, v], dim=1)  # (B, L+R, H)
-        return self.dropout(self.norm(x))
+        x = self.dropout(self.norm(x))
+        if word_region_links is not None:
+            linked = word_region_links.to(x.dtype) @ self.position_embeddings.weight[:L]  # (B, R, H)
+            x = torch.cat([x[:, :L], x[:, L:] + linked], dim=1)
+        return x
 
 
 class CavlSelfAttention(nn.Module):
@@ -254,10 +272,10 @@ class CavlPooler(nn.Module):
 
 @dataclass
 class CavlOutput:
-    last_hidden_state: torch.Tensor  # (B, L+R, H)
+    last_hidden_state: torch.Tensor  # (B, L+R, H) final states (with a shortcut: after it)
     pooled_output: torch.Tensor  # (B, H) pooler(CLS)
     text_len: int  # L: the first L positions are text tokens, the rest regions
-    hidden_states: list | None = None  # embeddings output + each layer's output when asked
+    hidden_states: list | None = None  # embeddings output + each encoder layer's output when asked
 
     @property
     def text_states(self):
@@ -292,19 +310,50 @@ class CavlModel(nn.Module):
         attention_mask,  # (B, L) 1 = real token
         visual_feats=None,  # (B, R, visual_dim) region features, or None for text only
         visual_boxes=None,  # (B, R, 5) normalised boxes
-        visual_mask=None,  # (B, R) 1 = real region
+        visual_mask=None,  # (B, R) 1 = real region (default: all)
         token_type_ids=None,  # (B, L) defaults to zeros
-        output_hidden_states=False,
+        output_hidden_states=False,  # also return the embeddings output and every layer's output
+        *,
+        word_region_links=None,  # (B, R, L) 1 where text token l refers to region r
+        cached_states=None,  # (B, L+R, H) final states of these inputs, cached: the encoder is skipped
+        shortcut=None,  # Adapter I: (embeddings, states, mask) → states, between encoder and pooler
+        frozen=False,  # embeddings and encoder under no_grad; the shortcut and pooler keep the gradient
     ) -> CavlOutput:
-        x = self.embeddings(input_ids, token_type_ids, visual_feats, visual_boxes)  # (B, T, H)
-        mask = attention_mask
-        if visual_feats is not None:
-            if visual_mask is None:
-                visual_mask = torch.ones(visual_feats.shape[:2], dtype=mask.dtype, device=mask.device)
-            mask = torch.cat([mask, visual_mask.to(mask.dtype)], dim=1)  # (B, T)
-        mask = mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        x, states = self.encoder(x, mask, output_hidden_states)  # (B, T, H)
-        return CavlOutput(x, self.pooler(x), input_ids.shape[1], states)
+        """The one pass of the backbone: embeddings (+ word-region links) → attention mask →
+        encoder, or `cached_states` (cavl.backbone_cache) → `shortcut` (cavl.adapters.ShortcutAdapter)
+        → pooler. Pretraining, finetuning, retrieval, zero-shot and TIR all run it;
+        `encode_text` / `encode_image` are it with one modality."""
+        with torch.no_grad() if frozen else nullcontext():
+            x = self.embeddings(input_ids, token_type_ids, visual_feats, visual_boxes,
+                                word_region_links)  # (B, T, H)
+            mask = attention_mask
+            if visual_feats is not None:
+                if visual_mask is None:
+                    visual_mask = torch.ones(visual_feats.shape[:2], dtype=mask.dtype, device=mask.device)
+                mask = torch.cat([mask, visual_mask.to(mask.dtype)], dim=1)  # (B, T)
+            mask = mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+            if cached_states is None:
+                h, states = self.encoder(x, mask, output_hidden_states)  # (B, T, H)
+            elif output_hidden_states:
+                raise ValueError("cached_states hold only the final states: no hidden_states to return")
+            else:
+                h, states = cached_states.to(x.dtype), None  # (B, T, H)
+        if shortcut is not None:
+            h = shortcut(x, h, mask)  # (B, T, H)
+        return CavlOutput(h, self.pooler(h), input_ids.shape[1], states)
+
+    def encode_text(self, input_ids, attention_mask, token_type_ids=None, **kwargs) -> CavlOutput:
+        """A text-only pass (E′ of PwCL's `separate` encoding and of retrieval): `forward`
+        without regions. kwargs: `forward`'s (shortcut, frozen, output_hidden_states)."""
+        return self(input_ids, attention_mask, token_type_ids=token_type_ids, **kwargs)
+
+    def encode_image(self, visual_feats, visual_boxes, visual_mask=None, **kwargs) -> CavlOutput:
+        """An image-only pass (F′): the regions behind an empty caption `[CLS] [SEP]` (text_len 2).
+        kwargs: `forward`'s (shortcut, frozen, output_hidden_states)."""
+        B = visual_feats.shape[0]
+        ids = torch.tensor([self.config.cls_token_id, self.config.sep_token_id], device=visual_feats.device)
+        ids = ids.expand(B, 2)  # (B, 2)
+        return self(ids, torch.ones_like(ids), visual_feats, visual_boxes, visual_mask, **kwargs)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -538,14 +587,11 @@ class CavlForPretraining(nn.Module):
 
     def text_embedding(self, text_ids, text_mask):
         """E' (B, H) from a text-only pass (`separate`)."""
-        return masked_mean(self.bert(text_ids, text_mask).text_states, text_mask)
+        return masked_mean(self.bert.encode_text(text_ids, text_mask).text_states, text_mask)
 
     def image_embedding(self, visual_feats, visual_boxes, visual_mask):
         """F' (B, H) from an image-only pass (`separate`): an empty caption `[CLS] [SEP]` + regions."""
-        B = visual_feats.shape[0]
-        ids = torch.tensor([self.config.cls_token_id, self.config.sep_token_id], device=visual_feats.device)
-        ids = ids.expand(B, 2)  # (B, 2)
-        out = self.bert(ids, torch.ones_like(ids), visual_feats, visual_boxes, visual_mask)
+        out = self.bert.encode_image(visual_feats, visual_boxes, visual_mask)
         return masked_mean(out.region_states, visual_mask)
 
     def contrastive_embeddings(self, batch, fused: CavlOutput | None = None):
@@ -562,7 +608,10 @@ class CavlForPretraining(nn.Module):
 
     # -- the objectives ----------------------------------------------------------------------------
 
-    def forward(self, batch) -> dict:
+    def forward(self, batch, gather: bool = True) -> dict:
+        """The weighted losses of `batch`: {"loss": total, "mlm_loss", "itm_loss", "pwcl_loss"} (those
+        with weight > 0). `gather`: PwCL over every process's pairs under DDP (training); False
+        keeps it to this process's batch (evaluation on the main process alone)."""
         obj = self.objective
         losses = {}
         total = 0.0
@@ -584,7 +633,7 @@ class CavlForPretraining(nn.Module):
                 total = total + obj.itm_weight * losses["itm_loss"]
         if obj.pwcl_weight > 0:
             e, f = self.contrastive_embeddings(batch, out)  # (P, H) each
-            losses.update(self.pwcl_loss(e, f))
+            losses.update(self.pwcl_loss(e, f, gather=gather))
             total = total + obj.pwcl_weight * losses["pwcl_loss"]
         if not losses:
             raise ValueError("all loss weights are 0: nothing to train")

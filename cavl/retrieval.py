@@ -19,7 +19,7 @@ exactly that ranking (`combine`), and Recall@K is the official one on it
 score; with k ≥ the number of candidates every pair is shortlisted and the ranks are the
 exhaustive ones, identically; k = 0 ranks by S alone (the dual encoder).
 
-    scorer = ModelScorer(model, tokenizer, regions, DataSettings(), batch_size=64)
+    scorer = ModelScorer(model, tokenizer, regions, DataSettings(max_text_len=32, max_regions=36), batch_size=64)
     result = retrieve(scorer, image_ids, captions, caption_to_image, mode="two_stage", k=16, sim_weight=1.0)
     result.metrics()            # {"i2t_r@1": ..., "rsum": ...}
 """
@@ -33,9 +33,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cavl.data.regions import pad_regions
 from cavl.metrics.retrieval import KS, i2t_ranks, recall_at_k, t2i_ranks
 from cavl.model import masked_mean
-from cavl.pretrain_data import pad_regions
 
 MODES = ("two_stage", "exhaustive")
 
@@ -45,24 +45,6 @@ MODES = ("two_stage", "exhaustive")
 # ---------------------------------------------------------------------------------------------
 
 
-def text_only(batch: dict) -> dict:
-    """The captions of `batch` with no regions (for E′)."""
-    out = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-    out["visual_feats"] = batch["visual_feats"][:, :0]  # (N, 0, D)
-    out["visual_boxes"] = batch["visual_boxes"][:, :0]  # (N, 0, 5)
-    out["visual_mask"] = batch["visual_mask"][:, :0]  # (N, 0)
-    return out
-
-
-def image_only(batch: dict, cls_id: int, sep_id: int) -> dict:
-    """The regions of `batch` behind an empty caption `[CLS] [SEP]` (for F′), as in pretraining."""
-    feats = batch["visual_feats"]
-    N = feats.shape[0]
-    ids = torch.tensor([cls_id, sep_id], dtype=torch.long, device=feats.device).expand(N, 2)  # (N, 2)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-            "visual_feats": feats, "visual_boxes": batch["visual_boxes"], "visual_mask": batch["visual_mask"]}
-
-
 def pair_batch(batch: dict, text_rows, image_rows) -> dict:
     """Fused inputs pairing caption text_rows[n] with the regions of image_rows[n]."""
     out = {k: batch[k][text_rows] for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -70,22 +52,18 @@ def pair_batch(batch: dict, text_rows, image_rows) -> dict:
     return out
 
 
-def encode_states(model, batch: dict) -> torch.Tensor:
-    """Final states (N, T, H) of the model (backbone, its adapters, the shortcut) on one batch."""
-    return model.encode(batch).states[:, 0]  # tasks using this have one sequence per item
-
-
 def text_embedding(model, batch: dict) -> torch.Tensor:
-    """E′ (N, H): mean of the text states of a text-only pass (CavlForPretraining.text_embedding)."""
-    t = text_only(batch)
-    return masked_mean(encode_states(model, t), t["attention_mask"])
+    """E′ (N, H): mean of the text states of a text-only pass (`model.encode_text`: backbone,
+    adapters, shortcut), as CavlForPretraining.text_embedding."""
+    out = model.encode_text(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return masked_mean(out.text_states, batch["attention_mask"])
 
 
 def image_embedding(model, batch: dict) -> torch.Tensor:
-    """F′ (N, H): mean of the region states of an image-only pass (CavlForPretraining.image_embedding)."""
-    cfg = model.backbone.config
-    v = image_only(batch, cfg.cls_token_id, cfg.sep_token_id)
-    return masked_mean(encode_states(model, v)[:, 2:], v["visual_mask"])
+    """F′ (N, H): mean of the region states of an image-only pass (`model.encode_image`: the
+    regions behind `[CLS] [SEP]`), as CavlForPretraining.image_embedding."""
+    out = model.encode_image(batch["visual_feats"], batch["visual_boxes"], batch["visual_mask"])
+    return masked_mean(out.region_states, batch["visual_mask"])
 
 
 def itm_score(logits: torch.Tensor) -> torch.Tensor:
@@ -135,11 +113,7 @@ class ModelScorer:
         out = []
         for s in range(0, C, self.batch_size):
             rows = np.arange(s, min(s + self.batch_size, C))
-            b = self._batch(rows, None)
-            b.update({"visual_feats": torch.zeros(len(rows), 0, self.regions.feature_dim, device=self.device),
-                      "visual_boxes": torch.zeros(len(rows), 0, 5, device=self.device),
-                      "visual_mask": torch.zeros(len(rows), 0, dtype=torch.long, device=self.device)})
-            out.append(text_embedding(self.model, b).float().cpu().numpy())
+            out.append(text_embedding(self.model, self._batch(rows, None)).float().cpu().numpy())
         return np.concatenate(out)  # (C, H)
 
     @torch.no_grad()

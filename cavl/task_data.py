@@ -5,9 +5,10 @@
     python -m cavl.task_data --task vqa --split val --spec '…' \
         --out resources/tasks/vqa/val.parquet        # one split (the Snakemake rule)
 
-Sources per task are in TASK_SOURCES; the splits each task writes come from
-:func:`task_splits`, which the Snakemake workflow also uses to declare outputs. Schemas
-(docs/contracts.md) are in TASK_SCHEMAS.
+Pretraining's tables are made here; every other task's come from its cavl.tasks.REGISTRY entry
+(sources, fixed splits, reader, columns), so a task added there needs nothing here. Sources per
+task are in TASK_SOURCES; the splits each task writes come from :func:`task_splits`, which the
+Snakemake workflow also uses to declare outputs. Schemas (docs/contracts.md) are in TASK_SCHEMAS.
 """
 
 import argparse
@@ -16,24 +17,25 @@ import sys
 
 import pyarrow as pa
 
-from cavl.formats import coco, flickr30k, nlvr2, vcr, vg, vqa
+from cavl.formats import coco, flickr30k, vg
 from cavl.formats._common import spec_get
 from cavl.formats.errors import FormatError, SpecError
 from cavl.io import write_parquet_atomic
 from cavl.manifest import parse_spec
+from cavl.tasks import REGISTRY, table_reader
 
+# Tasks with tables of their own: pretraining, then the registered tasks (zs_tir reads tir's).
+OWN_TABLES = {name: entry for name, entry in REGISTRY.items() if not entry.tables}
 TASK_SOURCES = {
     "pretrain": ("coco", "vg"),  # either or both
-    "vqa": ("vqa",),
-    "vcr": ("vcr",),
-    "nlvr2": ("nlvr2",),
-    "rpg": ("flickr30k",),
-    "tir": ("flickr30k",),
+    **{name: entry.sources for name, entry in OWN_TABLES.items()},
 }
 TASKS = tuple(TASK_SOURCES)
 
 _str, _i32, _i64 = pa.string(), pa.int32(), pa.int64()
 _boxes = pa.list_(pa.list_(pa.float32()))
+COLUMN_TYPES = {"string": _str, "int32": _i32, "int64": _i64, "bool": pa.bool_(),
+                "list<string>": pa.list_(_str), "list<list<float32>>": _boxes}
 
 
 def _schema(*fields):
@@ -45,26 +47,11 @@ def _schema(*fields):
 TASK_SCHEMAS = {
     "pretrain": _schema(("example_id", _str), ("dataset", _str),
                         ("image_id", _str), ("caption", _str)),
-    "vqa": _schema(("question_id", _i64), ("image_id", _str),
-                   ("question", _str), ("answers", pa.list_(_str)),
-                   ("multiple_choice_answer", _str), ("answer_type", _str),
-                   ("question_type", _str)),
-    "vcr": _schema(("annot_id", _str), ("image_id", _str),
-                   ("question", _str), ("answer_choices", _str),
-                   ("rationale_choices", _str), ("answer_label", _i32),
-                   ("rationale_label", _i32), ("objects", pa.list_(_str))),
-    "nlvr2": _schema(("identifier", _str), ("sentence", _str),
-                     ("label", pa.bool_()), ("left_image_id", _str),
-                     ("right_image_id", _str)),
-    "rpg": _schema(("image_id", _str), ("sentence_index", _i32),
-                   ("sentence", _str), ("phrase", _str),
-                   ("phrase_types", pa.list_(_str)), ("entity_id", _str),
-                   ("first_word_index", _i32), ("gt_boxes", _boxes)),
-    "tir": _schema(("image_id", _str), ("sentence_id", _i64),
-                   ("caption", _str)),
+    **{name: _schema(*((column, COLUMN_TYPES[typ]) for column, typ in entry.columns))
+       for name, entry in OWN_TABLES.items()},
 }
 
-FIXED_SPLITS = {"rpg": ["train", "val", "test"], "tir": ["train", "val", "test"]}
+FIXED_SPLITS = {name: list(entry.splits) for name, entry in OWN_TABLES.items() if entry.splits}
 
 
 def _check_task(task):
@@ -162,35 +149,8 @@ def task_rows(task, datasets_config, split=None):
                       f"{', '.join(vg_spec.get('exclude_eval_images') or []) or 'no dataset'}", file=sys.stderr)
             out[split] = rows
         return out
-    spec = datasets_config[TASK_SOURCES[task][0]]
-    where = f"datasets.{TASK_SOURCES[task][0]}"
-    if task == "vqa":
-        out = {}
-        for split in splits:
-            entry = spec["splits"][split]
-            w = f"{where}.splits.{split}"
-            questions = spec_get(entry, "questions", w, str)
-            annotations = entry.get("annotations") if isinstance(entry, dict) else None
-            if annotations is not None and not isinstance(annotations, str):
-                raise SpecError(f"{w}.annotations: must be a file path")
-            out[split] = vqa.task_rows(questions, annotations)
-        return out
-    if task in ("vcr", "nlvr2"):
-        module = vcr if task == "vcr" else nlvr2
-        out = {}
-        for split in splits:
-            path = spec["splits"][split]
-            if not isinstance(path, str):
-                raise SpecError(f"{where}.splits.{split}: must be a file path")
-            out[split] = module.task_rows(path)
-        return out
-    if task == "rpg":
-        root = spec_get(spec, "entities_root", where, str)
-        return {split: flickr30k.rpg_rows(root, split) for split in splits}
-    if task == "tir":
-        rows = flickr30k.tir_rows(spec_get(spec, "karpathy_split", where, str))
-        return {split: rows[split] for split in splits}
-    raise AssertionError(task)
+    source = TASK_SOURCES[task][0]
+    return table_reader(task)(datasets_config[source], splits, f"datasets.{source}")
 
 
 def build_task(task, datasets_config, out_dir=None, split=None, out=None):

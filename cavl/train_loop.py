@@ -1,27 +1,27 @@
-"""Training machinery shared by the pretraining and finetuning stages.
+"""The training loop shared by the pretraining and finetuning stages.
 
     env = setup_distributed()                       # torchrun → DDP (nccl on GPU, gloo on CPU)
     trainer = Trainer(model, OptimConfig(...), TrainConfig(...), env, work_dir, fingerprint,
                       loader_factory=lambda epoch, start: ..., micro_batches_per_epoch=...,
                       samples_per_micro_batch=...)
     model = trainer.fit()                            # resumes from work_dir if it can
-    finalize_log(work_dir, "results/x/log.jsonl", "results/x/curves.png")
+    finalize_log(work_dir, "results/x/log.jsonl", "results/x/curves.png")   # cavl.training_log
 
-The model's forward(batch) returns a dict of named losses with the total under "loss"; every
-`*_loss` key is logged. One optimiser step = `grad_accum` micro-batches. Checkpoints are taken
-at step boundaries only, so a checkpoint's data position is (epoch, first micro-batch of the
-next step) and nothing half-accumulated is ever saved.
+The model's forward(batch) returns a mapping of named losses with the total under "loss" (a
+dict, or finetuning's typed cavl.tasks.base.TaskLoss); every `*_loss` key is logged. One
+optimiser step = `grad_accum` micro-batches. The losses stay on the device between log steps
+(detached, summed in float64): they are reduced over processes and read to the host only when
+something leaves the loop — a log record (every `log_every` steps), an evaluation, a selection
+or a checkpoint — and only then are they checked for NaN/inf (`NonFiniteLossError` names the
+first bad step; nothing from a bad step is logged or saved).
 
-Resume: `work_dir` holds `step-XXXXXXXX.pt` (torch.save of tensors, Python scalars and lists
-only; loaded with weights_only=True, never unpickled) plus `step-XXXXXXXX.json` (step, data
-position, SHA-256 of the .pt, config fingerprint). The .pt holds the trainable parameters and
-buffers only: frozen parameters (a finetuning backbone) are rebuilt from their source, which the
-fingerprint pins, so each checkpoint is the size of what trains. The .json is written after the .pt, both
-atomically, so a checkpoint exists only once both are complete; a checkpoint whose hash or load
-fails is skipped with a warning and the previous one is used. The live log
-`work_dir/log.jsonl` is cut back to the resumed step (so no step appears twice) and gets a
-`{"event": "resume", "step": N}` line; the declared log and the curves PNG are copied/drawn from
-it at the end, since Snakemake deletes the declared outputs of a failed job.
+Checkpoints (files, integrity checks, fallback: cavl.checkpoints) are taken at step boundaries
+only, so a checkpoint's data position is (epoch, first micro-batch of the next step) and nothing
+half-accumulated is ever saved. A checkpoint holds the trainable parameters and buffers (frozen
+parameters, e.g. a finetuning backbone, are rebuilt from their source, which the fingerprint
+pins), the optimiser, schedule and grad-scaler states, and each process's RNG states and
+unlogged loss window. The live log `work_dir/log.jsonl` (cavl.training_log) is cut back to the
+resumed step and gets a `{"event": "resume", "step": N}` line.
 
 Best-epoch selection (finetuning: `select_fn`): at every epoch end reached (and at the last step
 when `max_steps` cuts an epoch) `select_fn(model, step)` scores the model on a selection split;
@@ -36,7 +36,6 @@ model and logging a `{"event": "best_epoch", ...}` line.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -54,58 +53,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cavl.io import atomic_path, file_sha256, write_json_atomic
+from cavl.checkpoints import (CheckpointManager, drop_best_after, get_rng_state, prune_best_files,
+                              set_rng_state)
+from cavl.settings import OptimConfig, TrainConfig  # noqa: F401  (the loop's configs: pretrain.optim / .train's dataclasses)
+from cavl.training_log import TrainLog
+from cavl.training_log import finalize_log  # noqa: F401  (moved to cavl.training_log; the old import path keeps working)
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------
-# Configs
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class OptimConfig:
-    """Optimiser and learning-rate schedule."""
-
-    name: str = "sgd"  # sgd: SGD with momentum (the paper) | adamw
-    lr: float = 0.02  # peak learning rate, reached at the end of warm-up
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 0.0001  # L2 / decoupled decay; never on biases, LayerNorm or temperature
-    betas: list = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
-    eps: float = 1e-8  # AdamW epsilon
-    warmup_fraction: float = 0.15  # linear warm-up over this fraction of the steps, then linear decay to 0
-    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
-    new_lr_scale: float = 1.0  # lr multiplier for the model's `new_parameter_names()` (weights that start from scratch)
-
-    def __post_init__(self):
-        if self.name not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.name!r}")
-        if self.new_lr_scale <= 0:
-            raise ValueError(f"new_lr_scale must be > 0, got {self.new_lr_scale}")
-
-
-@dataclass
-class TrainConfig:
-    """Loop length, precision, logging and checkpointing."""
-
-    batch_size: int = 16  # examples per process per micro-batch
-    grad_accum: int = 1  # micro-batches per optimiser step
-    epochs: int = 2  # passes over the data (ignored when max_steps > 0)
-    max_steps: int = 0  # optimiser steps in total; 0 = epochs × steps per epoch
-    precision: str = "bf16"  # autocast dtype on GPU: bf16 | fp16 (with a grad scaler) | fp32; CPU runs fp32
-    seed: int = 0  # seeds weights init, dropout and the data order
-    log_every: int = 5  # optimiser steps between log lines
-    checkpoint_every: int = 20  # optimiser steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 2  # newest checkpoints kept (>= 2 so a corrupt newest has a fallback)
-    eval_every: int = 0  # optimiser steps between evaluations (0 = only at the end)
-
-    def __post_init__(self):
-        if self.precision not in ("bf16", "fp16", "fp32"):
-            raise ValueError(f"precision must be bf16, fp16 or fp32, got {self.precision!r}")
-        for name in ("batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -113,7 +67,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Distributed setup, seeding, RNG state
+# Distributed setup, seeding
 # ---------------------------------------------------------------------------------------------
 
 
@@ -157,29 +111,6 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-def get_rng_state() -> dict:
-    """Python, NumPy and torch (CPU + CUDA) RNG states, as types weights_only loading accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict):
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ---------------------------------------------------------------------------------------------
 # Optimiser and schedule
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +135,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 class WarmupLinearDecay:
     """LR factor at step s: linear warm-up to 1 over the first `warmup` steps, then linear decay
-    towards 0 at `total`. Every step gets a positive rate (warm-up starts at 1/warmup)."""
+    towards 0 at `total`. Every step gets a positive rate (warm-up starts at 1/warmup).
+
+    Not transformers.get_linear_schedule_with_warmup: its warm-up factor is s/warmup (step 0
+    trains at lr 0), this one's (s+1)/warmup; after warm-up, and with warmup 0, the two agree
+    bit for bit. torch's LinearLR + SequentialLR compute the rate recursively and differ from
+    this closed form in the last bits. Checkpoints store `total` and `warmup` (LambdaLR's state)."""
 
     def __init__(self, total: int, warmup: int):
         self.total, self.warmup = total, warmup
@@ -218,189 +154,6 @@ class WarmupLinearDecay:
 def build_scheduler(optimizer, total_steps: int, warmup_fraction: float):
     warmup = int(math.ceil(warmup_fraction * total_steps))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinearDecay(total_steps, warmup))
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-
-class CheckpointManager:
-    """`{prefix}-XXXXXXXX.pt` + `{prefix}-XXXXXXXX.json` pairs in one folder (see the module
-    docstring); prefix `step` for checkpoints, `best` for the best-epoch states (keep=0: pruned
-    by their owner, not by age)."""
-
-    def __init__(self, directory, keep: int = 2, fingerprint: str = "", prefix: str = "step"):
-        self.dir = Path(directory)
-        self.keep, self.fingerprint, self.prefix = keep, fingerprint, prefix
-
-    def _json(self, step):
-        return self.dir / f"{self.prefix}-{step:08d}.json"
-
-    def _pt(self, step):
-        return self.dir / f"{self.prefix}-{step:08d}.pt"
-
-    def steps(self) -> list:
-        """Steps with a complete (json-marked) file pair, newest first."""
-        out = []
-        for p in self.dir.glob(f"{self.prefix}-*.json"):
-            try:
-                out.append(int(p.stem.split("-")[1]))
-            except ValueError:
-                continue
-        return sorted(out, reverse=True)
-
-    def save(self, step: int, state: dict, meta: dict) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        pt = self._pt(step)
-        with atomic_path(pt) as tmp:
-            torch.save(state, tmp)
-        info = {**meta, "step": step, "file": pt.name, "sha256": file_sha256(pt), "bytes": pt.stat().st_size,
-                "fingerprint": self.fingerprint, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json_atomic(info, self._json(step))
-        if self.keep:
-            self._prune()
-        return pt
-
-    def remove(self, step: int):
-        self._json(step).unlink(missing_ok=True)  # marker first: never a marker without its file
-        self._pt(step).unlink(missing_ok=True)
-
-    def _prune(self):
-        for step in self.steps()[self.keep :]:
-            self.remove(step)
-        self.remove_orphans()
-
-    def remove_orphans(self):
-        """Remove .pt files left by a run killed before their marker."""
-        complete = {self._pt(s).name for s in self.steps()}
-        for pt in self.dir.glob(f"{self.prefix}-*.pt"):
-            if pt.name not in complete:
-                pt.unlink(missing_ok=True)
-
-    def meta(self, step: int) -> dict:
-        return json.loads(self._json(step).read_text())
-
-    def check(self, step: int) -> dict:
-        """The meta of the pair at `step` after checking its fingerprint and SHA-256 (ValueError if
-        either fails, OSError if a file is missing)."""
-        meta = self.meta(step)
-        if meta.get("fingerprint") != self.fingerprint:
-            raise ValueError(f"{self._json(step).name} belongs to another configuration")
-        if file_sha256(self._pt(step)) != meta["sha256"]:
-            raise ValueError(f"{self._pt(step).name}: SHA-256 mismatch (file changed or truncated)")
-        return meta
-
-    def load(self, step: int):
-        """(state, meta) of the pair at `step`, checked as by `check`."""
-        meta = self.check(step)
-        return torch.load(self._pt(step), map_location="cpu", weights_only=True), meta
-
-    def load_latest(self, accept: Callable[[dict], None] | None = None):
-        """(state, meta) of the newest readable checkpoint of this config, or None.
-
-        Checkpoints of another config (fingerprint) are deleted with a warning; a checkpoint that
-        fails its hash or load, or that `accept(meta)` rejects (ValueError / OSError: e.g. a file
-        it refers to is unusable), is skipped with a warning (the previous one is tried)."""
-        for tmp in self.dir.glob(f".{self.prefix}-*.tmp"):  # half-written by a killed run
-            tmp.unlink(missing_ok=True)
-        stale = []
-        for step in self.steps():
-            try:
-                meta = self.meta(step)
-                if meta.get("fingerprint") != self.fingerprint:
-                    stale.append(step)
-                    continue
-                state, meta = self.load(step)
-                if accept is not None:
-                    accept(meta)
-                return state, meta
-            except (OSError, ValueError, KeyError, RuntimeError, EOFError, json.JSONDecodeError) as e:
-                msg = f"checkpoint at step {step} in {self.dir} is unusable ({type(e).__name__}: {e}); falling back to the previous one"
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                log.warning(msg)
-        if stale:
-            msg = f"removing checkpoints of a different configuration in {self.dir}: steps {sorted(stale)}"
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            log.warning(msg)
-            for step in stale:
-                self.remove(step)
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Log
-# ---------------------------------------------------------------------------------------------
-
-
-class TrainLog:
-    """Append-only JSON-lines log; lines that do not parse (a write cut by a kill) are dropped."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    def records(self) -> list:
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
-
-    def truncate_after(self, step: int):
-        keep = [r for r in self.records() if r.get("step", 0) <= step]
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in keep)
-
-    def append(self, record: dict):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-
-
-def plot_curves(records: list, png_path):
-    """One panel per loss name (train and, where logged, val and select) plus the learning rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r for r in records if "event" not in r]
-    names = sorted({k.removeprefix("val_").removeprefix("select_") for r in steps for k in r if k.endswith("_loss")})
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4 * (len(names) + 1), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for key, style, label in ((name, "-", "train"), (f"val_{name}", "o--", "val"),
-                                  (f"select_{name}", "s:", "select")):
-            pts = [(r["step"], r[key]) for r in steps if key in r]
-            if pts:
-                ax.plot(*zip(*pts), style, label=label)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.legend()
-    lr = [(r["step"], r["lr"]) for r in steps if "lr" in r]
-    ax = axes[0][-1]
-    if lr:
-        ax.plot(*zip(*lr))
-    ax.set_title("learning rate")
-    ax.set_xlabel("step")
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
-def finalize_log(work_dir, log_path, png_path):
-    """Copy the live log to the declared log path and draw the curves, both atomically."""
-    records = TrainLog(Path(work_dir) / "log.jsonl").records()
-    with atomic_path(log_path) as tmp:
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-    plot_curves(records, png_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +174,7 @@ class Trainer:
     """Runs the optimisation of `model` (forward(batch) → dict with "loss" and named *_loss).
 
     loader_factory(epoch, start) must yield this process's micro-batches start, start+1, …
-    of `epoch`, deterministically (see cavl.pretrain_data). eval_fn(model, step) → dict of
+    of `epoch`, deterministically (see cavl.data.batches). eval_fn(model, step) → dict of
     metrics (logged with the step) runs on the main process only with the unwrapped model.
     select_fn(model, step) → dict of metrics, likewise, at every epoch end: the model `fit()`
     returns is the one whose `select_metric` was highest (module docstring).
@@ -479,6 +232,7 @@ class Trainer:
         return {k: v for k, v in self.model.state_dict().items() if k not in frozen}
 
     def _state(self, window):
+        window = {k: v.item() if torch.is_tensor(v) else v for k, v in window.items()}  # Python floats on disk
         per_rank = self._gather_objects({"rng": get_rng_state(), "window": window})
         return {
             "model": self._trainable_state(),
@@ -521,8 +275,7 @@ class Trainer:
             dist.broadcast_object_list(box, src=0)
             step = box[0]
             if not self.env.is_main and step:
-                pt = self.ckpt._pt(step)
-                found = (torch.load(pt, map_location="cpu", weights_only=True), json.loads(self.ckpt._json(step).read_text()))
+                found = self.ckpt.read(step)  # the main process checked it
         if not found:
             seed_everything(self.tcfg.seed + self.env.rank)
             if self.env.is_main:
@@ -558,29 +311,12 @@ class Trainer:
 
     def _drop_best_after(self, step: int):
         """Remove best files newer than the resumed step (their epochs run again) and unreferenced ones."""
-        if self.select_fn is None:
-            return
-        for tmp in self.work_dir.glob(".best-*.tmp"):  # half-written by a killed run
-            tmp.unlink(missing_ok=True)
-        for s in self.best_store.steps():
-            if s > step:
-                self.best_store.remove(s)
-        self._prune_best()
+        if self.select_fn is not None:
+            drop_best_after(self.best_store, self.ckpt, step, self.best)
 
     def _prune_best(self):
         """Keep the best file of the current best and those the kept checkpoints refer to."""
-        keep = {self.best["step"]} if self.best else set()
-        for s in self.ckpt.steps():
-            try:
-                best = (self.ckpt.meta(s).get("selection") or {}).get("best")
-            except (OSError, ValueError):
-                continue
-            if best:
-                keep.add(best["step"])
-        for s in self.best_store.steps():
-            if s not in keep:
-                self.best_store.remove(s)
-        self.best_store.remove_orphans()
+        prune_best_files(self.best_store, self.ckpt, self.best)
 
     def _select(self, step: int):
         """Score the selection split (main process); keep the trainable state if it is the best so far."""
@@ -628,15 +364,18 @@ class Trainer:
                   f"select_{self.select_metric}={self.best['value']:.4g}", file=sys.stderr, flush=True)
 
     def _reduce(self, window: dict) -> dict:
-        """Window means over steps (and over processes under DDP)."""
+        """Window means over steps (and over processes under DDP): the loop's one host read of the
+        losses per log record. Window sums are float64 device tensors (Python floats after a resume)."""
         names = sorted(k for k in window if k not in ("steps", "samples"))
-        vals = torch.tensor([window[k] for k in names] + [window.get("steps", 0)], dtype=torch.float64,
-                            device=self.env.device)
+        device = self.env.device
+        vals = torch.stack([torch.as_tensor(window[k], dtype=torch.float64, device=device).reshape(()) for k in names]
+                           + [torch.tensor(float(window.get("steps", 0)), dtype=torch.float64, device=device)])
         if self.env.distributed:
             dist.all_reduce(vals)
             vals /= self.env.world_size
-        n = max(vals[-1].item(), 1.0)
-        return {k: vals[i].item() / n for i, k in enumerate(names)}
+        host = vals.tolist()
+        n = max(host[-1], 1.0)
+        return {k: host[i] / n for i, k in enumerate(names)}
 
     def _save(self, step, window):
         state = self._state(window)
@@ -691,6 +430,7 @@ class Trainer:
                    file=sys.stderr, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         t0 = time.perf_counter()
         accum = tcfg.grad_accum
+        pending = []  # (step, epoch, losses) of the steps not yet checked for NaN/inf
         self.model.train()
         while step < self.total_steps:
             epoch, first = divmod(step, self.steps_per_epoch)
@@ -710,7 +450,6 @@ class Trainer:
                     for k, v in out.items():
                         if k.endswith("loss"):
                             sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
-                self._check_finite(sums, step + 1, epoch)
                 if self.ocfg.grad_clip > 0:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(params, self.ocfg.grad_clip)
@@ -721,11 +460,20 @@ class Trainer:
                 step += 1
                 bar.update(1)
 
+                pending.append((step, epoch, sums))
                 for k, v in sums.items():
-                    window[k] = window.get(k, 0.0) + v.item()
+                    window[k] = window.get(k, 0.0) + v.double()  # on the device, summed as the host would
                 window["steps"] = window.get("steps", 0) + 1
                 window["samples"] = window.get("samples", 0) + self.samples_per_micro * accum
-                if step % tcfg.log_every == 0 or step == self.total_steps:
+                log_now = step % tcfg.log_every == 0 or step == self.total_steps
+                eval_now = (tcfg.eval_every and step % tcfg.eval_every == 0) or step == self.total_steps
+                selected = self.select_fn is not None and (step % self.steps_per_epoch == 0
+                                                           or step == self.total_steps)
+                save_now = step % tcfg.checkpoint_every == 0 or step == self.total_steps or selected
+                if log_now or save_now or (eval_now and self.eval_fn is not None):
+                    self._check_finite(pending)  # before anything of these steps leaves the loop
+                    pending = []
+                if log_now:
                     means = self._reduce(window)
                     dt = time.perf_counter() - t0
                     rec = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "lr": lr, **means,
@@ -734,25 +482,31 @@ class Trainer:
                         self.live_log.append(rec)
                         bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()}, refresh=False)
                     window, t0 = {}, time.perf_counter()
-                if (tcfg.eval_every and step % tcfg.eval_every == 0) or step == self.total_steps:
+                if eval_now:
                     self._evaluate(step)
-                selected = self.select_fn is not None and (step % self.steps_per_epoch == 0
-                                                           or step == self.total_steps)
                 if selected:
                     self._select(step)  # then a checkpoint, so a resumed run never selects this epoch again
-                if step % tcfg.checkpoint_every == 0 or step == self.total_steps or selected:
+                if save_now:
                     self._save(step, window)
         bar.close()
         if self.select_fn is not None:
             self._load_best()
         return self.model
 
-    def _check_finite(self, sums: dict, step: int, epoch: int):
-        vals = torch.stack([v.reshape(()) for v in sums.values()])
-        bad = (~torch.isfinite(vals)).any().float()
+    def _check_finite(self, pending: list):
+        """Raise NonFiniteLossError naming the first of the `pending` (step, epoch, losses) whose
+        losses were not all finite on some process: one host read (and one all-reduce) for all."""
+        if not pending:
+            return
+        finite = torch.stack([torch.isfinite(torch.stack([v.reshape(()) for v in sums.values()])).all()
+                              for _, _, sums in pending])  # (n,)
+        order = torch.arange(len(pending), device=finite.device)
+        first = torch.where(finite, len(pending), order).min().reshape(1)  # n: all finite
         if self.env.distributed:
-            dist.all_reduce(bad)
-        if bad.item() > 0:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        bad = int(first.item())
+        if bad < len(pending):
+            step, epoch, sums = pending[bad]
             newest = self.ckpt.steps()
             last = f"step {newest[0]} in {self.work_dir}" if newest else "none yet"
             shown = ", ".join(f"{k}={v.item():.4g}" for k, v in sums.items())

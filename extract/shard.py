@@ -5,7 +5,7 @@
 
 Shard k holds manifest rows [k·S, (k+1)·S) with S = --shard-size (or S = ceil(rows / N) with
 --num-shards N). Images are decoded and resized in DataLoader workers, run through the detector
-a batch at a time, and streamed into the shard (extract/writer.py), which appears only when
+a batch at a time, and streamed into the shard (cavl/shards.py), which appears only when
 complete; unreadable images go to the failures table beside it. See `python -m extract -h`.
 """
 
@@ -21,21 +21,24 @@ import sys
 import time
 from functools import partial
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from cavl import shards as shard_format
+from cavl.shards import FEATURE_DTYPES, ShardWriter, failures_path_for
 from extract.boxes import GIVEN_MODES, MODES, BoxConfig
 from extract.detector import DetectorConfig, RegionExtractor
 from extract.images import MAX_IMAGE_PIXELS, ImageDataset, Resize, collate, configure_pil, worker_init
-from extract.writer import FEATURE_DTYPES, ShardWriter, failures_path_for
 
 log = logging.getLogger("extract")
 
 
 def code_version():
-    """Package version + a checksum of the extract/ sources that produced a shard."""
+    """Package version + a checksum of the sources that produced a shard: extract/*.py and the
+    shard format's writer (cavl/shards.py)."""
     digest = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(__file__), "*.py"))):
+    for path in [*sorted(glob.glob(os.path.join(os.path.dirname(__file__), "*.py"))), shard_format.__file__]:
         with open(path, "rb") as f:
             digest.update(os.path.basename(path).encode() + b"\0" + f.read())
     try:
@@ -95,6 +98,36 @@ def to_original_pixels(boxes, counts, input_sizes, orig_sizes):
     limit = orig_sizes.float().flip(1).repeat(1, 2)  # (B, 4): W H W H
     per_box = torch.repeat_interleave(torch.arange(len(counts)), counts)
     return torch.minimum((boxes * scale[per_box]).clamp(min=0), limit[per_box])
+
+
+class PerImagePredictor:
+    """One image at a time, the way Detectron2's DefaultPredictor runs: `read_image` (EXIF applied,
+    model channel order), `ResizeShortestEdge`, a batch of one, in the calling process. The
+    reference the batched pipeline (:func:`run_shard`) is checked against (tests) and timed
+    against (benchmarks/extraction.py)."""
+
+    def __init__(self, extractor):
+        from detectron2.data import transforms as T
+
+        self.extractor = extractor
+        self.aug = T.ResizeShortestEdge([extractor.min_size, extractor.min_size], extractor.max_size)
+
+    def __call__(self, path, gt_boxes=None):
+        from detectron2.data.detection_utils import read_image
+
+        image = read_image(path, format=self.extractor.input_format)  # (H, W, 3) uint8
+        H, W = image.shape[:2]
+        transform = self.aug.get_transform(image)
+        resized = transform.apply_image(image)
+        h, w = resized.shape[:2]
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None]
+        given = None
+        if gt_boxes is not None:
+            given = [torch.as_tensor(transform.apply_box(np.asarray(gt_boxes, np.float32).reshape(-1, 4)))]
+        out = self.extractor(tensor, torch.tensor([[h, w]]), given)
+        out["boxes"] = to_original_pixels(out["boxes"], out["counts"], torch.tensor([[h, w]]),
+                                          torch.tensor([[H, W]]))
+        return out
 
 
 def run_shard(manifest, shard, out, dcfg, box_cfg, *, shard_size=None, num_shards=None,

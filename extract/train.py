@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from cavl.io import atomic_path, write_json_atomic
+from cavl.settings import DetectorTrain, operational_keys, without
 from extract.detector import DetectorConfig, build_cfg
 
 log = logging.getLogger("extract.train")
@@ -237,17 +238,15 @@ def newest_readable_checkpoint(folder):
     return None
 
 
-# Settings that change where or how fast a run goes, not the weights it reaches.
-NOT_IN_FINGERPRINT = ("mem_mb", "runtime", "log_every", "checkpoint_every", "eval_top_n")
-
-
 def fingerprint(cfg, records, settings):
     """SHA-256 of what the trained weights depend on: the resolved Detectron2 config, the training
-    records and the settings that enter neither (threads); not where the checkpoints lie."""
+    records and the settings that enter neither (threads), less the operational ones, which change
+    where or how fast a run goes, not the weights it reaches (cavl.settings.DetectorTrain); not
+    where the checkpoints lie."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = ""
-    kept = {k: v for k, v in settings.items() if k not in NOT_IN_FINGERPRINT}
+    kept = without(settings, operational_keys(DetectorTrain))
     text = json.dumps({"cfg": cfg.dump(), "records": records, "settings": kept}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

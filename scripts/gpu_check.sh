@@ -26,16 +26,16 @@ check() {  # check NAME SECONDS CMD...: run with a time limit, keep the output
     echo "=== $name: exit $rc after $((SECONDS - start)) s"
 }
 
-check pretrain_bench 150 python3 -m cavl.bench_pretrain --device cuda --amp --preset base --batch 64 --steps 10 --warmup 3
-check adapters_bench 120 python3 -m cavl.bench_adapters --device cuda
-check retrieval_bench 120 python3 -m cavl.bench_retrieval --device cuda
-check extract_bench 150 python3 -m extract.bench --device cuda --images 64 --height 480 --width 640 \
+check pretrain_bench 150 python3 -m benchmarks.pretrain --device cuda --amp --preset bert-base --batch 64 --steps 10 --warmup 3
+check adapters_bench 120 python3 -m benchmarks.adapters --device cuda
+check retrieval_bench 120 python3 -m benchmarks.retrieval --device cuda
+check extract_bench 150 python3 -m benchmarks.extraction --device cuda --images 64 --height 480 --width 640 \
     --detector-config COCO-Detection/faster_rcnn_R_101_C4_3x.yaml --proposals 1000 --max-boxes 100 \
     --batch-size 8 --skip rss read
-check butd_bench 150 python3 -m extract.bench --device cuda --images 64 --height 600 --width 800 \
+check butd_bench 150 python3 -m benchmarks.extraction --device cuda --images 64 --height 600 --width 800 \
     --config extract/configs/butd_R101_C4_attr.yaml --min-size 600 --max-size 1000 --proposals 300 \
     --max-boxes 100 --batch-size 8 --skip rss read
-check train_bench 150 python3 -m extract.bench --train --device cuda --images 16 --height 224 --width 224 \
+check train_bench 150 python3 -m benchmarks.extraction --train --device cuda --images 16 --height 224 --width 224 \
     --min-size 224 --max-size 373 --batch-size 4 --train-iterations 10 --repeats 1
 overrides='{"model": {"bert": ".devmodel/tinybert"}, "pretrain": {"data": {"num_workers": 2},
   "train": {"max_steps": 12, "checkpoint_every": 4, "log_every": 2, "precision": "bf16"}}}'

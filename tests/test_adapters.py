@@ -151,4 +151,18 @@ def test_full_method_trains_everything_and_model_copies():
     model = make("adapter2")
     configure_trainable(model, model.backbone, "full", model.adapter_settings)
     assert all(p.requires_grad for p in model.parameters())
-    assert copy.deepcopy(model)  # plain modules: copyable, no hooks or closures
+    # plain modules: a deep copy is an equal, independent model (no hooks or closures that
+    # would tie it to the original)
+    twin = copy.deepcopy(model)
+    assert twin is not model and type(twin) is type(model)
+    assert _trainable_names(twin) == _trainable_names(model)
+    state, twin_state = model.state_dict(), twin.state_dict()
+    assert state.keys() == twin_state.keys() and all(torch.equal(state[k], twin_state[k]) for k in state)
+    assert not any(a.data_ptr() == b.data_ptr() for a, b in zip(model.parameters(), twin.parameters()))
+    batch = vqa_batch()
+    model.eval(), twin.eval()
+    with torch.no_grad():
+        assert torch.equal(twin(batch)["loss"], model(batch)["loss"])
+        before = model(batch)["loss"]
+        next(twin.head.parameters()).add_(1.0)  # changing the copy leaves the original as it was
+        assert torch.equal(model(batch)["loss"], before) and not torch.equal(twin(batch)["loss"], before)

@@ -233,8 +233,7 @@ def test_held_out_selection_images_are_disjoint_from_training_images():
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    from cavl.bench_retrieval import write_synthetic_flickr30k, write_tiny_pretrained
-    from cavl.tasks.synthetic import write_synthetic_tasks, write_tiny_backbone
+    from cavl.testing import write_synthetic_flickr30k, write_synthetic_tasks, write_tiny_backbone, write_tiny_pretrained
 
     root = write_synthetic_tasks(tmp_path_factory.mktemp("best"))
     write_tiny_backbone(root / "backbone")

@@ -174,3 +174,152 @@ def test_attribute_head_or_trained_detector_needs_vocabularies_naming_the_keys()
         attributes=True, vocab={"objects": "extract/vocabularies/butd_vg/objects_vocab.txt",
                                 "attributes": "extract/vocabularies/butd_vg/attributes_vocab.txt"})
     assert resolve_config(published)["extract"]["detector"]["vocab"]["num_objects"] == 1600
+
+
+# ---------------------------------------------------------------------------------------------
+# Enums and limits: every one in the schema rejects a bad value naming the key
+# ---------------------------------------------------------------------------------------------
+
+LIMITS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "minItems", "maxItems")
+SCHEMA = load_schema()
+
+
+def _resolve(schema, root=SCHEMA):
+    """`schema` with its $ref (a local '#/definitions/...') followed: the definition itself
+    when the key adds only a description, else the two merged (2020-12: both apply)."""
+    if "$ref" not in schema:
+        return schema
+    target = root
+    for part in schema["$ref"].removeprefix("#/").split("/"):
+        target = target[part]
+    own = {k: v for k, v in schema.items() if k not in ("$ref", "description")}
+    return {**_resolve(target, root), **own} if own else _resolve(target, root)
+
+
+def _constrained(schema, path=()):
+    """(path, schema) of every value the schema gives an enum or a limit. Path parts: property
+    names; 0 for an array's item; for a mapping's free keys (additionalProperties) a name the
+    mapping accepts."""
+    schema = _resolve(schema)
+    if "enum" in schema or any(k in schema for k in LIMITS):
+        yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from _constrained(sub, path + (name,))
+    if isinstance(schema.get("items"), dict):
+        yield from _constrained(schema["items"], path + (0,))
+    if isinstance(schema.get("additionalProperties"), dict):
+        names = schema.get("propertyNames", {}).get("enum", ["train"])
+        yield from _constrained(schema["additionalProperties"], path + (names[0],))
+
+
+def _mappings(node, skip=("propertyNames",)):
+    """Every mapping in the raw schema, but those under `skip` keys (rules for key names)."""
+    if isinstance(node, dict):
+        yield node
+        for key, value in node.items():
+            if key not in skip:
+                yield from _mappings(value, skip)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _mappings(value, skip)
+
+
+_BASE = deep_update(load("config.yaml"), load("configs/paper.yaml"))
+_BASE["datasets"]["images"] = {"train": {"root": "photos"}}  # every dataset entry present
+
+
+def _config_with(path, value):
+    """A copy of a valid config (every dataset entry present) with the value at `path` set
+    (missing mappings created; an array item goes first in a list as short as the array allows,
+    the key's other items, or its default's, after it)."""
+    config = copy.deepcopy(_BASE)
+    node, sub = config, SCHEMA
+    for i, part in enumerate(path[:-1]):
+        sub = _resolve(sub)
+        sub = sub.get("properties", {}).get(part, sub.get("additionalProperties"))
+        if path[i + 1] == 0:
+            sub = _resolve(sub)
+            others = (node.get(part) or sub.get("default") or [])[1:sub.get("minItems", 1)]
+            node[part] = [value, *others]  # as few items as the array takes (they may have to differ)
+            return config
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+    return config
+
+
+def _dotted(path):
+    return ".".join(map(str, path))
+
+
+CONSTRAINED = list(_constrained(SCHEMA))
+ENUMS = [(p, s) for p, s in CONSTRAINED if "enum" in s]
+NUMBER_LIMITS = [(p, s, k) for p, s in CONSTRAINED for k in LIMITS[:4] if k in s]
+SIZE_LIMITS = [(p, s, k) for p, s in CONSTRAINED for k in LIMITS[4:] if k in s]
+
+
+def _accepted(path, value):
+    validate_config(_config_with(path, value), SCHEMA)
+
+
+def _rejected(path, value):
+    """validate_config refuses `value` at `path` with one error line naming the key and value."""
+    with pytest.raises(ConfigError) as e:
+        validate_config(_config_with(path, value), SCHEMA)
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == 1, lines
+    assert lines[0].strip().startswith(f"config key '{_dotted(path)}': {value!r} "), lines[0]
+    return lines[0]
+
+
+def test_the_schema_walk_reaches_every_enum_and_limit():
+    """The parametrised tests below cover every enum and limit the schema file holds (the two
+    rules for key names aside: test_own_images.py and the tir test below)."""
+    validate_config(_BASE, SCHEMA)
+    reached = {id(s) for _, s in CONSTRAINED}
+    in_file = {id(m) for m in _mappings(SCHEMA) if "enum" in m or any(k in m for k in LIMITS)}
+    assert reached == in_file
+    assert len(ENUMS) >= 25 and len(NUMBER_LIMITS) >= 140 and len(SIZE_LIMITS) >= 15
+
+
+@pytest.mark.parametrize("path,schema", ENUMS, ids=[_dotted(p) for p, _ in ENUMS])
+def test_every_enum_accepts_its_values_and_rejects_another_naming_the_key(path, schema):
+    for value in schema["enum"]:
+        _accepted(path, value)
+    bad = max(schema["enum"]) + 1 if all(isinstance(v, int) for v in schema["enum"]) else "no-such-choice"
+    assert "is not one of" in _rejected(path, bad)
+
+
+@pytest.mark.parametrize("path,schema,keyword", NUMBER_LIMITS,
+                         ids=[f"{_dotted(p)}-{k}" for p, _, k in NUMBER_LIMITS])
+def test_every_number_limit_holds_at_its_bound_naming_the_key(path, schema, keyword):
+    bound = schema[keyword]
+    lower = keyword in ("minimum", "exclusiveMinimum")
+    if keyword in ("minimum", "maximum"):  # the bound itself is allowed, one step past it is not
+        _accepted(path, bound)
+        types = schema.get("type", "number")
+        step = 1 if "integer" in (types if isinstance(types, list) else [types]) else 0.25
+        bad = bound - step if lower else bound + step
+    else:  # exclusive: the bound itself is refused
+        bad = bound
+    message = _rejected(path, bad)
+    assert f"{'less' if lower else 'greater'} than" in message and message.endswith(f" of {bound}")
+
+
+@pytest.mark.parametrize("path,schema,keyword", SIZE_LIMITS, ids=[f"{_dotted(p)}-{k}" for p, _, k in SIZE_LIMITS])
+def test_every_length_limit_holds_naming_the_key(path, schema, keyword):
+    n = schema[keyword]
+    if keyword == "minLength":
+        _accepted(path, "x" * n)
+        _rejected(path, "x" * (n - 1))
+    else:
+        item = schema["default"][0] if schema.get("default") else _resolve(schema["items"])["enum"][0]
+        _accepted(path, [item] * n)
+        _rejected(path, [item] * (n - 1 if keyword == "minItems" else n + 1))
+
+
+def test_key_names_of_the_tir_learning_rates_are_the_methods():
+    _accepted(("finetune", "tasks", "tir", "lr"), {"adapter1": 1e-4, "full": 1e-5})
+    with pytest.raises(ConfigError, match=r"config key 'finetune\.tasks\.tir\.lr': 'adapter3' is not one of"):
+        validate_config(_config_with(("finetune", "tasks", "tir", "lr"), {"adapter3": 1e-4}), SCHEMA)

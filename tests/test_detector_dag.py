@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from cavl.features import FeatureReader
+from cavl.data.regions import RegionReader
 from test_caching import planned_jobs
 from tiny_run import run, run_until
 from workflow_run import ROOT, snakemake
@@ -45,7 +45,7 @@ def test_extraction_uses_the_trained_detector(trained_run):
             "attributes_vocab.txt"} <= {p.name for p in detector.iterdir()}
     assert sorted(p.name for p in (detector / "checkpoints").glob("model_*.pth"))[:2] == [
         "model_0000001.pth", "model_0000003.pth"]
-    reader = FeatureReader(trained_run / "resources" / "features" / "vg" / "index.parquet")
+    reader = RegionReader(trained_run / "resources" / "features" / "vg" / "index.parquet")
     described = reader.metadata["detector"]
     assert described["weights"] == "resources/detector/model.pth" and not described["random_init"]
     assert described["config"] == "resources/detector/config.yaml"

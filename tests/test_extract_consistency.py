@@ -6,11 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from extract.bench import PerImagePredictor
+from cavl.testing import write_manifest, write_scenes
 from extract.boxes import BoxConfig
 from extract.detector import DetectorConfig, RegionExtractor
-from extract.shard import run_shard
-from extract.synthetic import write_manifest, write_scenes
+from extract.shard import PerImagePredictor, run_shard
 
 TINY = dict(min_size=96, max_size=160, proposals=200)
 

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from cavl.testing import write_bad_images, write_manifest
 from extract.boxes import BoxConfig
 from extract.detector import DetectorConfig
 from extract.images import ImageError, Resize, configure_pil, load_image
 from extract.shard import run_shard
-from extract.synthetic import write_bad_images, write_manifest
 
 RESIZE = Resize(96, 160)
 

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cavl.shards import ShardWriter
+from cavl.testing import write_manifest, write_scenes
 from extract.boxes import BoxConfig
 from extract.detector import DetectorConfig, RegionExtractor, load_weights, read_checkpoint
 from extract.shard import run_shard, shard_range
-from extract.synthetic import write_manifest, write_scenes
-from extract.writer import ShardWriter
 from test_extract_boxes import iou  # the independent numpy IoU reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,7 +169,7 @@ def test_sigkill_mid_shard_leaves_no_shard_and_a_rerun_matches_an_uninterrupted_
 
 
 def test_gather_index_and_feature_reader(extracted, tmp_path):
-    from cavl.features import FeatureReader
+    from cavl.data.regions import RegionReader
     from extract.gather import main as gather_main
 
     path, _ = extracted
@@ -192,7 +192,7 @@ def test_gather_index_and_feature_reader(extracted, tmp_path):
     table = pq.read_table(index).to_pandas()
     assert len(table) == len(SIZES) + 5
     assert table.shard.tolist() == [0] * len(SIZES) + [1] * 5 and table.row.tolist()[-5:] == [0, 1, 2, 3, 4]
-    reader = FeatureReader(index, max_cached_shards=1)
+    reader = RegionReader(index, max_cached_shards=1)
     for shard_path in (path, second):
         df = pd.read_parquet(shard_path)
         for r in df.itertuples():
@@ -206,7 +206,7 @@ def test_gather_index_and_feature_reader(extracted, tmp_path):
 
 
 def test_gather_refuses_mixed_detectors_and_duplicate_ids(extracted, tmp_path):
-    from extract.gather import build_index
+    from cavl.shards import build_index
 
     path, _ = extracted
     meta = {k.decode(): json.loads(v) for k, v in pq.read_schema(path).metadata.items()
@@ -229,7 +229,7 @@ def test_gather_refuses_mixed_detectors_and_duplicate_ids(extracted, tmp_path):
 
 def test_gather_refuses_shards_that_do_not_cover_the_manifest(extracted, tmp_path):
     """Shards planned from an older, shorter manifest: the index would silently miss images."""
-    from extract.gather import build_index
+    from cavl.shards import build_index
 
     path, _ = extracted
     meta = {k.decode(): json.loads(v) for k, v in pq.read_schema(path).metadata.items()

@@ -1,5 +1,7 @@
 """Retrieval Recall@K against a brute-force sort-based reference, with ties, both directions."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -94,10 +96,16 @@ def test_invalid_inputs():
 
 
 def test_flickr_sized_input_is_quick_and_float16_ok():
+    """Flickr30k's test split (1k images x 5k captions) in float16: well under 2 s of CPU time
+    (measured: ~0.1 s; a loop over the 5M pairs in Python takes seconds), and the recalls of the
+    same scores in float64 (float16 ties and all)."""
     rng = np.random.default_rng(5)
     cap2img = np.repeat(np.arange(1000), 5)
     scores = rng.standard_normal((1000, 5000)).astype(np.float16)
     scores[cap2img, np.arange(5000)] += 3
+    started = time.process_time()  # this process's CPU time: not stretched by other processes' load
     m = retrieval_recall(scores, cap2img)
+    assert time.process_time() - started < 2.0
+    assert m == retrieval_recall(scores.astype(np.float64), cap2img)
     assert 0 <= m["t2i_r@1"] <= m["t2i_r@5"] <= m["t2i_r@10"] <= 100
     assert m["i2t_r@10"] > 50

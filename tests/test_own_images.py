@@ -14,8 +14,8 @@ import yaml
 from PIL import Image
 
 from cavl import manifest
-from cavl.features import FeatureReader
 from cavl.config import ConfigError, resolve_config
+from cavl.data.regions import RegionReader
 from cavl.formats import images
 from cavl.formats.errors import FormatError, MissingImageError, SpecError
 from workflow_run import ROOT, snakemake
@@ -293,7 +293,7 @@ def test_workflow_extracts_a_folder_skips_the_broken_file_and_resumes(tmp_path):
     sizes = {row.image_id: (row.width, row.height) for s in shards.values() for row in s.itertuples()}
     assert sizes == GOOD  # rotated.jpg upright, as in the manifest
     assert all((s.num_boxes == 5).all() and (s.num_given == 0).all() for s in shards.values())
-    regions = FeatureReader(features / "index.parquet").regions("a.jpg")  # each box's attribute too
+    regions = RegionReader(features / "index.parquet").regions("a.jpg")  # each box's attribute too
     assert len(regions.attributes) == 5 and ((regions.attributes >= 0) & (regions.attributes < 400)).all()
     failures = pq.read_table(features / "shard-00000.failures.parquet").to_pylist()  # rows a.jpg, broken.jpg, rotated.jpg
     assert [(f["image_id"], f["path"]) for f in failures] == [(BROKEN, f"photos/{BROKEN}")]

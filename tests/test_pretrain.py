@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -19,11 +20,11 @@ import pytest
 import torch
 
 from cavl.io import write_parquet_atomic
-from cavl.tasks.synthetic import _regions as synthetic_regions
+from cavl.testing import COLOURS, SHAPES
+from cavl.testing import region_features as synthetic_regions
+from cavl.testing import scene_objects as _scene
 
 REPO = Path(__file__).resolve().parents[1]
-COLOURS = ["red", "blue", "green", "yellow"]
-SHAPES = ["circle", "square", "triangle", "star"]
 WORDS = ["a", "and", "the", "with", "next", "to", "small", "big"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + COLOURS + SHAPES
 FEATURE_DIM = 12
@@ -50,11 +51,6 @@ def write_tiny_bert(path, hidden=32, layers=2, heads=2):
     return path
 
 
-def _scene(rng, n_objects):
-    pairs = rng.choice(len(COLOURS) * len(SHAPES), size=n_objects, replace=False)
-    return [(COLOURS[p // len(SHAPES)], SHAPES[p % len(SHAPES)]) for p in pairs]
-
-
 def _regions(rng, objects, w=200, h=160):
     """Features, pixel boxes, width, height: the objects plus one distractor region without content."""
     feats, boxes = synthetic_regions(rng, objects, extra=1, w=w, h=h, dim=FEATURE_DIM)
@@ -62,9 +58,8 @@ def _regions(rng, objects, w=200, h=160):
 
 
 def _write_shard(root, dataset, items):
-    """A feature shard and its index, written by the extract stage's own writer and gather."""
-    from extract.gather import build_index
-    from extract.writer import ShardWriter
+    """A feature shard and its index, written by the shard format's own writer and index builder."""
+    from cavl.shards import ShardWriter, build_index
 
     path = root / dataset / "shard-00000.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,14 +193,14 @@ def test_mlm_masking_statistics():
     assert len(np.unique(masked[replaced])) > 50  # random tokens spread over the vocabulary
 
 
-def test_region_store_reads_shards_and_normalises_boxes(data):
-    from cavl.pretrain_data import normalise_boxes, open_region_store
+def test_region_sources_read_shards_and_normalise_boxes(data):
+    from cavl.data.regions import normalise_boxes, open_sources
 
-    store = open_region_store(data / "features", ["coco", "vg"])
-    assert store.feature_dim == FEATURE_DIM
+    sources = open_sources(data / "features", ["coco", "vg"])
+    assert sources["coco"].feature_dim == sources["vg"].feature_dim == FEATURE_DIM
     shard = pd.read_parquet(data / "features" / "vg" / "shard-00000.parquet")
     row = shard.iloc[5]
-    r = store.get("vg", row["image_id"])
+    r = sources["vg"].get(row["image_id"])
     assert r.features.dtype == np.float32 and r.features.shape == (row["num_boxes"], FEATURE_DIM)
     stored = np.frombuffer(row["features"], np.float16).reshape(row["num_boxes"], FEATURE_DIM)
     assert np.array_equal(r.features, stored.astype(np.float32))
@@ -218,18 +213,19 @@ def test_region_store_reads_shards_and_normalises_boxes(data):
 
 
 def test_feature_statistics_cover_the_regions_the_model_sees(data):
-    from cavl.pretrain_data import PretrainDataConfig, feature_statistics, load_examples, open_region_store
+    from cavl.data.regions import feature_statistics, open_sources
+    from cavl.pretrain_data import PretrainDataConfig, load_examples
 
-    store = open_region_store(data / "features", ["coco", "vg"])
+    store = open_sources(data / "features", ["coco", "vg"])
     examples = load_examples(data / "tasks/pretrain/train.parquet", PretrainDataConfig(), seed=0)
     images = examples[["dataset", "image_id"]].drop_duplicates()
     assert len(images) < len(examples)  # several captions per image: each image counts once
-    seen = np.concatenate([store.get(d, i).features[:1] for d, i in images.itertuples(index=False)])
+    seen = np.concatenate([store[d].get(i).features[:1] for d, i in images.itertuples(index=False)])
     mean, std = feature_statistics(store, examples, max_regions=1)
     assert mean.shape == std.shape == (FEATURE_DIM,)
     assert np.allclose(mean, seen.mean(0), rtol=1e-6, atol=1e-6)
     assert np.allclose(std, seen.std(0), rtol=1e-5, atol=1e-6)
-    every = np.concatenate([store.get(d, i).features for d, i in images.itertuples(index=False)])
+    every = np.concatenate([store[d].get(i).features for d, i in images.itertuples(index=False)])
     assert not np.allclose(feature_statistics(store, examples, max_regions=100)[0], mean)  # more regions
     assert np.allclose(feature_statistics(store, examples, max_regions=100)[0], every.mean(0), atol=1e-6)
     subset, _ = feature_statistics(store, examples, max_regions=1, max_images=4)
@@ -237,7 +233,8 @@ def test_feature_statistics_cover_the_regions_the_model_sees(data):
 
 
 def test_examples_sources_and_caption_cap(data):
-    from cavl.pretrain_data import PretrainDataConfig, load_examples, open_region_store
+    from cavl.data.regions import open_sources
+    from cavl.pretrain_data import PretrainDataConfig, load_examples
 
     path = data / "tasks/pretrain/train.parquet"
     full = load_examples(path, PretrainDataConfig(), seed=0)
@@ -248,20 +245,22 @@ def test_examples_sources_and_caption_cap(data):
     assert capped[capped["dataset"] == "coco"].groupby("image_id").size().max() == 1
     assert (capped["dataset"] == "vg").sum() == (full["dataset"] == "vg").sum()
     # images without features are dropped (with a warning)
-    store = open_region_store(data / "features", ["coco"])
-    store.image_ids = lambda d: {i for i in store.readers[d].image_ids if i != "train0"}  # as if it failed
-    kept = load_examples(path, PretrainDataConfig(sources=["coco"]), seed=0, store=store)
+    ids = open_sources(data / "features", ["coco"])["coco"].image_ids
+    failed = {"coco": SimpleNamespace(image_ids=[i for i in ids if i != "train0"])}  # as if its extraction failed
+    kept = load_examples(path, PretrainDataConfig(sources=["coco"]), seed=0, sources=failed)
     assert "train0" not in set(kept["image_id"]) and len(kept) == len(coco) - 2
 
 
 def test_batches_are_deterministic_sharded_and_well_formed(data, bert):
     from transformers import AutoTokenizer
 
-    from cavl.pretrain_data import PretrainBatches, PretrainDataConfig, load_examples, make_loader, open_region_store
+    from cavl.data.batches import make_loader
+    from cavl.data.regions import open_sources
+    from cavl.pretrain_data import PretrainBatches, PretrainDataConfig, load_examples
 
     tok = AutoTokenizer.from_pretrained(str(bert))
     cfg = PretrainDataConfig(max_text_len=12, max_regions=2)
-    store = open_region_store(data / "features", ["coco", "vg"])
+    store = open_sources(data / "features", ["coco", "vg"])
     ex = load_examples(data / "tasks/pretrain/train.parquet", cfg, 0, store)
     ranks = [PretrainBatches(ex, store, tok, cfg, batch_size=8, seed=3, rank=r, world_size=2) for r in range(2)]
     assert len(ranks[0]) == len(ex) // 16
@@ -336,6 +335,9 @@ def run_cli(args, kill_after=None, kill_in_save=None, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+# Three subprocess runs killed and resumed (~25 s): the fast tier's resume check is
+# test_corrupt_newest_checkpoint_falls_back_to_previous, in-process.
+@pytest.mark.slow
 def test_killed_runs_resume_to_bitwise_identical_weights(data, bert, tmp_path):
     from cavl.pretrain import main
 
@@ -411,6 +413,25 @@ def test_model_folder_loads_with_one_call(data, bert, tmp_path):
     assert {"step", "epoch", "lr", "loss", "mlm_loss", "itm_loss", "pwcl_loss", "samples_per_s"} <= set(rec[0])
 
 
+def test_samples_per_s_is_the_windows_samples_over_its_seconds(data, bert, tmp_path, monkeypatch):
+    """Each train record's samples_per_s: the samples of the steps since the previous record
+    (batch size x steps x processes) over the seconds they took, on a clock that reads 2 s later
+    each time the loop looks at it."""
+    import time
+    import types
+
+    from cavl import train_loop
+    from cavl.pretrain import main
+
+    ticks = iter(range(0, 10_000, 2))
+    monkeypatch.setattr(train_loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks)),
+                                                                  strftime=time.strftime))
+    cfg = tiny_config(bert, train={"batch_size": 8, "max_steps": 6, "log_every": 3, "checkpoint_every": 6})
+    assert main(cli_args(data, tmp_path, cfg)) == 0
+    rec = [r for r in records(tmp_path / "log.jsonl") if "lr" in r]
+    assert [(r["step"], r["samples_per_s"]) for r in rec] == [(3, 8 * 3 / 2), (6, 8 * 3 / 2)]
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data, bert, tmp_path, monkeypatch):
     from cavl.model import CavlForPretraining
     from cavl.pretrain import main
@@ -435,29 +456,57 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data,
     assert not (tmp_path / "model").exists()
 
 
-def test_torchrun_two_processes_train_and_resume(data, bert, tmp_path):
-    """The same entry point under torchrun (DDP over gloo on CPU); a rerun resumes on both ranks."""
+def torchrun_or_skip():
+    """The venv's torchrun; missing → skip, or fail where CAVL_REQUIRE_TORCHRUN=1 (CI)."""
+    from guards import require
+
     torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed")
+    require("CAVL_REQUIRE_TORCHRUN", torchrun.exists(), f"torchrun not installed beside {sys.executable}")
+    return torchrun
+
+
+def test_torchrun_two_processes_train_and_resume_mid_way(data, bert, tmp_path):
+    """The same entry point under torchrun (DDP over gloo on CPU). A run that lost everything
+    after its step-2 checkpoint resumes there on both ranks, trains steps 3-4 again and ends with
+    the weights and losses of an uninterrupted run."""
+    import shutil
+
+    torchrun = torchrun_or_skip()
     cfg = tiny_config(bert, train={"batch_size": 4, "max_steps": 4, "checkpoint_every": 2, "log_every": 1})
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "cavl.pretrain",
-           *cli_args(data, tmp_path, cfg), "--threads", "1"]
-    first = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
-    meta = json.loads((tmp_path / "checkpoints/step-00000004.json").read_text())
+
+    def run(out):
+        cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "cavl.pretrain",
+               *cli_args(data, out, cfg), "--threads", "1"]
+        done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    ref = tmp_path / "ref"
+    first = run(ref)
+    assert "resumed" not in first.stderr
+    meta = json.loads((ref / "checkpoints/step-00000004.json").read_text())
     assert meta["world_size"] == 2
-    log = [r for r in records(tmp_path / "log.jsonl") if "lr" in r]
-    assert [r["step"] for r in log] == [1, 2, 3, 4]
-    assert log[0]["samples_per_s"] > 0
-    weights = read_weights(tmp_path / "model")
-    import shutil
-    shutil.rmtree(tmp_path / "model")
-    again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed from step 4" in again.stderr
-    assert all(torch.equal(weights[k], v) for k, v in read_weights(tmp_path / "model").items())
+    ref_log = [r for r in records(ref / "log.jsonl") if "lr" in r]
+    assert [r["step"] for r in ref_log] == [1, 2, 3, 4]
+
+    # the crashed run's folder: the checkpoints up to step 2 (and the live log up to step 4)
+    out = tmp_path / "run"
+    shutil.copytree(ref / "checkpoints", out / "checkpoints")
+    for newer in (out / "checkpoints").glob("step-00000004.*"):
+        newer.unlink()
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000002.json", "step-00000002.pt"]
+    again = run(out)
+    assert "resumed from step 2" in again.stderr
+    assert_same_weights(ref / "model", out / "model")
+    log = records(out / "log.jsonl")
+    resume = [k for k, r in enumerate(log) if r.get("event") == "resume"]
+    assert [log[k]["step"] for k in resume] == [2]
+    before, after = log[:resume[0]], log[resume[0] + 1:]
+    assert [r["step"] for r in before if "lr" in r] == [1, 2]  # the copied log, cut at the checkpoint
+    assert [r["step"] for r in after if "lr" in r] == [3, 4]  # trained again by the resumed run
+    for a, b in zip(ref_log, [r for r in log if "lr" in r], strict=True):
+        assert (a["loss"], a["lr"]) == (b["loss"], b["lr"]), (a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,6 +516,7 @@ def test_torchrun_two_processes_train_and_resume(data, bert, tmp_path):
 
 # `joint` (PwCL on the MLM/ITM pass) slows ITM here: 0.693 → 0.683 in 400 steps, where the clean
 # second pass of `joint_clean` gives 0.653 (docs/pretraining.md); its ITM is not asserted.
+@pytest.mark.slow  # 400 steps per encoding (~15 s each)
 @pytest.mark.parametrize("encoding,itm_drop", [("separate", 0.85), ("joint_clean", 0.95), ("joint", None)])
 def test_demo_losses_fall_and_retrieval_beats_chance(data, bert, tmp_path, encoding, itm_drop):
     from cavl.pretrain import main

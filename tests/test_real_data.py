@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cavl.features import FeatureReader
+from cavl.data.regions import RegionReader
 from release_samples import paper_datasets_config, write_release_samples
 from test_caching import planned_jobs
 from workflow_run import ROOT, snakemake
@@ -157,7 +157,7 @@ def test_released_layouts_run_end_to_end(tmp_path, present):
     log = (work / "logs" / "pretrain.log").read_text()
     assert "pretraining on" in log
     # The published 1600 / 400 vocabularies size the detector's heads and name each box's attribute.
-    reader = FeatureReader(work / "resources" / "features" / present[0] / "index.parquet")
+    reader = RegionReader(work / "resources" / "features" / present[0] / "index.parquet")
     assert {kind: v["classes"] for kind, v in reader.vocabularies.items()} == {"objects": 1600, "attributes": 400}
     regions = reader.regions(reader.image_ids[0])
     assert len(regions.attributes) == regions.num_boxes > 0 and 0 <= regions.attributes.min() < 400

@@ -1,5 +1,5 @@
 """Per-box attributes in feature shards: the writer's columns, gather's vocabulary checks, and
-FeatureReader.regions (with get unchanged and old shards still readable)."""
+RegionReader.regions (with get unchanged and old shards still readable)."""
 
 import json
 import os
@@ -9,11 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import cavl.features
-from cavl.features import FeatureReader, OldShardError, Regions
-from extract.gather import build_index
+import cavl.data.regions
+from cavl.data.regions import OldShardError, RegionReader, Regions
+from cavl.shards import SCHEMA_VERSION, ShardWriter, build_index, read_shard_metadata
 from extract.gather import main as gather_main
-from extract.writer import SCHEMA_VERSION, ShardWriter, read_shard_metadata
 
 D = 8
 VOCABS = {
@@ -103,7 +102,7 @@ def test_attribute_columns_round_trip_image_by_image_across_row_groups(tmp_path)
         np.testing.assert_array_equal(np.asarray(table["attribute_scores"][k], np.float32), want["attribute_scores"])
     assert table["attributes"][1] == []  # no boxes: an empty list, not null
 
-    reader = FeatureReader(gather(str(tmp_path), path))
+    reader = RegionReader(gather(str(tmp_path), path))
     assert reader.vocabularies == VOCABS
     for image_id in reversed(list(images)):  # out of order, across row groups
         want = images[image_id]
@@ -130,7 +129,7 @@ def test_without_an_attribute_head_the_values_are_null_not_empty(tmp_path):
     table = pq.read_table(path)
     for name in ("attributes", "attribute_scores"):
         assert table.column(name).null_count == len(images)  # zero-box images too
-    reader = FeatureReader(gather(str(tmp_path), path))
+    reader = RegionReader(gather(str(tmp_path), path))
     assert reader.vocabularies == {"objects": VOCABS["objects"], "attributes": None}
     for image_id, want in images.items():
         r = reader.regions(image_id)
@@ -172,16 +171,16 @@ def test_schema_version_is_added_when_the_caller_gives_none(tmp_path):
 def test_get_is_unchanged_and_reads_only_boxes_and_features(tmp_path, monkeypatch):
     images = make_images("img")
     path = write_shard(str(tmp_path / "shard-00000.parquet"), images)
-    reader = FeatureReader(gather(str(tmp_path), path))
+    reader = RegionReader(gather(str(tmp_path), path))
 
     read_columns = []
-    real_read_table = cavl.features.pq.read_table
+    real_read_table = cavl.data.regions.pq.read_table
 
     def spy(source, *args, columns=None, **kwargs):
         read_columns.append(columns)
         return real_read_table(source, *args, columns=columns, **kwargs)
 
-    monkeypatch.setattr(cavl.features.pq, "read_table", spy)
+    monkeypatch.setattr(cavl.data.regions.pq, "read_table", spy)
     for image_id, want in images.items():
         got = reader[image_id]
         assert type(got) is tuple and len(got) == 3
@@ -204,7 +203,7 @@ def test_old_layout_shard_gathers_reads_with_get_and_regions_names_the_rule(tmp_
     assert "attributes" not in pq.read_schema(path).names and pq.ParquetFile(path).num_row_groups == 4
 
     index = gather(str(tmp_path), path)
-    reader = FeatureReader(index)
+    reader = RegionReader(index)
     assert reader.vocabularies is None
     assert read_shard_metadata(index)["vocabularies"] is None  # the key is there, null
     for image_id, want in images.items():
@@ -244,7 +243,7 @@ def test_gather_refuses_shards_whose_vocabularies_differ_and_carries_them_into_t
     index = gather(str(tmp_path), first, same)
     meta = {k.decode(): json.loads(v) for k, v in pq.read_schema(index).metadata.items()}
     assert meta["vocabularies"] == VOCABS
-    assert FeatureReader(index).vocabularies == VOCABS
+    assert RegionReader(index).vocabularies == VOCABS
 
 
 def test_gather_refuses_old_layout_shards_among_new_ones(tmp_path):

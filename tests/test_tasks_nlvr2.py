@@ -8,8 +8,8 @@ import torch
 from cavl.adapters import TaskHead
 from cavl.metrics.chance import nlvr2_majority_chance
 from cavl.tasks import REGISTRY, get_task
-from cavl.tasks.base import DataSettings, Encoded, RegionSource, TaskBatches
-from cavl.tasks.synthetic import word_tokenizer, write_feature_shards
+from cavl.tasks.base import DataSettings, Encoded, RegionSource, TaskBatches, TaskOutput
+from cavl.testing import word_tokenizer, write_feature_shards
 
 TASK = get_task("nlvr2")
 EXAMPLES = pd.DataFrame([
@@ -69,12 +69,12 @@ def test_examples_without_features_are_skipped(regions):
 def test_decoding_metrics_and_chance():
     items = TASK.items(EXAMPLES)
     logits = torch.tensor([[0.0, 3.0], [0.0, 3.0], [0.0, 3.0]])  # always "true"
-    preds = TASK.predictions(EXAMPLES, items, TASK.decode(logits, {}), {})
+    preds = TASK.predictions(EXAMPLES, items, TASK.decode(TaskOutput(logits), {}), {})
     assert preds["prediction"].tolist() == [True, True, True]
     m = TASK.metrics(preds, EXAMPLES, {})
     assert m["accuracy"] == pytest.approx(200 / 3)
     assert m["consistency"] == pytest.approx(50.0)  # sentence dev-1 has one wrong pair; dev-2 right
-    loss = TASK.loss(logits, {"nlvr2_labels": torch.tensor([1, 0, 1])})
+    loss = TASK.loss(TaskOutput(logits), {"nlvr2_labels": torch.tensor([1, 0, 1])}, {})
     assert set(loss) == {"loss", "nlvr2_loss"}
     train = pd.DataFrame({"label": [False, False, True]})
     assert TASK.chance(train, EXAMPLES, {}) == nlvr2_majority_chance(

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from cavl import evaluate, finetune
-from cavl.bench_retrieval import write_synthetic_flickr30k, write_tiny_pretrained
+from cavl.data.regions import RegionSource
 from cavl.metrics.chance import rpg_chance
 from cavl.tasks import REGISTRY, get_task
-from cavl.tasks.base import DataSettings, Encoded, TaskBatches
-from cavl.tasks.rpg import DetectedRegionSource, phrase_ids
-from cavl.tasks.synthetic import word_tokenizer, write_feature_shards
+from cavl.tasks.base import DataSettings, Encoded, TaskBatches, TaskOutput
+from cavl.tasks.rpg import phrase_ids
+from cavl.testing import word_tokenizer, write_feature_shards, write_synthetic_flickr30k, write_tiny_pretrained
 
 TASK = get_task("rpg")
 TINY = {"finetune": {
@@ -78,7 +78,7 @@ def test_registry_entry():
 
 def test_phrases_to_items_with_several_boxes_and_no_box_phrases(entities):
     examples, index = entities
-    regions = TASK.region_source(index, DataSettings(max_regions=36))
+    regions = TASK.region_source(index, DataSettings(max_text_len=48, max_regions=36))
     ex = TASK.labelled(TASK.with_features(examples, regions, "test"), "test")
     assert ex["phrase"].tolist() == ["Two men", "a red car", "the street", "Someone", "the car"]
     assert [len(b) for b in ex["gt_boxes"]] == [2, 1, 0, 0, 1]  # scene and notvisual phrases: no box
@@ -103,7 +103,7 @@ def test_phrases_to_items_with_several_boxes_and_no_box_phrases(entities):
 
 def test_grounding_metric_through_the_task_on_hand_made_boxes(entities):
     examples, index = entities
-    regions = TASK.region_source(index, DataSettings(max_regions=36))
+    regions = TASK.region_source(index, DataSettings(max_text_len=48, max_regions=36))
     ex = TASK.with_features(examples, regions, "test")
     items = TASK.items(ex)
     # scores per query (men, car, the car): men ranks the near miss first, the hit second;
@@ -125,7 +125,7 @@ def test_grounding_metric_through_the_task_on_hand_made_boxes(entities):
     assert sig["chance_rate_range"] == [0.25, 0.25] and sig["p_value"] == pytest.approx(37 / 64, rel=1e-12)
     assert TASK.chance(None, ex, {}) == rpg_chance(list(ex["candidate_boxes"]), list(ex["gt_boxes"]))[0]
     # fewer candidates (max_regions 1): only the first detection — men still hit, the car is out of reach
-    one = TASK.with_features(examples, TASK.region_source(index, DataSettings(max_regions=1)), "test")
+    one = TASK.with_features(examples, TASK.region_source(index, DataSettings(max_text_len=48, max_regions=1)), "test")
     s1 = np.empty(3, dtype=object)
     s1[:] = [np.zeros(1, np.float32)] * 3
     m1 = TASK.metrics(TASK.predictions(one, items, {"scores": s1}, {}), one, {})
@@ -191,7 +191,7 @@ def test_loss_targets_hits_and_falls_back_to_the_best_overlap():
     iou = torch.tensor([[0.9, 0.6, 0.1, 0.0],   # two hits: target ∝ IoU over them
                         [0.2, 0.4, 0.0, 0.0],   # no hit: the best overlap
                         [0.0, 0.0, 0.0, 0.0]])  # nothing overlaps: no loss
-    loss = TASK.loss(logits, {"rpg_iou": iou})["loss"]
+    loss = TASK.loss(TaskOutput(logits), {"rpg_iou": iou}, {})["loss"]
     assert loss.item() == pytest.approx(np.log(4))  # uniform logits: -log(1/4) for both counted items
     loss.backward()
     g = logits.grad
@@ -240,5 +240,5 @@ def test_finetune_then_evaluate(root, tmp_path):
     assert sig["chance_value"] == pytest.approx(metrics["chance"]["r@1"])
     preds = pd.read_parquet(out / "predictions.parquet")
     assert len(preds) == metrics["num_examples"] and set(preds["phrase_id"]) <= set(phrase_ids(test))
-    detected = DetectedRegionSource(feats, 8)  # each image's scores: one per detected candidate
-    assert [len(s) for s in preds["scores"]] == [len(detected.candidate_boxes(i)) for i in preds["image_id"]]
+    detected = RegionSource(feats, 8, skip_given=True)  # each image's scores: one per detected candidate
+    assert [len(s) for s in preds["scores"]] == [len(detected.pixel_boxes(i)) for i in preds["image_id"]]

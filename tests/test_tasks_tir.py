@@ -15,12 +15,12 @@ import yaml
 from safetensors.torch import load_file
 
 from cavl import evaluate, finetune
-from cavl.bench_retrieval import write_synthetic_flickr30k, write_tiny_pretrained
 from cavl.losses import PairwiseContrastiveLoss
 from cavl.metrics.chance import retrieval_chance
 from cavl.tasks import REGISTRY, get_task
 from cavl.tasks.base import TaskBatches
-from cavl.tasks.tir import draw_negatives, masked_pwcl, retrieval_set
+from cavl.tasks.tir import TirOutput, draw_negatives, masked_pwcl, retrieval_set
+from cavl.testing import write_synthetic_flickr30k, write_tiny_pretrained
 from test_significance import brute_force_tail
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_given_boxes_are_not_regions(root):
     from cavl.tasks.base import DataSettings, RegionSource
 
     task = get_task("tir")
-    detected = task.region_source(features(root), DataSettings(max_regions=4))
+    detected = task.region_source(features(root), DataSettings(max_text_len=32, max_regions=4))
     everything = RegionSource(features(root))
     image = pd.read_parquet(root / "tasks/tir/test.parquet")["image_id"][0]
     full = everything.get(image, 100)
@@ -142,7 +142,7 @@ def test_given_boxes_are_not_regions(root):
     assert given >= 2 and det.num_given == 0 and len(det.features) == len(full.features) - given
     np.testing.assert_array_equal(det.features, full.features[given:])
     np.testing.assert_array_equal(det.boxes, full.boxes[given:])
-    assert len(detected.get(image, 3).features) == 3 and len(detected.candidate_boxes(image)) == 4
+    assert len(detected.get(image, 3).features) == 3 and len(detected.pixel_boxes(image)) == 4
 
 
 def test_settings_from_config_yaml_and_the_task_lr():
@@ -209,14 +209,15 @@ def test_training_pass_pairs_positives_with_hard_negatives(root):
     batches = TaskBatches(task, examples, state, regions, load_tokenizer(root / "backbone"), s.data, 8, seed=0)
     batch = batches[0]
     model.train()
-    out = model.logits(batch)
+    out = model.task_output(batch)
+    assert isinstance(out, TirOutput)
     B = 8
-    labels = out["itm_labels"]
+    labels = out.labels
     assert labels[:B].tolist() == [1] * B and not labels[B:].any()
-    n_neg = int((out["neg_image"] >= 0).sum() + (out["neg_text"] >= 0).sum())
-    assert out["itm_logits"].shape == (B + n_neg, 2) and n_neg == 2 * B  # every caption has other pictures here
+    n_neg = int((out.neg_image >= 0).sum() + (out.neg_text >= 0).sum())
+    assert out.logits.shape == (B + n_neg, 2) and n_neg == 2 * B  # every caption has other pictures here
     picture = batch["tir_image"]
-    assert (picture[out["neg_image"]] != picture).all() and (picture[out["neg_text"]] != picture).all()
+    assert (picture[out.neg_image] != picture).all() and (picture[out.neg_text] != picture).all()
     losses = model(batch)
     assert set(losses) == {"loss", "itm_loss", "pwcl_loss"}
     assert torch.allclose(losses["loss"], losses["itm_loss"] + losses["pwcl_loss"])
@@ -230,7 +231,7 @@ def test_head_starts_as_the_pretrained_itm_head(root, tmp_path):
     from cavl.adapters import AdapterSettings
     from cavl.finetune import FinetuneModel
     from cavl.model import CavlModel
-    from cavl.tasks.synthetic import write_tiny_backbone
+    from cavl.testing import write_tiny_backbone
 
     task = get_task("tir")
 
@@ -358,7 +359,7 @@ def test_zero_shot_evaluation(root, tmp_path):
     metrics = check_retrieval_outputs(root, out, "zs_tir")
     assert metrics["task"] == "zs_tir" and metrics["method"] == "zero-shot" and metrics["trainable_params"] == 0
     assert metrics["total_params"] > 0 and metrics["config"]["method"] == "zero-shot"
-    from cavl.tasks.base import file_sha256
+    from cavl.io import file_sha256
 
     assert metrics["model"] == file_sha256(root / "backbone" / "model.safetensors")
     # the pretrained ITM head is the one scoring
@@ -371,7 +372,7 @@ def test_zero_shot_evaluation(root, tmp_path):
 
 
 def test_zero_shot_needs_the_pretraining_head(root, tmp_path):
-    from cavl.tasks.synthetic import write_tiny_backbone
+    from cavl.testing import write_tiny_backbone
 
     bare = write_tiny_backbone(tmp_path / "bare")  # a CavlModel folder: no ITM head
     with pytest.raises(ValueError, match="no ITM head"):

@@ -10,8 +10,8 @@ import torch
 
 from cavl.metrics.chance import vcr_chance
 from cavl.tasks import REGISTRY, get_task
-from cavl.tasks.base import DataSettings, RegionSource, TaskBatches
-from cavl.tasks.synthetic import VOCAB, word_tokenizer, write_feature_shards
+from cavl.tasks.base import DataSettings, RegionSource, TaskBatches, TaskOutput
+from cavl.testing import VOCAB, word_tokenizer, write_feature_shards
 from cavl.tasks.vcr import QA2R, Q2A, render
 
 TASK = get_task("vcr")
@@ -101,10 +101,10 @@ def test_decoding_and_metrics_pair_the_two_items():
     items = TASK.items(ex)
     logits = torch.tensor([[0, 9.0, 0, 0], [0, 0, 9.0, 0],    # a: answer 1 right, rationale 2 right
                            [0, 9.0, 0, 0], [9.0, 0, 0, 0]])   # b: answer wrong, rationale right
-    preds = TASK.predictions(ex, items, TASK.decode(logits, {}), {})
+    preds = TASK.predictions(ex, items, TASK.decode(TaskOutput(logits), {}), {})
     assert preds["answer_pred"].tolist() == [1, 1] and preds["rationale_pred"].tolist() == [2, 0]
     assert TASK.metrics(preds, ex, {}) == {"q2a": 50.0, "qa2r": 100.0, "q2ar": 50.0}
-    loss = TASK.loss(logits, {"vcr_labels": torch.tensor([1, 2, 0, 0])})
+    loss = TASK.loss(TaskOutput(logits), {"vcr_labels": torch.tensor([1, 2, 0, 0])}, {})
     assert set(loss) == {"loss", "vcr_loss"}
     assert TASK.chance(ex, ex, {}) == vcr_chance(4, 4)
 

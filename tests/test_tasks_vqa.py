@@ -7,8 +7,8 @@ import torch
 
 from cavl.metrics.chance import vqa_majority_chance
 from cavl.tasks import REGISTRY, get_task
-from cavl.tasks.base import DataSettings, RegionSource, TaskBatches
-from cavl.tasks.synthetic import word_tokenizer, write_feature_shards
+from cavl.tasks.base import DataSettings, RegionSource, TaskBatches, TaskOutput
+from cavl.testing import word_tokenizer, write_feature_shards
 
 TASK = get_task("vqa")
 
@@ -73,7 +73,8 @@ def test_example_to_model_inputs(regions):
     np.testing.assert_allclose(b["visual_boxes"][0, 0].numpy(), [0.05, 0.2, 0.55, 0.6, 0.2], rtol=1e-6)
     assert "region_links" not in b
     assert b["vqa_targets"].shape == (2, 4) and b["item_index"].tolist() == [0, 1]
-    assert len(b["keys"]) == 2 and len(set(b["keys"])) == 2
+    assert set(b) == {"input_ids", "attention_mask", "token_type_ids", "visual_feats", "visual_boxes", "visual_mask",
+                      "vqa_targets", "item_index"}  # no cache: no per-sequence key either
 
 
 def test_loss_decoding_predictions_and_metric():
@@ -81,9 +82,13 @@ def test_loss_decoding_predictions_and_metric():
     items = TASK.items(EXAMPLES)
     logits = torch.tensor([[5.0, 0, 0, 0], [0, 0, 5.0, 0], [0, 0, 0, 5.0]])
     targets = torch.from_numpy(TASK.targets(EXAMPLES, items, state)["vqa_targets"])
-    loss = TASK.loss(logits, {"vqa_targets": targets})
-    assert set(loss) == {"loss", "vqa_loss"} and loss["loss"].item() > 0
-    preds = TASK.predictions(EXAMPLES, items, TASK.decode(logits, {}), state)
+    loss = TASK.loss(TaskOutput(logits), {"vqa_targets": targets}, state)
+    assert set(loss) == {"loss", "vqa_loss"}
+    # binary cross-entropy summed over the answers, averaged over the questions, written out here
+    p = torch.sigmoid(logits.double())
+    expected = -(targets * p.log() + (1 - targets) * (1 - p).log()).sum() / len(logits)
+    assert loss["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    preds = TASK.predictions(EXAMPLES, items, TASK.decode(TaskOutput(logits), {}), state)
     assert preds["answer"].tolist() == ["yes", "2", "red"]
     assert list(preds.columns) == ["question_id", "image_id", "answer", "score"]
     m = TASK.metrics(preds, EXAMPLES, state)

@@ -121,7 +121,7 @@ def test_checkpoints_of_another_configuration_are_not_resumed(demo, uninterrupte
 
 def test_an_image_without_known_objects_is_left_out(demo):
     root, attributes = demo
-    from extract.vocab import Vocabulary
+    from cavl.formats.vocab import Vocabulary
 
     shapes_only = Vocabulary([("nothing-here",)])
     records = T.training_records({"vg": {"manifest": str(root / "vg.parquet"), "attributes": attributes}},

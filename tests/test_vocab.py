@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cavl.formats.errors import FormatError
+from cavl.formats.vocab import clean_attributes, clean_object_name
 from cavl.io import file_sha256
 from extract import vocab as V
 
@@ -78,7 +79,7 @@ def test_published_vocabularies(published):
     ("red", ("red", [])),
 ])
 def test_clean_object_name(raw, expected):
-    assert V.clean_object_name(raw) == expected
+    assert clean_object_name(raw) == expected
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -91,7 +92,7 @@ def test_clean_object_name(raw, expected):
     (".", []),
 ])
 def test_clean_attributes(raw, expected):
-    assert V.clean_attributes(raw) == expected
+    assert clean_attributes(raw) == expected
 
 
 def test_map_object_on_the_published_files(published):

@@ -27,5 +27,5 @@ def test_workflow_files_are_snakefmt_formatted():
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     # It checked the Snakefile and every rule file.
-    rules = [f for f in os.listdir(os.path.join(ROOT, "workflow", "rules")) if f.endswith(".smk")]
+    rules = [f for _, _, files in os.walk(os.path.join(ROOT, "workflow", "rules")) for f in files if f.endswith(".smk")]
     assert f"All {1 + len(rules)} file(s) would be left unchanged" in output, output[-2000:]

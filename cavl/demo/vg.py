@@ -6,7 +6,7 @@ BUTD's hand-made files (the demo's stand-in for the published vocabularies)."""
 import hashlib
 import os
 
-from extract.vocab import COMMON_ADJECTIVES, Vocabulary, write_vocab
+from cavl.formats.vocab import COMMON_ADJECTIVES, Vocabulary, write_vocab
 
 from .files import rel, write_json_atomic
 from .language import region_phrases

@@ -44,9 +44,9 @@ def get(obj, key, types, path, record, default=KeyError):
     return check_type(obj[key], types, path, record, f"key {key!r}")
 
 
-def _open_text(path):
+def _open_text(path, binary=False):
     try:
-        return open(path, encoding="utf-8")
+        return open(path, "rb") if binary else open(path, encoding="utf-8")
     except FileNotFoundError:
         raise FormatError(path, None, "file not found") from None
     except IsADirectoryError:
@@ -69,16 +69,14 @@ def load_json(path):
 
 def iter_json_lines(path):
     """Yield (line_number, object) for each non-blank line of a JSON-lines file."""
-    with _open_text(path) as f:
-        lineno = 0
-        while True:
+    # Bytes, decoded line by line: a text-mode file decodes ahead in chunks, so a byte that is
+    # not UTF-8 would be reported on an earlier line than its own.
+    with _open_text(path, binary=True) as f:
+        for lineno, raw in enumerate(f, start=1):
             try:
-                line = f.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise FormatError(path, f"line {lineno + 1}", "not UTF-8 text") from None
-            if not line:
-                return
-            lineno += 1
+                raise FormatError(path, f"line {lineno}", "not UTF-8 text") from None
             if not line.strip():
                 continue
             try:

@@ -17,7 +17,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from ._common import (check_type, get, image_size, load_json, missing_image, read_text_lines,
+from ._common import (check_type, get, image_size, load_json, missing_image, read_text_lines, spec_get,
                       stem)
 from .errors import FormatError
 
@@ -265,3 +265,17 @@ def tir_rows(karpathy_path):
             out[im["split"]].append({"image_id": im["image_id"], "sentence_id": sentid,
                                      "caption": raw})
     return out
+
+
+def rpg_tables(spec, splits, where="datasets.flickr30k"):
+    """{split: rpg_rows} of the rpg task's tables, from config `datasets.flickr30k` (`spec`):
+    its `entities_root` (cavl.tasks.REGISTRY's reader)."""
+    root = spec_get(spec, "entities_root", where, str)
+    return {split: rpg_rows(root, split) for split in splits}
+
+
+def tir_tables(spec, splits, where="datasets.flickr30k"):
+    """{split: tir_rows} of the tir task's tables, from config `datasets.flickr30k` (`spec`):
+    its `karpathy_split` (cavl.tasks.REGISTRY's reader)."""
+    rows = tir_rows(spec_get(spec, "karpathy_split", where, str))
+    return {split: rows[split] for split in splits}

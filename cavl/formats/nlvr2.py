@@ -147,3 +147,15 @@ def task_rows(path):
     return [{"identifier": r["identifier"], "sentence": r["sentence"], "label": r["label"],
              "left_image_id": r["left"], "right_image_id": r["right"]}
             for r in read_split(path)]
+
+
+def task_tables(spec, splits, where="datasets.nlvr2"):
+    """{split: task_rows} of the nlvr2 task's tables, from config `datasets.nlvr2` (`spec`): one
+    file per split (cavl.tasks.REGISTRY's reader)."""
+    out = {}
+    for split in splits:
+        path = spec["splits"][split]
+        if not isinstance(path, str):
+            raise SpecError(f"{where}.splits.{split}: must be a file path")
+        out[split] = task_rows(path)
+    return out

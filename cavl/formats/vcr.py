@@ -13,7 +13,7 @@ import json
 import os
 
 from ._common import check_type, get, iter_json_lines, load_json, positive_int, require_image
-from .errors import FormatError
+from .errors import FormatError, SpecError
 
 
 def _check_tokens(tokens, path, rec, what, n_objects):
@@ -156,3 +156,15 @@ def task_rows(jsonl):
              "answer_label": r["answer_label"], "rationale_label": r["rationale_label"],
              "objects": r["objects"]}
             for r in read_split(jsonl)]
+
+
+def task_tables(spec, splits, where="datasets.vcr"):
+    """{split: task_rows} of the vcr task's tables, from config `datasets.vcr` (`spec`): one
+    file per split (cavl.tasks.REGISTRY's reader)."""
+    out = {}
+    for split in splits:
+        path = spec["splits"][split]
+        if not isinstance(path, str):
+            raise SpecError(f"{where}.splits.{split}: must be a file path")
+        out[split] = task_rows(path)
+    return out

@@ -8,8 +8,8 @@ Official structure:
   "answers": [{"answer", "answer_confidence", "answer_id"}] × 10}]}``
 """
 
-from ._common import check_type, get, load_json
-from .errors import FormatError
+from ._common import check_type, get, load_json, spec_get
+from .errors import FormatError, SpecError
 
 
 def read_questions(path):
@@ -78,3 +78,18 @@ def task_rows(questions_path, annotations_path=None):
                        answer_type=ann["answer_type"], question_type=ann["question_type"])
         rows.append(row)
     return rows
+
+
+def task_tables(spec, splits, where="datasets.vqa"):
+    """{split: task_rows} of the vqa task's tables, from config `datasets.vqa` (`spec`): each split's
+    `questions` file and, where given, its `annotations` (cavl.tasks.REGISTRY's reader)."""
+    out = {}
+    for split in splits:
+        entry = spec["splits"][split]
+        w = f"{where}.splits.{split}"
+        questions = spec_get(entry, "questions", w, str)
+        annotations = entry.get("annotations") if isinstance(entry, dict) else None
+        if annotations is not None and not isinstance(annotations, str):
+            raise SpecError(f"{w}.annotations: must be a file path")
+        out[split] = task_rows(questions, annotations)
+    return out

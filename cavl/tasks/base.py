@@ -3,36 +3,37 @@
 A task turns each *item* (an example, or — VCR — one sub-question of it) into K input
 sequences `[CLS] a [SEP] (b [SEP])` + the regions of one image (`TextImage`); the backbone
 encodes all B·K sequences of a batch; the task's head sees their pooled states as (B, K, H)
-and returns logits; the task's loss, decoding and metric take it from there.
+and returns logits; the task's forward wraps them in a typed `TaskOutput`, and its loss
+(a `TaskLoss`), decoding and metric take it from there.
 
     task = get_task("vqa")
     examples = task.read("resources/tasks/vqa/train.parquet")
-    state = task.prepare(examples, options)                      # e.g. the answer vocabulary
-    regions = RegionSource("resources/features/coco/index.parquet")
-    batches = TaskBatches(task, examples, state, regions, tokenizer, DataSettings(), batch_size=32, seed=0)
-    loader = make_loader(batches, epoch=0, start=0)              # cavl.pretrain_data's, reused
+    state = task.prepare(examples, task.options)                 # e.g. the answer vocabulary
+    data = DataSettings(max_text_len=24, max_regions=10)           # finetune.tasks.vqa's
+    regions = task.region_source("resources/features/coco/index.parquet", data)   # cavl.data.regions
+    batches = TaskBatches(task, examples, state, regions, tokenizer, data, batch_size=32, seed=0)
+    loader = make_loader(batches, epoch=0, start=0)              # cavl.data.batches
 
-Batches are a pure function of (seed, epoch, rank, batch index), as in pretraining, so a
+Regions are read, cut and padded as in pretraining (cavl.data.regions), and batches are drawn by
+the same sampler (cavl.data.batches): a pure function of (seed, epoch, rank, batch index), so a
 resumed run sees exactly the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from cavl.adapters import TaskHead
-from cavl.features import FeatureReader
-from cavl.io import file_sha256
-from cavl.pretrain_data import normalise_boxes, pad_regions
+from cavl.data.batches import EpochBatches
+from cavl.data.regions import RegionSource, pad_regions
 
 log = logging.getLogger(__name__)
 
@@ -55,62 +56,6 @@ class TextImage:
     links_b: list | None = None  # the same for b
 
 
-@dataclass
-class ImageRegions:
-    features: np.ndarray  # (N, D) float32
-    boxes: np.ndarray  # (N, 5) float32: x1/W, y1/H, x2/W, y2/H, area fraction
-    num_given: int  # the first num_given regions are the manifest's ground-truth boxes, in order
-
-
-class RegionSource:
-    """Region features of one dataset by image id: `cavl.features.FeatureReader` for the
-    features and boxes, plus each shard's image sizes and given-box counts (read once per shard)."""
-
-    def __init__(self, index_path):
-        self.index_path = os.fspath(index_path)
-        self.reader = FeatureReader(self.index_path)
-        self.feature_dim = self.reader.feature_dim
-        table = pq.read_table(self.index_path, columns=["image_id", "shard"])
-        self._shard_of = dict(zip(table.column("image_id").to_pylist(), table.column("shard").to_pylist()))
-        self._info = {}  # shard → {image_id: (width, height, num_given)}
-
-    def __contains__(self, image_id):
-        return str(image_id) in self._shard_of
-
-    def checksum(self) -> str:
-        """SHA-256 of the index file (its metadata records the detector, weights and box settings)."""
-        return file_sha256(self.index_path)
-
-    def _shard_info(self, shard):
-        info = self._info.get(shard)
-        if info is None:
-            path = os.path.join(self.reader.directory, self.reader.metadata["shards"][str(shard)])
-            names = pq.read_schema(path).names
-            cols = ["image_id", "width", "height"] + (["num_given"] if "num_given" in names else [])
-            t = pq.read_table(path, columns=cols).to_pydict()
-            given = t.get("num_given", [0] * len(t["image_id"]))
-            info = self._info[shard] = {i: (w, h, g) for i, w, h, g in
-                                        zip(t["image_id"], t["width"], t["height"], given)}
-        return info
-
-    def get(self, image_id, max_regions: int) -> ImageRegions:
-        image_id = str(image_id)
-        feats, boxes, n = self.reader.get(image_id)
-        w, h, given = self._shard_info(self._shard_of[image_id])[image_id]
-        n = min(n, max_regions)
-        return ImageRegions(np.asarray(feats[:n], dtype=np.float32), normalise_boxes(boxes[:n], w, h),
-                            min(int(given), n))
-
-    def __getstate__(self):  # DataLoader workers re-open the shards themselves
-        state = dict(self.__dict__)
-        state["reader"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.reader = FeatureReader(self.index_path)
-
-
 # ---------------------------------------------------------------------------------------------
 # Sequences → model inputs
 # ---------------------------------------------------------------------------------------------
@@ -118,17 +63,18 @@ class RegionSource:
 
 @dataclass
 class DataSettings:
-    max_text_len: int = 40  # wordpiece tokens per sequence, [CLS]/[SEP] included (longest segment cut first)
-    max_regions: int = 36  # region tokens per image (given boxes first, then the detector's best)
+    """A task's sequences (`finetune.tasks.<task>.max_text_len`, `.max_regions`)."""
+
+    max_text_len: int  # wordpiece tokens per sequence, [CLS]/[SEP] included (longest segment cut first)
+    max_regions: int  # region tokens per image (given boxes first, then the detector's best)
 
 
 def encode_sequences(seqs: list, tokenizer, regions: RegionSource, cfg: DataSettings) -> dict:
-    """Sequences → padded numpy inputs of the backbone, plus a content key per sequence.
+    """Sequences → padded numpy inputs of the backbone.
 
     input_ids, attention_mask, token_type_ids (N, L); visual_feats (N, R, D), visual_boxes
-    (N, R, 5), visual_mask (N, R); region_links (N, R, L) float32 (1 where text token l refers
-    to region r, a given box; only when some sequence has links); `keys`: per sequence a digest of everything
-    the backbone sees of it (for the backbone cache).
+    (N, R, 5), visual_mask (N, R) (cavl.data.regions.pad_regions); region_links (N, R, L) float32
+    (1 where text token l refers to region r, a given box; only when some sequence has links).
     """
     pairs = [s.words_b is not None for s in seqs]
     if any(pairs) and not all(pairs):
@@ -162,16 +108,6 @@ def encode_sequences(seqs: list, tokenizer, regions: RegionSource, cfg: DataSett
             log.warning("%d word-region links point past the given boxes of their image (features "
                         "extracted without the manifest's boxes, or max_regions too small); dropped", dropped)
         out["region_links"] = links
-    keys = []
-    for i, reg in enumerate(regs):
-        n_t, n_r = int(mask[i].sum()), len(reg.features)
-        h = hashlib.blake2b(digest_size=16)
-        for part in (ids[i, :n_t], types[i, :n_t], feats[i, :n_r], boxes[i, :n_r]):
-            h.update(np.ascontiguousarray(part).tobytes())
-        if links is not None:
-            h.update(np.ascontiguousarray(links[i, :n_r, :n_t]).tobytes())
-        keys.append(h.hexdigest())
-    out["keys"] = keys
     return out
 
 
@@ -188,6 +124,34 @@ class Encoded:
     states: torch.Tensor  # (B, K, T, H) token states (text first, then regions)
     text_len: int  # L: the first L of the T positions are text tokens
     batch: dict  # the batch (targets, links, ...)
+
+
+@dataclass
+class TaskOutput:
+    """What a task's forward pass (`Task.forward`) gives its `loss` and `decode`; tasks with more
+    than the head's scores subclass it (tir: TirOutput)."""
+
+    logits: torch.Tensor  # the head's scores, first dimension = items (tir: + its negatives)
+
+
+@dataclass(frozen=True)
+class TaskLoss(Mapping):
+    """The losses of a task's output (`Task.loss`, FinetuneModel.forward): the total `loss` that is
+    back-propagated and its named parts (`<task>_loss`, ...). Reads as the mapping
+    {"loss": total, **parts}, which is what cavl.train_loop steps on and logs."""
+
+    loss: torch.Tensor  # () the total
+    parts: dict = field(default_factory=dict)  # name (ending in "_loss") → () tensor
+
+    def __getitem__(self, key):
+        return self.loss if key == "loss" else self.parts[key]
+
+    def __iter__(self):
+        yield "loss"
+        yield from self.parts
+
+    def __len__(self):
+        return 1 + len(self.parts)
 
 
 class Mlp(nn.Module):
@@ -215,17 +179,18 @@ class Task:
     main_metric: str = "accuracy"  # the metric benchmarks, in-training evaluation and best-epoch selection use
     image_columns: tuple = ("image_id",)  # example columns holding image ids (rows without features are dropped)
     label_columns: tuple = ()  # example columns that must be known to train / score
-    # the task's own settings (`finetune.tasks.<task>` keys besides finetune.TASK_KEYS) and their
-    # defaults, which must equal the schema's (tests/test_finetune.py checks)
+    # the task's own settings (its `finetune.tasks.<task>` keys besides those every task has) with
+    # the schema's defaults: cavl.settings.task_options(name)
     options: dict = {}
     zero_shot: bool = False  # evaluate-only: the pretrained model as it is, never finetuned (zs_tir)
 
     # -- data -----------------------------------------------------------------------------------
 
-    def region_source(self, index_path, data: "DataSettings") -> "RegionSource":
-        """The regions this task's sequences see (default: all of each image's regions; rpg and tir
-        leave out the given ground-truth boxes)."""
-        return RegionSource(index_path)
+    def region_source(self, index_path, data: "DataSettings") -> RegionSource:
+        """The regions this task's sequences see: the first `data.max_regions` of each image
+        (default: the given boxes first, then the detector's; rpg and tir leave the given
+        ground-truth boxes out)."""
+        return RegionSource(index_path, data.max_regions)
 
     def read(self, path) -> pd.DataFrame:
         """The task table of one split (docs/contracts.md); an empty one is an error naming it."""
@@ -262,18 +227,19 @@ class Task:
         """Start task parts of a new finetuning model from the pretraining folder (default: nothing;
         tir: its head is pretraining's ITM head when the folder has one)."""
 
-    def model_logits(self, model, batch: dict):
-        """What `loss` and `decode` receive for a batch: the head on the encoded batch. A task
-        needing more passes than its sequences overrides it (tir: in-batch hard negatives)."""
-        return model.head(model.encode(batch))
+    def forward(self, model, batch: dict) -> TaskOutput:
+        """The task's pass over a batch (`model`: a cavl.finetune.FinetuneModel): the head on the
+        encoded batch. A task needing more passes than its sequences overrides it (tir: in-batch
+        hard negatives)."""
+        return TaskOutput(model.head(model.encode(batch)))
 
-    def loss(self, logits: torch.Tensor, batch: dict) -> dict:
-        """{"loss": total, "<task>_loss": ...}."""
+    def loss(self, out: TaskOutput, batch: dict, state: dict) -> TaskLoss:
+        """TaskLoss(total, {"<task>_loss": ...}); `state`: the task state (tir: its loss weights)."""
         raise NotImplementedError
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def decode(self, logits: torch.Tensor, batch: dict) -> dict:
+    def decode(self, out: TaskOutput, batch: dict) -> dict:
         """Per-item outputs worth keeping (numpy arrays, first dimension = items)."""
         raise NotImplementedError
 
@@ -334,13 +300,15 @@ class Task:
 # ---------------------------------------------------------------------------------------------
 
 
-class TaskBatches(torch.utils.data.Dataset):
-    """Map-style dataset whose item k is the k-th micro-batch of this rank in the current epoch.
+class TaskBatches(EpochBatches):
+    """Map-style dataset whose item k is the k-th micro-batch of this rank in the current epoch,
+    drawn by the shared sampler (cavl.data.batches.EpochBatches): shuffle=True for training (a
+    seeded permutation, a slice per rank, the incomplete last global batch dropped), shuffle=False
+    for evaluation (items in order, the last batch may be short).
 
-    Training (shuffle=True): global batch k takes items perm[k·B·W : (k+1)·B·W] of the epoch's
-    seeded permutation, rank r the r-th slice of B; the last incomplete global batch is dropped.
-    Evaluation (shuffle=False): items in order, the last batch may be short.
-    With a backbone cache attached (`cache`), each batch also carries `backbone_states`.
+    `cache`: the frozen backbone's precomputed states of this table's sequences (a
+    cavl.backbone_cache.BackboneStates, row = item · K + k); each batch then also carries
+    `backbone_states`.
     """
 
     def __init__(self, task: Task, examples: pd.DataFrame, state: dict, regions: RegionSource, tokenizer,
@@ -351,28 +319,11 @@ class TaskBatches(torch.utils.data.Dataset):
         self._example_records = self.examples.to_dict("records")
         self._item_records = self.items.to_dict("records")
         self.regions, self.tokenizer, self.cfg = regions, tokenizer, cfg
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.shuffle, self.cache = shuffle, cache
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-        n = len(self.items)
-        self.order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-
-    def __len__(self):
-        if self.shuffle:
-            return len(self.items) // (self.batch_size * self.world_size)
-        return -(-len(self.items) // self.batch_size)
-
-    def indices(self, k):
-        if self.shuffle:
-            start = (k * self.world_size + self.rank) * self.batch_size
-        else:
-            start = k * self.batch_size
-        return self.order[start : start + self.batch_size]
+        self.cache = cache
+        super().__init__(len(self.items), batch_size, seed, rank, world_size, shuffle)
 
     def sequences(self, idx) -> list:
+        """The K sequences of each item at positions `idx`, item after item."""
         seqs = []
         for i in idx:
             item = self._item_records[i]
@@ -387,7 +338,6 @@ class TaskBatches(torch.utils.data.Dataset):
         """The batch of the items at positions `idx` (any order)."""
         idx = np.asarray(idx, dtype=np.int64)
         inputs = encode_sequences(self.sequences(idx), self.tokenizer, self.regions, self.cfg)
-        keys = inputs.pop("keys")
         batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
         items = self.items.iloc[idx]
         examples = self.examples.iloc[items["example"].to_numpy()]
@@ -395,12 +345,11 @@ class TaskBatches(torch.utils.data.Dataset):
             batch[k] = torch.from_numpy(np.asarray(v))
         batch["item_index"] = torch.from_numpy(idx)
         if self.cache is not None:
+            K = self.task.num_candidates
+            rows = (idx[:, None] * K + np.arange(K)).ravel()  # the batch's sequences, item after item
             batch["backbone_states"] = torch.from_numpy(
-                self.cache.lookup(keys, batch["attention_mask"].numpy(), batch["visual_mask"].numpy()))
-        batch["keys"] = keys
+                self.cache.lookup(rows, inputs["attention_mask"], inputs["visual_mask"]))
         return batch
 
-    def __getitem__(self, k):
-        if not 0 <= k < len(self):
-            raise IndexError(k)
-        return self.build(self.indices(k))
+    def batch(self, k, idx) -> dict:
+        return self.build(idx)

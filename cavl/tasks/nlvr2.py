@@ -18,7 +18,7 @@ from cavl.adapters import TaskHead
 from cavl.metrics.chance import nlvr2_majority_chance
 from cavl.metrics.nlvr2 import nlvr2_accuracy
 from cavl.metrics.significance import binomial_test
-from cavl.tasks.base import Encoded, Mlp, Task, TextImage
+from cavl.tasks.base import Encoded, Mlp, Task, TaskLoss, TextImage
 
 
 class Nlvr2Head(TaskHead):
@@ -49,12 +49,12 @@ class Nlvr2Task(Task):
     def make_head(self, hidden, state, eps, dropout):
         return Nlvr2Head(hidden, eps, dropout)
 
-    def loss(self, logits, batch):
-        loss = F.cross_entropy(logits.float(), batch["nlvr2_labels"])
-        return {"loss": loss, "nlvr2_loss": loss}
+    def loss(self, out, batch, state):
+        loss = F.cross_entropy(out.logits.float(), batch["nlvr2_labels"])
+        return TaskLoss(loss, {"nlvr2_loss": loss})
 
-    def decode(self, logits, batch):
-        return {"prob_true": torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()}
+    def decode(self, out, batch):
+        return {"prob_true": torch.softmax(out.logits.float(), dim=1)[:, 1].cpu().numpy()}
 
     def predictions(self, examples, items, outputs, state):
         rows = items["example"].to_numpy()

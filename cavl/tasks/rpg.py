@@ -6,12 +6,12 @@ standard protocol, and counted: `num_excluded` in metrics.json). The sequence is
 (token type 1), so the fused pass knows which mention is asked about and the head finds the
 phrase's tokens by their type.
 
-Candidates: the image's DETECTED regions only (`DetectedRegionSource`). A flickr30k feature shard
-holds the manifest's ground-truth boxes first (`num_given`, extract.given_boxes =
-given+detected) and then the detector's; the gt boxes are the answers, so they are neither
-candidates nor inputs. The first `max_regions` detected boxes (the detector's best) are both the
-region tokens and the candidates; `upper_bound` is the share of phrases for which one of them
-reaches IoU 0.5, the best any ranking of them can do.
+Candidates: the image's DETECTED regions only (`region_source`: a cavl.data.regions.RegionSource
+with skip_given). A flickr30k feature shard holds the manifest's ground-truth boxes first
+(`num_given`, extract.given_boxes = given+detected) and then the detector's; the gt boxes are the
+answers, so they are neither candidates nor inputs. The first `max_regions` detected boxes (the
+detector's best) are both the region tokens and the candidates; `upper_bound` is the share of
+phrases for which one of them reaches IoU 0.5, the best any ranking of them can do.
 
 Head: the mean state p of the phrase tokens, each region's state r and its box b (x1/W, y1/H,
 x2/W, y2/H, area) → score = MLP([p ⊙ r, r, b]). Loss: cross-entropy against a soft target over the candidates — ∝ IoU over the
@@ -35,43 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from cavl.adapters import TaskHead
+from cavl.data.regions import RegionSource
 from cavl.metrics.chance import prob_any_in_top_k, rpg_chance
 from cavl.metrics.grounding import IOU_THRESHOLD, as_boxes, box_iou, candidate_hits, hit_rank, rpg_recall
 from cavl.metrics.significance import poisson_binomial_test
 from cavl.model import masked_mean
-from cavl.pretrain_data import normalise_boxes
-from cavl.tasks.base import Encoded, ImageRegions, Mlp, RegionSource, Task, TextImage
+from cavl.tasks.base import Encoded, Mlp, Task, TaskLoss, TextImage
 
 MASKED = -1e4  # score of padding regions (finite: soft targets multiply it by 0)
-
-
-class DetectedRegionSource(RegionSource):
-    """Region features of a dataset with each image's given (ground-truth) boxes left out.
-
-    Shards written with extract.given_boxes = given+detected hold the manifest's gt boxes first
-    (`num_given` of them) and the detector's boxes after; this source serves only the latter.
-    `max_regions`: how many detected boxes are candidates (the detector's best first).
-    """
-
-    def __init__(self, index_path, max_regions: int = 36):
-        super().__init__(index_path)
-        self.max_regions = int(max_regions)
-
-    def detected(self, image_id):
-        """(features (N, D), pixel boxes (N, 4), width, height) of the detected regions."""
-        image_id = str(image_id)
-        feats, boxes, _ = self.reader.get(image_id)
-        w, h, given = self._shard_info(self._shard_of[image_id])[image_id]
-        return feats[given:], boxes[given:], w, h
-
-    def get(self, image_id, max_regions: int) -> ImageRegions:
-        feats, boxes, w, h = self.detected(image_id)
-        n = min(len(feats), max_regions)
-        return ImageRegions(np.asarray(feats[:n], dtype=np.float32), normalise_boxes(boxes[:n], w, h), 0)
-
-    def candidate_boxes(self, image_id) -> np.ndarray:
-        """Pixel boxes (n, 4) of the candidates: the first max_regions detected regions."""
-        return np.asarray(self.detected(image_id)[1][: self.max_regions], dtype=np.float32).reshape(-1, 4)
 
 
 def phrase_ids(examples: pd.DataFrame) -> np.ndarray:
@@ -109,15 +80,17 @@ class RpgTask(Task):
 
     # -- data -----------------------------------------------------------------------------------
 
-    def region_source(self, index_path, data) -> DetectedRegionSource:
-        return DetectedRegionSource(index_path, data.max_regions)
+    def region_source(self, index_path, data) -> RegionSource:
+        """The detected regions only: the first `data.max_regions` are the candidates."""
+        return RegionSource(index_path, data.max_regions, skip_given=True)
 
     def with_features(self, examples, regions, what):
         """Phrases of images with features, each with its candidates' pixel boxes (`candidate_boxes`)."""
-        if not isinstance(regions, DetectedRegionSource):
-            raise TypeError("rpg reads its candidates from a DetectedRegionSource (task.region_source)")
+        if not getattr(regions, "skip_given", False):
+            raise TypeError("rpg's candidates are the detected regions: a RegionSource with skip_given "
+                            "(task.region_source)")
         examples = super().with_features(examples, regions, what).copy()
-        boxes = {i: regions.candidate_boxes(i) for i in examples["image_id"].astype(str).unique()}
+        boxes = {i: regions.pixel_boxes(i) for i in examples["image_id"].astype(str).unique()}
         examples["candidate_boxes"] = [boxes[i] for i in examples["image_id"].astype(str)]
         return examples
 
@@ -141,7 +114,8 @@ class RpgTask(Task):
     def make_head(self, hidden, state, eps, dropout):
         return RpgHead(hidden, eps, dropout)
 
-    def loss(self, logits, batch):
+    def loss(self, out, batch, state):
+        logits = out.logits  # (B, R)
         R = logits.shape[1]
         iou = batch["rpg_iou"][:, :R].float()
         iou = F.pad(iou, (0, R - iou.shape[1]))  # (B, R)
@@ -154,13 +128,13 @@ class RpgTask(Task):
         per_item = -(target * logp).sum(1) / mass.clamp(min=1e-12)
         keep = mass > 0
         loss = per_item[keep].mean() if keep.any() else logp.sum() * 0.0
-        return {"loss": loss, "rpg_loss": loss}
+        return TaskLoss(loss, {"rpg_loss": loss})
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def decode(self, logits, batch):
+    def decode(self, out, batch):
         counts = batch["visual_mask"].sum(1).tolist()
-        scores = logits.float().cpu().numpy()
+        scores = out.logits.float().cpu().numpy()
         out = np.empty(len(counts), dtype=object)
         for i, n in enumerate(counts):
             out[i] = scores[i, :n].astype(np.float32)

@@ -4,9 +4,10 @@ Examples (resources/tasks/tir/{split}.parquet): one row per caption — image_id
 caption. The retrieval set of a split is its images, in order of first appearance, and all
 their captions (Karpathy test: 1,000 images × 5 captions); `retrieval_set`.
 
-Training — one item per caption, the caption with its own image; per batch (`model_logits`):
-  1. separate passes: E′ of each caption (text-only) and F′ of each image (image-only), through
-     the backbone with its adapters, and their cosine matrix within the batch;
+Training — one item per caption, the caption with its own image; per batch (`forward`, a
+`TirOutput`):
+  1. separate passes: E′ of each caption (`encode_text`) and F′ of each image (`encode_image`),
+     through the backbone with its adapters, and their cosine matrix within the batch;
   2. hard negatives by that PwCL similarity, within the batch (as ALBEF): for each caption an
      image of another picture, drawn with probability ∝ exp(cos / τ), and for each image a
      caption of another picture likewise (the hardest one at evaluation); pairs of the same
@@ -22,8 +23,8 @@ plus sim_weight · cos(E′, F′), as ALBEF's; Recall@K per cavl.metrics.retrie
 Significance (metrics.json `significance`, `report`): i2t_r@1 and t2i_r@1 against a uniformly
 random ranking — t2i: each caption right with probability 1/#images (exact binomial); i2t: each
 image right with probability (its captions)/(all captions) (exact Poisson-binomial).
-Regions: the detected ones only (cavl.tasks.rpg.DetectedRegionSource); flickr30k shards also
-hold the Entities gt boxes, which the standard retrieval protocol does not have.
+Regions: the detected ones only (a cavl.data.regions.RegionSource with skip_given); flickr30k
+shards also hold the Entities gt boxes, which the standard retrieval protocol does not have.
 
 Predictions (one row per query): direction (i2t / t2i), query (image_id / sentence_id), image_id
 (the query's picture), rank (0-based, of the best right candidate, pessimistic ties),
@@ -33,6 +34,7 @@ in_shortlist, top (the 10 best candidates' ids).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +45,14 @@ from safetensors import safe_open
 from torch import nn
 
 from cavl.adapters import TaskHead
+from cavl.data.regions import RegionSource
 from cavl.metrics.chance import prob_any_in_top_k, retrieval_chance
 from cavl.metrics.retrieval import KS, recall_at_k
 from cavl.metrics.significance import binomial_test, poisson_binomial_test
 from cavl.retrieval import (MODES, ModelScorer, image_embedding, itm_score, pair_batch, retrieve, text_embedding,
                             top_k)
-from cavl.tasks.base import Encoded, Task, TextImage
-from cavl.tasks.rpg import DetectedRegionSource
+from cavl.settings import task_options
+from cavl.tasks.base import Encoded, Task, TaskLoss, TaskOutput, TextImage
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,20 @@ def pretrained_itm_head(backbone_dir) -> dict | None:
         return {k[len("itm_head."):]: f.get_tensor(k) for k in names} or None
 
 
+@dataclass
+class TirOutput(TaskOutput):
+    """TIR's training pass: `logits` (B + n, 2) ITM logits of the B positive pairs, then of the
+    n hard negatives (caption i with image neg_image[i] where ≥ 0, then image i with caption
+    neg_text[i] where ≥ 0), and the embeddings PwCL reads."""
+
+    labels: torch.Tensor  # (B + n,) ITM labels: 1 for the positives, 0 for the negatives
+    text_emb: torch.Tensor  # (B, H) E′ of each caption
+    image_emb: torch.Tensor  # (B, H) F′ of each image
+    same: torch.Tensor  # (B, B) bool: caption i and image j show one picture
+    neg_image: torch.Tensor  # (B,) the negative image of caption i, -1 where none
+    neg_text: torch.Tensor  # (B,) the negative caption of image i, -1 where none
+
+
 class TirHead(TaskHead):
     """Image-text matching on the pooled [CLS] state: logits (no match, match). Its parameter
     names are those of pretraining's ItmHead, so the pretrained head loads into it (zs_tir)."""
@@ -116,8 +133,7 @@ class TirTask(Task):
     # retrieval: two_stage | exhaustive; shortlist_k: candidates re-ranked per query (0 = E′·F′ only);
     # sim_weight: re-ranking score = ITM score + sim_weight · cos(E′, F′) (ALBEF's; 0 = ITM alone);
     # pwcl_weight: auxiliary PwCL on E′, F′ (0 = off); temperature: its τ and that of negative sampling
-    options = {"retrieval": "two_stage", "shortlist_k": 16, "sim_weight": 1.0, "pwcl_weight": 1.0,
-               "temperature": 0.5}
+    options = task_options("tir")
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -131,8 +147,8 @@ class TirTask(Task):
             raise ValueError(f"{self.name}: temperature must be > 0")
         return {k: state[k] for k in self.options}
 
-    def region_source(self, index_path, data) -> DetectedRegionSource:
-        return DetectedRegionSource(index_path, data.max_regions)
+    def region_source(self, index_path, data) -> RegionSource:
+        return RegionSource(index_path, data.max_regions, skip_given=True)
 
     def sequences(self, example, item, state):
         return [TextImage(str(example["caption"]).split(), example["image_id"])]
@@ -156,10 +172,9 @@ class TirTask(Task):
         model.head.load_state_dict(head, strict=True)
         return True
 
-    def model_logits(self, model, batch):
+    def forward(self, model, batch) -> TirOutput:
         """Positives, in-batch hard negatives by E′·F′, and the embeddings for PwCL (module docstring)."""
-        state = model.state
-        tau = float(state["temperature"])
+        tau = float(model.state["temperature"])
         B = batch["input_ids"].shape[0]
         pos = model.head(model.encode(batch))  # (B, 2) — cached backbone states when there are
         e = text_embedding(model, batch)  # (B, H)
@@ -179,28 +194,28 @@ class TirTask(Task):
             neg = model.head(model.encode(pair_batch(batch, text_rows, image_rows)))  # (n, 2)
             logits = torch.cat([pos, neg])
             labels = torch.cat([labels, torch.zeros(len(neg), dtype=torch.long, device=pos.device)])
-        return {"itm_logits": logits, "itm_labels": labels, "text_emb": e, "image_emb": f, "same": same,
-                "neg_image": neg_image, "neg_text": neg_text,
-                "pwcl_weight": float(state["pwcl_weight"]), "temperature": tau}
+        return TirOutput(logits, labels, e, f, same, neg_image, neg_text)
 
-    def loss(self, out, batch):
-        itm = F.cross_entropy(out["itm_logits"].float(), out["itm_labels"])
+    def loss(self, out: TirOutput, batch, state):
+        """ITM cross-entropy, plus state["pwcl_weight"] · PwCL at τ = state["temperature"]."""
+        itm = F.cross_entropy(out.logits.float(), out.labels)
         losses, total = {"itm_loss": itm}, itm
-        if out["pwcl_weight"] > 0:
-            same = out["same"]
-            pwcl = (masked_pwcl(out["text_emb"], out["image_emb"], same, out["temperature"]) if (~same).any()
-                    else out["text_emb"].sum() * 0.0)
+        weight = float(state["pwcl_weight"])
+        if weight > 0:
+            same = out.same
+            pwcl = (masked_pwcl(out.text_emb, out.image_emb, same, float(state["temperature"])) if (~same).any()
+                    else out.text_emb.sum() * 0.0)
             losses["pwcl_loss"] = pwcl
-            total = total + out["pwcl_weight"] * pwcl
-        return {"loss": total, **losses}
+            total = total + weight * pwcl
+        return TaskLoss(total, losses)
 
     # -- evaluation -----------------------------------------------------------------------------
 
-    def decode(self, out, batch):
+    def decode(self, out: TirOutput, batch):
         """Per caption (in-training evaluation only): ITM score of its own pair and of its negatives."""
-        scores = itm_score(out["itm_logits"]).cpu().numpy()
-        B = len(out["neg_image"])
-        a, b = (out["neg_image"] >= 0).cpu().numpy(), (out["neg_text"] >= 0).cpu().numpy()
+        scores = itm_score(out.logits).cpu().numpy()
+        B = len(out.neg_image)
+        a, b = (out.neg_image >= 0).cpu().numpy(), (out.neg_text >= 0).cpu().numpy()
         neg_image, neg_text = np.full(B, np.nan, np.float32), np.full(B, np.nan, np.float32)
         neg_image[a] = scores[B : B + a.sum()]
         neg_text[b] = scores[B + a.sum() :]

@@ -27,7 +27,7 @@ from cavl.adapters import TaskHead
 from cavl.metrics.chance import vcr_chance
 from cavl.metrics.significance import binomial_test
 from cavl.metrics.vcr import vcr_accuracy
-from cavl.tasks.base import Encoded, Mlp, Task, TextImage
+from cavl.tasks.base import Encoded, Mlp, Task, TaskLoss, TextImage
 
 Q2A, QA2R = 0, 1  # item modes
 
@@ -96,12 +96,12 @@ class VcrTask(Task):
     def make_head(self, hidden, state, eps, dropout):
         return VcrHead(hidden, eps, dropout)
 
-    def loss(self, logits, batch):
-        loss = F.cross_entropy(logits.float(), batch["vcr_labels"])
-        return {"loss": loss, "vcr_loss": loss}
+    def loss(self, out, batch, state):
+        loss = F.cross_entropy(out.logits.float(), batch["vcr_labels"])
+        return TaskLoss(loss, {"vcr_loss": loss})
 
-    def decode(self, logits, batch):
-        return {"scores": torch.softmax(logits.float(), dim=1).cpu().numpy()}  # (B, 4)
+    def decode(self, out, batch):
+        return {"scores": torch.softmax(out.logits.float(), dim=1).cpu().numpy()}  # (B, 4)
 
     def predictions(self, examples, items, outputs, state):
         scores = outputs["scores"]

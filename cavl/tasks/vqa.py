@@ -21,7 +21,8 @@ from cavl.adapters import TaskHead
 from cavl.metrics.chance import vqa_majority_chance, vqa_question_type_prior
 from cavl.metrics.significance import sign_test
 from cavl.metrics.vqa import build_answer_vocab, encode_soft_targets, surface_forms, vqa_accuracy, vqa_scores
-from cavl.tasks.base import Encoded, Mlp, Task, TextImage
+from cavl.settings import task_options
+from cavl.tasks.base import Encoded, Mlp, Task, TaskLoss, TextImage
 
 
 class VqaHead(TaskHead):
@@ -43,10 +44,10 @@ class VqaTask(Task):
     main_metric = "accuracy"
     image_columns = ("image_id",)
     label_columns = ("answers",)
-    options = {"answer_vocab_size": 3129}  # answer_vocab_size: answer classes (paper 3,129)
+    options = task_options("vqa")  # answer_vocab_size: answer classes (paper 3,129)
 
     def prepare(self, train: pd.DataFrame, options: dict) -> dict:
-        k = int(options.get("answer_vocab_size", 3129))
+        k = int(options["answer_vocab_size"])
         answers = train["multiple_choice_answer"].dropna().astype(str)
         vocab = build_answer_vocab(answers, top_k=k)
         return {"answers": vocab, "written": surface_forms(answers, vocab)}
@@ -60,13 +61,14 @@ class VqaTask(Task):
     def make_head(self, hidden, state, eps, dropout):
         return VqaHead(hidden, len(state["answers"]), eps, dropout)
 
-    def loss(self, logits, batch):
+    def loss(self, out, batch, state):
+        logits = out.logits  # (B, A)
         targets = batch["vqa_targets"].to(logits.dtype)  # (B, A)
         loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
-        return {"loss": loss, "vqa_loss": loss}
+        return TaskLoss(loss, {"vqa_loss": loss})
 
-    def decode(self, logits, batch):
-        probs = torch.sigmoid(logits.float())  # (B, A)
+    def decode(self, out, batch):
+        probs = torch.sigmoid(out.logits.float())  # (B, A)
         score, index = probs.max(dim=1)
         return {"answer_index": index.cpu().numpy(), "score": score.cpu().numpy()}
 

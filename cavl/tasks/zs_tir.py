@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cavl.tasks.base import file_sha256
+from cavl.io import file_sha256
+from cavl.settings import task_options
 from cavl.tasks.tir import TirTask, pretrained_itm_head
 
 
 class ZsTirTask(TirTask):
     name = "zs_tir"
     zero_shot = True
-    options = {"retrieval": "two_stage", "shortlist_k": 16, "sim_weight": 1.0}  # see TirTask.options
+    options = task_options("zs_tir")  # see TirTask.options
 
     def prepare(self, train, options):
         raise ValueError("zs_tir is evaluated zero-shot (python -m cavl.evaluate --task zs_tir); "

@@ -1,4 +1,8 @@
-# Data stages: embedded demo data, image manifests, normalised task examples.
+# Data stages: embedded demo data (cavl.demo), image manifests (cavl.manifest), normalised task
+# examples (cavl.task_data).
+
+
+include: "functions/data.smk"
 
 
 if config["demo"]["enabled"]:

@@ -1,8 +1,13 @@
 # Region features: one Detectron2 extraction job per manifest shard, then an index per dataset.
 # Shard k of a dataset holds manifest rows [k·S, (k+1)·S), S = extract.shard_size; the number of
 # shards is known once the manifest (a checkpoint) exists. Downstream rules depend on
-# feature_index(dataset) and read features with cavl.features.FeatureReader. The helper functions
-# (feature_index, feature_shards, extract_options) are in common.smk.
+# feature_index(dataset) and read features with cavl.data.regions.RegionReader. Code: extract/
+# (extract.vocab, extract.train, extract.shard, extract.gather).
+
+
+include: "functions/extract.smk"
+
+
 localrules:
     detector_vocab,
     gather_features,

@@ -6,12 +6,8 @@
 # backbone cache in results/{task}/cache/ (neither is a declared output, so both survive a failed
 # job); declared outputs are written last, atomically.
 
-FINETUNE = config["finetune"]
-FINETUNE_TASKS = [task for task in FINETUNE["tasks"] if task in TASK_REGISTRY]
-TRAINED_TASKS = [task for task in FINETUNE_TASKS if not TASK_REGISTRY[task].zero_shot]
-ZERO_SHOT_TASKS = [task for task in FINETUNE_TASKS if TASK_REGISTRY[task].zero_shot]
-# Those whose datasets are configured: the default target and the summary.
-RUNNABLE_TASKS = runnable_tasks()
+
+include: "functions/finetune.smk"
 
 
 rule finetune:
@@ -44,7 +40,7 @@ rule finetune:
         config=lambda w: finetune_config_arg(w.task),
         checkpoints=lambda w: f"results/{w.task}/checkpoints",
         cache=lambda w: f"results/{w.task}/cache",
-        launcher=finetune_launcher(),
+        launcher=launcher(FINETUNE["gpus"]),
         select=lambda w, input: f"--select {input.select}" if input.select else "",
     shell:
         "{params.launcher} cavl.finetune --task {wildcards.task} --config {params.config} --threads {threads} "

@@ -3,9 +3,8 @@
 # CPU, or torchrun with one process per GPU (pretrain.gpus). The job resumes from results/pretrain/checkpoints/ (not a
 # declared output, so it survives a failed job) and writes its declared outputs last, atomically.
 
-import os
 
-PRETRAIN = config["pretrain"]
+include: "functions/pretrain.smk"
 
 
 rule pretrain:
@@ -33,7 +32,7 @@ rule pretrain:
         features=lambda w, input: os.path.dirname(os.path.dirname(input.features[0])),
         val=lambda w, input: input.get("val", ""),  # '' = no held-out split (e.g. VG alone)
         checkpoints="results/pretrain/checkpoints",
-        launcher=pretrain_launcher(),
+        launcher=launcher(PRETRAIN["gpus"]),
     shell:
         "{params.launcher} cavl.pretrain --config {params.config} --threads {threads} "
         "--train {input.train} --val '{params.val}' --features {params.features} "

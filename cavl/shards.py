@@ -1,4 +1,9 @@
-"""Feature shards on disk: the Parquet schema, streamed row groups, atomic rename, failures table.
+"""Feature shards on disk: the Parquet schema, streamed row groups, atomic rename, failures table,
+and the index of a dataset's shards (image_id → (shard, row)).
+
+The format the extraction stage writes (`extract.shard` with :class:`ShardWriter`, `python -m
+extract.gather` with :func:`build_index`) and training reads (:class:`cavl.data.regions.RegionReader`),
+so it lives here, in `cavl`: `extract` imports `cavl`, never the other way round.
 
 A shard (`shard-{k:05d}.parquet`, one row per image) is written to a hidden temporary file in
 the same folder, one row group at a time (memory stays bounded by `row_group_size` images, however
@@ -51,6 +56,7 @@ number of entries; gather refuses shards whose vocabularies' sha256 differ). Pla
 import json
 import logging
 import os
+import re
 from contextlib import ExitStack
 
 import numpy as np
@@ -254,3 +260,101 @@ def _blobs(features, counts):
     np.cumsum(np.asarray(counts, np.int64) * row_bytes, out=offsets[1:])
     return pa.Array.from_buffers(pa.large_binary(), len(counts),
                                  [None, pa.py_buffer(offsets), pa.py_buffer(features)])
+
+
+# ---------------------------------------------------------------- the index of a dataset's shards
+_SHARD_NAME = re.compile(r"shard-(\d+)\.parquet$")
+# Metadata that must agree between the shards of one dataset.
+_MUST_MATCH = ("schema_version", "feature_dim", "feature_dtype", "weights_checksum", "boxes")
+_DETECTOR_MUST_MATCH = ("config_yaml", "weights_checksum")
+
+
+def shard_number(path):
+    match = _SHARD_NAME.search(os.path.basename(path))
+    if not match:
+        raise ValueError(f"not a shard file name (shard-NNNNN.parquet): {path}")
+    return int(match.group(1))
+
+
+def build_index(shard_paths):
+    """(index table, metadata dict) for the given shard files."""
+    shard_paths = sorted(shard_paths, key=shard_number)
+    numbers = [shard_number(p) for p in shard_paths]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError("the same shard number appears twice")
+    reference, columns, ids, shard_col, row_col, failures, metas = None, None, [], [], [], 0, []
+    for number, path in zip(numbers, shard_paths):
+        meta = read_shard_metadata(path)
+        metas.append(meta)
+        names = pq.read_schema(path).names
+        if reference is None:
+            reference, columns = meta, names
+        else:
+            _check_same(reference, meta, path)
+            if names != columns:  # e.g. a shard from before the attribute columns among newer ones
+                raise ValueError(f"{path}: columns {names} differ from the first shard's {columns}; "
+                                 "re-extract it")
+        column = pq.read_table(path, columns=["image_id"]).column("image_id").to_numpy(zero_copy_only=False)
+        ids.append(column)
+        shard_col.append(np.full(len(column), number, dtype=np.int32))
+        row_col.append(np.arange(len(column), dtype=np.int32))
+        fail_path = failures_path_for(path)
+        if os.path.exists(fail_path):
+            failures += pq.read_metadata(fail_path).num_rows
+    image_ids = np.concatenate(ids) if ids else np.array([], dtype=object)
+    unique, counts = np.unique(image_ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"image ids in more than one row: {unique[counts > 1][:5].tolist()}")
+    check_coverage(metas)
+    table = pa.table({
+        "image_id": pa.array(image_ids.tolist(), pa.string()),
+        "shard": pa.array(np.concatenate(shard_col) if shard_col else [], pa.int32()),
+        "row": pa.array(np.concatenate(row_col) if row_col else [], pa.int32()),
+    })
+    reference = dict(reference or {})
+    for key in ("shard", "manifest_rows", "manifest_num_rows"):
+        reference.pop(key, None)
+    reference.update({
+        "vocabularies": reference.get("vocabularies"),
+        "shards": {str(n): os.path.basename(p) for n, p in zip(numbers, shard_paths)},
+        "num_images": len(image_ids),
+        "num_failures": failures,
+    })
+    return table, reference
+
+
+def check_coverage(metas):
+    """The shards' manifest row ranges must tile the whole manifest they were cut from. They do
+    not when the manifest changed after the run planned its shards: Snakemake counts them from
+    the manifest checkpoint's output as it was when the run started."""
+    if not metas or any("manifest_num_rows" not in m for m in metas):
+        return  # shards written before the total was recorded
+    totals = {m["manifest_num_rows"] for m in metas}
+    ranges = sorted(tuple(m["manifest_rows"]) for m in metas)
+    starts, stops = [r[0] for r in ranges], [r[1] for r in ranges]
+    if len(totals) != 1 or starts != [0, *stops[:-1]] or stops[-1] != next(iter(totals)):
+        raise ValueError(f"the shards cover manifest rows {ranges} of {sorted(totals)}: the manifest changed "
+                         "after this run planned its shards (they are counted from the manifest as it was when "
+                         "the run started). Run the same command again: the shards already extracted are kept.")
+
+
+def _check_same(reference, meta, path):
+    for key in _MUST_MATCH:
+        if reference.get(key) != meta.get(key):
+            raise ValueError(f"{path}: {key} differs from the first shard "
+                             f"({meta.get(key)!r} vs {reference.get(key)!r}); re-extract it")
+    if _vocabulary_checksums(reference) != _vocabulary_checksums(meta):
+        raise ValueError(f"{path}: vocabularies differ from the first shard "
+                         f"({_vocabulary_checksums(meta)} vs {_vocabulary_checksums(reference)}); re-extract it")
+    for key in _DETECTOR_MUST_MATCH:
+        if reference.get("detector", {}).get(key) != meta.get("detector", {}).get(key):
+            raise ValueError(f"{path}: detector {key} differs from the first shard; re-extract it")
+    if reference.get("code_version") != meta.get("code_version"):
+        log.warning("%s was written by %s, the first shard by %s", path, meta.get("code_version"),
+                    reference.get("code_version"))
+
+
+def _vocabulary_checksums(meta):
+    """{vocabulary name: sha256} of a shard's `vocabularies` (none: {})."""
+    vocabularies = meta.get("vocabularies") or {}
+    return {name: (v or {}).get("sha256") for name, v in sorted(vocabularies.items()) if v}

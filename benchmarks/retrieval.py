@@ -1,4 +1,4 @@
-"""Two-stage vs exhaustive retrieval: wall time and recall (`python -m cavl.bench_retrieval`).
+"""Two-stage vs exhaustive retrieval: wall time and recall (`python -m benchmarks.retrieval`).
 
 Two sets, one run:
   demo  — the demo's retrieval set: the tir test split with its flickr30k features and the
@@ -11,8 +11,7 @@ Two sets, one run:
           are timed in full; exhaustive (5M fused pairs) is timed on a measured subset of pairs
           and extrapolated — the per-pair cost is the same batched pass in both modes.
 
-Also `write_synthetic_flickr30k`: tiny flickr30k task tables (tir + rpg) and feature shards in
-the real formats — the given gt boxes first, then detected ones — for tests and this benchmark.
+The synthetic sets come from cavl.testing (write_synthetic_flickr30k, write_tiny_pretrained).
 """
 
 from __future__ import annotations
@@ -27,150 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from cavl.io import write_parquet_atomic
+from cavl.testing import VOCAB, word_tokenizer, write_synthetic_flickr30k, write_tiny_pretrained
 
-log = logging.getLogger("cavl.bench_retrieval")
-
-WIDTH, HEIGHT = 200, 160
-
-
-# ---------------------------------------------------------------------------------------------
-# Synthetic flickr30k (tests and the benchmark)
-# ---------------------------------------------------------------------------------------------
-
-
-def _box(rng, w=WIDTH, h=HEIGHT):
-    x1, y1 = rng.uniform(0, w * 0.6), rng.uniform(0, h * 0.6)
-    return [x1, y1, x1 + rng.uniform(w * 0.2, w * 0.4), y1 + rng.uniform(h * 0.2, h * 0.4)]
-
-
-def _jitter(rng, box, scale=0.05):
-    """A detection of `box`: corners moved by a few percent of its size (IoU stays ≥ 0.6)."""
-    w, h = box[2] - box[0], box[3] - box[1]
-    d = rng.uniform(-scale, scale, 4) * np.array([w, h, w, h])
-    return [box[0] + d[0], box[1] + d[1], box[2] + d[2], box[3] + d[3]]
-
-
-def synthetic_flickr30k(sizes=None, seed: int = 0, dim: int = 12, distractors: int = 3,
-                        captions_per_image: int = 5):
-    """(tables {task: {split: DataFrame}}, images {image_id: (features, boxes, W, H, num_given)}).
-
-    Each image has two or three coloured shapes. Regions: each shape's gt box (the given boxes,
-    in order), then the detections — a jittered copy of each shape's box and `distractors`
-    random boxes, shuffled — with one-hot colour + shape features plus noise (distractors: noise).
-    Captions name the shapes; rpg phrases: each named shape (its entity's one box), "two shapes"
-    (an entity with both boxes) and "the image" (notvisual: no box).
-    """
-    from cavl.tasks.synthetic import COLOURS, SHAPES, _scene
-
-    sizes = {"train": 12, "val": 4, "test": 6, **(sizes or {})}
-    rng = np.random.default_rng(seed)
-    tir, rpg, images = {}, {}, {}
-    sentence_id, entity = 0, 1
-
-    def feature(colour, shape):
-        f = rng.normal(0, 0.1, dim).astype(np.float32)
-        if colour is not None:
-            f[COLOURS.index(colour)] += 1.0
-            f[len(COLOURS) + SHAPES.index(shape)] += 1.0
-        return f
-
-    for split, n in sizes.items():
-        tir[split], rpg[split] = [], []
-        for k in range(n):
-            image_id = str(7_000_000_000 + len(images))
-            objects = _scene(rng, int(rng.integers(2, 4)))
-            gt = [_box(rng) for _ in objects]
-            detected = [(_jitter(rng, b), o) for b, o in zip(gt, objects)]
-            detected += [(_box(rng), (None, None)) for _ in range(distractors)]
-            order = rng.permutation(len(detected))
-            detected = [detected[i] for i in order]
-            feats = [feature(*o) for o in objects] + [feature(*o) for _, o in detected]
-            boxes = gt + [b for b, _ in detected]
-            images[image_id] = (np.stack(feats), np.asarray(boxes, np.float32), WIDTH, HEIGHT, len(gt))
-            ids = {i: entity + i for i in range(len(objects))}
-            pair_entity = entity + len(objects)
-            entity += len(objects) + 1
-            names = [f"a {c} {s}" for c, s in objects]
-            templates = [(names[0] + " and " + names[1] + " .", [(0, 0), (4, 1)]),
-                         ("the image has " + names[1] + " .", [(0, "image"), (3, 1)]),
-                         ("two shapes : " + names[0] + " and " + names[1] + " .", [(0, "two"), (3, 0), (7, 1)]),
-                         (names[1] + " .", [(0, 1)]),
-                         ("the image has " + names[0] + " .", [(0, "image"), (3, 0)])]
-            for s_index in range(captions_per_image):
-                sentence, spans = templates[s_index % len(templates)]
-                tir[split].append({"image_id": image_id, "sentence_id": sentence_id, "caption": sentence})
-                sentence_id += 1
-                words = sentence.split()
-                for first, what in spans:
-                    if what == "image":
-                        phrase, eid, types, boxes_ = "the image", "0", ["notvisual"], []
-                    elif what == "two":
-                        phrase, eid, types, boxes_ = "two shapes", str(pair_entity), ["other"], [gt[0], gt[1]]
-                    else:
-                        phrase, eid, types, boxes_ = names[what], str(ids[what]), ["other"], [gt[what]]
-                    assert words[first : first + len(phrase.split())] == phrase.split()
-                    rpg[split].append({"image_id": image_id, "sentence_index": s_index, "sentence": sentence,
-                                       "phrase": phrase, "phrase_types": types, "entity_id": eid,
-                                       "first_word_index": first, "gt_boxes": [list(map(float, b)) for b in boxes_]})
-    tables = {"tir": {s: pd.DataFrame(r) for s, r in tir.items()},
-              "rpg": {s: pd.DataFrame(r) for s, r in rpg.items()}}
-    return tables, images
-
-
-def write_synthetic_flickr30k(root, sizes=None, seed: int = 0, dim: int = 12, **kw) -> Path:
-    """root/tasks/{tir,rpg}/{split}.parquet (the contract schemas) + root/features/flickr30k/."""
-    import pyarrow as pa
-
-    from cavl.task_data import TASK_SCHEMAS
-    from cavl.tasks.synthetic import write_feature_shards
-
-    root = Path(root)
-    tables, images = synthetic_flickr30k(sizes, seed, dim, **kw)
-    for task, splits in tables.items():
-        for split, df in splits.items():
-            table = pa.Table.from_pylist(df.to_dict("records"), schema=TASK_SCHEMAS[task])
-            write_parquet_atomic(table, root / "tasks" / task / f"{split}.parquet")
-    write_feature_shards(root / "features", "flickr30k", images, dim=dim)
-    return root
-
-
-def write_tiny_pretrained(path, visual_dim: int = 12, hidden: int = 32, layers: int = 2, heads: int = 2,
-                          seed: int = 0) -> Path:
-    """A random tiny model saved as the pretraining stage saves it: backbone + ITM head + tokenizer."""
-    from cavl.model import CavlForPretraining, CavlModel
-    from cavl.tasks.synthetic import word_tokenizer, write_tiny_backbone
-
-    path = Path(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        backbone = CavlModel.from_pretrained(write_tiny_backbone(Path(tmp) / "b", visual_dim, hidden, layers, heads,
-                                                                 seed=seed))
-    torch.manual_seed(seed + 1)
-    model = CavlForPretraining(backbone.config)
-    model.bert.load_state_dict(backbone.state_dict())
-    model.save_pretrained(path, extra=lambda d: word_tokenizer().save_pretrained(str(d)))
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Benchmark
-# ---------------------------------------------------------------------------------------------
-
-
-class ArrayRegions:
-    """In-memory regions {image_id: (features (N, D), normalised boxes (N, 5))} (the large synthetic set)."""
-
-    def __init__(self, items: dict, feature_dim: int):
-        self.items, self.feature_dim = items, feature_dim
-
-    def get(self, image_id, max_regions):
-        from cavl.tasks.base import ImageRegions
-
-        f, b = self.items[image_id]
-        return ImageRegions(f[:max_regions], b[:max_regions], 0)
+log = logging.getLogger("benchmarks.retrieval")
 
 
 class MemoScorer:
@@ -287,12 +147,12 @@ def large_model(hidden: int, layers: int, heads: int, visual_dim: int, vocab: li
     return FinetuneModel(CavlModel(cfg), task, task.prepare(None, {}), "linear", AdapterSettings()).eval()
 
 
-def bench_large(args) -> list:
+def bench_large(args, tmp: Path) -> list:
     """1k × 5k synthetic: two-stage runs timed in full, exhaustive timed on a subset and extrapolated."""
     from cavl import retrieval
-    from cavl.pretrain_data import normalise_boxes
+    from cavl.data.regions import RegionSource
     from cavl.tasks.base import DataSettings
-    from cavl.tasks.synthetic import VOCAB, word_tokenizer
+    from cavl.testing import write_feature_shards
 
     rng = np.random.default_rng(0)
     I, C, D, R = args.large_images, args.large_images * 5, args.large_dim, args.large_regions
@@ -300,13 +160,14 @@ def bench_large(args) -> list:
     items = {}
     for i in images:
         b = np.sort(rng.uniform(0, 100, (R, 4)), axis=1)[:, [0, 1, 2, 3]]
-        items[i] = (rng.normal(size=(R, D)).astype(np.float32), normalise_boxes(b, 100, 100))
+        items[i] = (rng.normal(size=(R, D)).astype(np.float32), b, 100, 100, 0)
+    index = write_feature_shards(tmp / "large", "synthetic", items, shard_size=256, dim=D)  # read as the pipeline does
     words = VOCAB[5:]
     captions = [" ".join(rng.choice(words, int(rng.integers(6, 11)))) for _ in range(C)]
     cap2img = np.repeat(np.arange(I), 5)
     model = large_model(args.large_hidden, args.large_layers, args.large_heads, D, VOCAB).to(args.device)
     data = DataSettings(max_text_len=16, max_regions=R)
-    scorer = retrieval.ModelScorer(model, word_tokenizer(), ArrayRegions(items, D), data, args.large_batch_size,
+    scorer = retrieval.ModelScorer(model, word_tokenizer(), RegionSource(index, R), data, args.large_batch_size,
                                    args.device)
     name = f"synthetic {I}x{C}"
     size = (f"random model: hidden {args.large_hidden}, {args.large_layers} layers, {args.large_heads} heads, "
@@ -347,7 +208,7 @@ def print_table(rows):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m cavl.bench_retrieval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.retrieval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="results/tir/model", help="finetuned tir model of the demo set")
     p.add_argument("--backbone", help="backbone folder (default: the one the model records)")
     p.add_argument("--eval", default="resources/tasks/tir/test.parquet", help="retrieval split of the demo set")
@@ -387,7 +248,7 @@ def main(argv=None) -> int:
         if not args.skip_demo:
             rows += bench_demo(args, tmp)
         if not args.skip_large:
-            large, size = bench_large(args)
+            large, size = bench_large(args, tmp)
             rows += large
             notes.append(size)
     finally:

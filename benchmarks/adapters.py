@@ -1,7 +1,7 @@
 """Benchmark of the finetuning methods on one task, data and batch: cost, and (optionally) accuracy.
 
-    python -m cavl.bench_adapters                       # vqa, demo tables + features + backbone when present
-    python -m cavl.bench_adapters --accuracy            # + finetune/evaluate every method on the demo tasks
+    python -m benchmarks.adapters                       # vqa, demo tables + features + backbone when present
+    python -m benchmarks.adapters --accuracy            # + finetune/evaluate every method on the demo tasks
 
 Cost table, one row per method (full, linear, adapter1, adapter2, adapter1+2), each method
 measured in a fresh process with the same backbone, task data, batch and threads:
@@ -40,7 +40,7 @@ import numpy as np
 
 from cavl.adapters import METHODS
 
-log = logging.getLogger("cavl.bench_adapters")
+log = logging.getLogger("benchmarks.adapters")
 
 GOALS = "goals: adapter2 trainable ≤ 3% and step ≤ 0.75× full; adapter1 warm-cache epoch ≤ 0.2× full"
 
@@ -95,7 +95,7 @@ def ensure_backbone(path, work: Path, config: dict, visual_dim: int, notes: list
             bert = resolve_checkpoint_path(spec)
             note = f"no backbone at {path}: {spec} without pretraining"
         except ImportError:
-            from cavl.tasks.synthetic import VOCAB
+            from cavl.testing import VOCAB
 
             bert = random_bert(work / "random_bert", VOCAB)
             note = (f"no backbone at {path} and {spec} is not installed: a random-init BERT of MiniLM-L6 sizes "
@@ -111,10 +111,10 @@ def ensure_backbone(path, work: Path, config: dict, visual_dim: int, notes: list
 
 def ensure_table(task_name: str, table: Path, work: Path, notes: list) -> tuple[Path, bool]:
     """(the task table, whether it is synthetic): `table`, or — when it is missing — the
-    synthetic scenes' table of the task (cavl.tasks.synthetic), made larger for timing."""
+    synthetic scenes' table of the task (cavl.testing), made larger for timing."""
     if table.exists():
         return table, False
-    from cavl.tasks.synthetic import write_synthetic_tasks
+    from cavl.testing import write_synthetic_tasks
 
     root = work / "synthetic"
     sizes = {"vqa": (128, 16), "vcr": (64, 8), "nlvr2": (64, 8)}
@@ -144,7 +144,7 @@ def ensure_features(task_name: str, table: Path, features_root: Path, work: Path
     folder = work / ("features_synthetic" if synthetic else "features")
     index = folder / dataset / "index.parquet"
     if not index.exists():
-        from cavl.tasks.synthetic import write_feature_shards
+        from cavl.testing import write_feature_shards
 
         log.warning("no features at %s: writing random %d-d features (%d regions per image) to %s",
                     features_root / dataset, visual_dim, regions, index.parent)
@@ -171,7 +171,7 @@ def measure(method: str, args) -> dict:
     import torch
 
     from cavl.adapters import count_parameters, state_checksum
-    from cavl.backbone_cache import BackboneCache
+    from cavl.backbone_cache import precompute
     from cavl.finetune import FinetuneModel, load_tokenizer, settings_from_config
     from cavl.model import CavlModel
     from cavl.finetune import read_config
@@ -230,15 +230,13 @@ def measure(method: str, args) -> dict:
         cache_dir = Path(args.work) / "cache" / args.task / method
         shutil.rmtree(cache_dir, ignore_errors=True)  # time a cold build
         t0 = time.perf_counter()
-        cache = BackboneCache(cache_dir, state_checksum(model.backbone),
-                              model.backbone.config.hidden_size)
-        chunks = TaskBatches(task, examples, state, regions, tokenizer, s.data, s.eval_batch_size, shuffle=False)
         model.eval()
         with torch.no_grad():
-            cache.fill(chunks, lambda b: model.backbone_states(to_dev(b)))
+            (batches.cache,), _ = precompute(cache_dir, [batches], lambda b: model.backbone_states(to_dev(b)),
+                                             state_checksum(model.backbone), model.backbone.config.hidden_size,
+                                             s.eval_batch_size, s.cache.dtype)
         model.train()
         cache_s = time.perf_counter() - t0
-        batches.cache = cache
     t0, c0 = time.perf_counter(), time.process_time()
     for k in range(len(batches)):
         step(batches[k])
@@ -333,7 +331,7 @@ def accuracy_table(args, methods) -> str:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m cavl.bench_adapters", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.adapters", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="vqa", help="task of the cost table")
     p.add_argument("--config", action="append", default=[], help="config file(s) or inline JSON (default config.yaml)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (full is always measured)")
@@ -387,13 +385,16 @@ def main(argv=None) -> int:
     table, synthetic = ensure_table(args.task, Path(args.tasks) / args.task / f"{args.split}.parquet", work, notes)
     index = ensure_features(args.task, table, Path(args.features), work, args.visual_dim, args.regions, synthetic)
     methods = ["full"] + [m for m in args.methods.split(",") if m and m != "full"]
+    # the workers run `-m benchmarks.adapters` from any working folder: the repository root on their path
+    root = str(Path(__file__).resolve().parent.parent)
+    worker_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     rows = []
     for method in methods:
-        cmd = [sys.executable, "-m", "cavl.bench_adapters", "--worker", method, "--task", args.task,
+        cmd = [sys.executable, "-m", "benchmarks.adapters", "--worker", method, "--task", args.task,
                *sum((["--config", c] for c in args.config), []), "--backbone", args.backbone, "--table", str(table),
                "--index", str(index), "--batch", str(args.batch), "--steps", str(args.steps),
                "--threads", str(args.threads), "--work", str(work), "--device", args.device]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=worker_env)
         result = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
         if done.returncode or not result:
             raise RuntimeError(f"benchmark of {method} failed:\n{done.stderr[-3000:]}")

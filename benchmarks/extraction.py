@@ -1,7 +1,7 @@
 """Benchmarks of feature extraction and reading; prints figures.
 
-    python -m extract.bench                      # defaults: modest sizes, ~minutes on 2 CPU cores
-    python -m extract.bench --rss-images 1000    # the full peak-RSS check
+    python -m benchmarks.extraction                      # defaults: modest sizes, ~minutes on 2 CPU cores
+    python -m benchmarks.extraction --rss-images 1000    # the full peak-RSS check
 
 1. Throughput (one model, one set of weights, the same images, same process):
    - pipeline: `run_shard` — decoding in DataLoader workers, batched forward, Parquet writing;
@@ -12,7 +12,7 @@
    printed), else CPU.
 2. Peak RSS of `python -m extract` for a shard of --rss-images images and a quarter of that:
    streaming row groups keep it flat.
-3. Read throughput of cavl.features.FeatureReader over synthetic shards vs reading the same
+3. Read throughput of cavl.data.regions.RegionReader over synthetic shards vs reading the same
    files' bytes raw (warm page cache). Goal ≥ 0.5× raw.
 """
 
@@ -29,39 +29,11 @@ import time
 import numpy as np
 import torch
 
+from cavl.testing import write_manifest, write_scenes
 from extract.boxes import BoxConfig
 from extract.detector import DetectorConfig, RegionExtractor
 from extract.images import ImageDataset, Resize, collate, configure_pil
-from extract.shard import run_shard, to_original_pixels
-from extract.synthetic import write_manifest, write_scenes
-
-
-class PerImagePredictor:
-    """One image at a time, the way Detectron2's DefaultPredictor runs: `read_image` (EXIF applied,
-    model channel order), `ResizeShortestEdge`, a batch of one, in the calling process."""
-
-    def __init__(self, extractor):
-        from detectron2.data import transforms as T
-
-        self.extractor = extractor
-        self.aug = T.ResizeShortestEdge([extractor.min_size, extractor.min_size], extractor.max_size)
-
-    def __call__(self, path, gt_boxes=None):
-        from detectron2.data.detection_utils import read_image
-
-        image = read_image(path, format=self.extractor.input_format)  # (H, W, 3) uint8
-        H, W = image.shape[:2]
-        transform = self.aug.get_transform(image)
-        resized = transform.apply_image(image)
-        h, w = resized.shape[:2]
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))[None]
-        given = None
-        if gt_boxes is not None:
-            given = [torch.as_tensor(transform.apply_box(np.asarray(gt_boxes, np.float32).reshape(-1, 4)))]
-        out = self.extractor(tensor, torch.tensor([[h, w]]), given)
-        out["boxes"] = to_original_pixels(out["boxes"], out["counts"], torch.tensor([[h, w]]),
-                                          torch.tensor([[H, W]]))
-        return out
+from extract.shard import PerImagePredictor, run_shard
 
 
 def _cpu_seconds():
@@ -279,10 +251,9 @@ def bench_rss(args, workdir):
 
 
 def bench_read(args, workdir):
-    from cavl.features import FeatureReader
+    from cavl.data.regions import RegionReader
     from cavl.io import write_parquet_atomic
-    from extract.gather import build_index
-    from extract.writer import ShardWriter
+    from cavl.shards import ShardWriter, build_index
 
     n, boxes, dim, shards = args.read_images, args.read_boxes, args.read_dim, args.read_shards
     rng = np.random.default_rng(0)
@@ -315,7 +286,7 @@ def bench_read(args, workdir):
 
     def reader(order):
         # As a training loader would: look up each image and copy it into a batch buffer.
-        r = FeatureReader(index)
+        r = RegionReader(index)
         batch_f, batch_b = np.zeros((boxes, dim), np.float16), np.zeros((boxes, 4), np.float32)
         total = 0
         for image_id in order:
@@ -337,7 +308,7 @@ def bench_read(args, workdir):
         print(f"  {name:22s} {n / t:10.0f} images/s  {file_bytes / t / 1e6:8.0f} MB/s (file bytes)"
               + ("" if name == "raw bytes" else f"  {payload / t / 1e6:8.0f} MB/s (arrays)"
                  + f"  = {best['raw bytes'] / t:.2f}x raw"))
-    warm = FeatureReader(index)
+    warm = RegionReader(index)
     for image_id in ids:
         warm.get(image_id)
     t = time.perf_counter()
@@ -349,7 +320,7 @@ def bench_read(args, workdir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m extract.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.extraction", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "--detector-config", dest="detector_config", default=DetectorConfig.config,
                    help="model-zoo name or yaml path, e.g. extract/configs/butd_R101_C4_attr.yaml "
                    "(with --min-size 600 --max-size 1000: the published extraction size)")

@@ -1,7 +1,7 @@
 """Benchmark: a CAVL pretraining step vs Hugging Face's VisualBertForPreTraining, same sizes.
 
-    python -m cavl.bench_pretrain                       # small CPU sizes
-    python -m cavl.bench_pretrain --preset bert-base --batch 64 --device cuda
+    python -m benchmarks.pretrain                       # small CPU sizes
+    python -m benchmarks.pretrain --preset bert-base --batch 64 --device cuda
 
 Prints, for the same hidden size / layers / heads / vocabulary / feature width, batch and
 sequence lengths (fp32 unless --amp):
@@ -182,35 +182,42 @@ def peak_memory_isolated(kind, args) -> float:
 
 
 def loader_throughput(args) -> float:
-    """Samples/s of the pretraining DataLoader on in-memory synthetic regions and captions."""
+    """Samples/s of the pretraining DataLoader on synthetic feature shards (read as the pipeline
+    reads them, memory-mapped: cavl.data.regions) and captions."""
+    import tempfile
+
     import pandas as pd
     from transformers import AutoTokenizer
 
+    from cavl.data.batches import make_loader
+    from cavl.data.regions import open_sources
     from cavl.model import resolve_checkpoint_path
-    from cavl.pretrain_data import InMemoryRegionStore, PretrainBatches, PretrainDataConfig, make_loader
+    from cavl.pretrain_data import PretrainBatches, PretrainDataConfig
+    from cavl.testing import write_feature_shards
 
     tok = AutoTokenizer.from_pretrained(str(resolve_checkpoint_path(args.tokenizer)))
     rng = np.random.default_rng(0)
     n_img = 256
     words = "a man woman dog cat red blue small large riding sitting next to on the with table street".split()
-    items = {("coco", str(i)): (rng.normal(size=(args.regions, args.visual_dim)).astype(np.float16),
-                                rng.uniform(0, 300, size=(args.regions, 4)), 640, 480) for i in range(n_img)}
-    store = InMemoryRegionStore(items)
+    items = {str(i): (rng.normal(size=(args.regions, args.visual_dim)).astype(np.float16),
+                      rng.uniform(0, 300, size=(args.regions, 4)), 640, 480, 0) for i in range(n_img)}
     rows = [{"example_id": f"{i}-{j}", "dataset": "coco", "image_id": str(i),
              "caption": " ".join(rng.choice(words, size=rng.integers(8, 16)))} for i in range(n_img) for j in range(5)]
     cfg = PretrainDataConfig(max_text_len=args.text_len, max_regions=args.regions)
-    batches = PretrainBatches(pd.DataFrame(rows), store, tok, cfg, args.batch, seed=0)
-    n = min(len(batches), args.loader_batches)
-    it = iter(make_loader(batches, 0, 0, num_workers=args.workers))
-    next(it)  # worker start-up is not throughput
-    t = time.perf_counter()
-    for _ in range(n - 1):
-        next(it)
-    return (n - 1) * args.batch / (time.perf_counter() - t)
+    with tempfile.TemporaryDirectory() as features:
+        write_feature_shards(features, "coco", items, shard_size=64, dim=args.visual_dim)
+        batches = PretrainBatches(pd.DataFrame(rows), open_sources(features, ["coco"]), tok, cfg, args.batch, seed=0)
+        n = min(len(batches), args.loader_batches)
+        it = iter(make_loader(batches, 0, 0, num_workers=args.workers))
+        next(it)  # worker start-up is not throughput
+        t = time.perf_counter()
+        for _ in range(n - 1):
+            next(it)
+        return (n - 1) * args.batch / (time.perf_counter() - t)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cavl.bench_pretrain", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="hidden/layers/heads/intermediate")
     p.add_argument("--vocab", type=int, default=30522)
     p.add_argument("--visual-dim", type=int, default=2048)

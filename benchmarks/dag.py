@@ -1,7 +1,7 @@
 """How long Snakemake takes to build the DAG of `pretrain` at paper scale (goal: ≤ 60 s).
 
-    .venv/bin/python scripts/bench_dag.py                     # shard sizes 64 (demo) and 2000 (paper)
-    .venv/bin/python scripts/bench_dag.py --shard-size 64 --repeats 3
+    .venv/bin/python -m benchmarks.dag                     # shard sizes 64 (demo) and 2000 (paper)
+    .venv/bin/python -m benchmarks.dag --shard-size 64 --repeats 3
 
 Builds a scratch working folder with the paper configuration (configs/paper.yaml) whose inputs
 all exist and are up to date: placeholder annotation files and detector weights, synthetic image
@@ -111,7 +111,7 @@ def planned(output: str) -> dict[str, int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.dag", description=__doc__.split("\n")[0])
     p.add_argument("--shard-size", type=int, action="append",
                    help="images per extraction job (repeatable; default: 64 and 2000)")
     p.add_argument("--repeats", type=int, default=1, help="dry runs per shard size (the best is reported)")
