@@ -235,10 +235,10 @@ def bench_rss(args, workdir):
         manifest = write_manifest(os.path.join(workdir, f"rss_{n}.parquet"), rows[:n])
         cmd = [sys.executable, "-m", "extract", "--manifest", manifest, "--shard", "0", "--shard-size", str(n),
                "--out", os.path.join(workdir, f"rss_{n}", "shard-00000.parquet"),
-               "--detector-config", args.detector_config, "--weights", args.weights or "none",
-               "--min-size", str(side), "--max-size", str(side), "--proposals", str(args.proposals),
-               "--max-boxes", str(args.max_boxes), "--batch-size", str(args.batch_size),
-               "--num-workers", str(args.workers), "--device", args.device]
+               "--num-workers", str(args.workers), "--settings", json.dumps({
+                   "detector": {"config": args.detector_config, "weights": args.weights, "device": args.device,
+                                "min_size": side, "max_size": side, "proposals": args.proposals},
+                   "boxes": {"max_boxes": args.max_boxes}, "batch_size": args.batch_size})]
         summary, peak = _run_logged(cmd, os.path.join(workdir, f"rss_{n}.log"))
         figures[n] = summary
         print(f"  {n:6d} images: peak RSS {peak:7.1f} MB (process and workers), main process "

@@ -1,7 +1,7 @@
 """Extract the region features of one shard of an image manifest.
 
     python -m extract --manifest resources/manifests/coco.parquet --shard 3 --shard-size 500 \\
-        --out resources/features/coco/shard-00003.parquet [detector / box options]
+        --out resources/features/coco/shard-00003.parquet --settings '{"boxes": {"max_boxes": 100}}'
 
 Shard k holds manifest rows [k·S, (k+1)·S) with S = --shard-size (or S = ceil(rows / N) with
 --num-shards N). Images are decoded and resized in DataLoader workers, run through the detector
@@ -27,7 +27,7 @@ import torch
 
 from cavl import shards as shard_format
 from cavl.shards import FEATURE_DTYPES, ShardWriter, failures_path_for
-from extract.boxes import GIVEN_MODES, MODES, BoxConfig
+from extract.boxes import BoxConfig
 from extract.detector import DetectorConfig, RegionExtractor
 from extract.images import MAX_IMAGE_PIXELS, ImageDataset, Resize, collate, configure_pil, worker_init
 
@@ -250,8 +250,36 @@ def _numpy_or_none(tensor):
     return None if tensor is None else tensor.numpy()
 
 
-def _none_or_str(value):
-    return None if value.lower() in ("", "none", "null") else value
+# The keys of --settings besides `detector` and `boxes` (run_shard's keyword arguments).
+OUTPUT_SETTINGS = ("feature_dtype", "batch_size", "row_group_size", "max_image_pixels")
+
+
+def settings_from_json(text):
+    """--settings → (DetectorConfig, BoxConfig, run_shard keyword arguments); an unknown key or a
+    bad value is an argparse error naming the key."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {e}")
+    if not isinstance(doc, dict):
+        raise argparse.ArgumentTypeError("not a JSON object")
+    unknown = set(doc) - {"detector", "boxes", *OUTPUT_SETTINGS}
+    parts = {"detector": (DetectorConfig, doc.get("detector", {})), "boxes": (BoxConfig, doc.get("boxes", {}))}
+    for name, (cls, section) in parts.items():
+        unknown |= {f"{name}.{k}" for k in set(section) - set(cls.__dataclass_fields__)}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown key(s) {', '.join(sorted(unknown))}")
+    detector = dict(parts["detector"][1])
+    if len(detector.get("opts", ())) % 2:
+        raise argparse.ArgumentTypeError("detector.opts takes KEY, VALUE pairs")
+    detector["opts"] = tuple(map(str, detector.get("opts", ())))
+    try:
+        box_cfg = BoxConfig(**parts["boxes"][1])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"boxes: {e}")
+    if doc.get("feature_dtype", "float16") not in FEATURE_DTYPES:
+        raise argparse.ArgumentTypeError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}")
+    return DetectorConfig(**detector), box_cfg, {k: doc[k] for k in OUTPUT_SETTINGS if k in doc}
 
 
 def build_parser():
@@ -265,43 +293,17 @@ def build_parser():
     g.add_argument("--out", required=True, help="shard Parquet to write (shard-{k:05d}.parquet)")
     g.add_argument("--failures-out", help="failures table (default: beside --out, .failures.parquet)")
 
-    d = p.add_argument_group("detector")
-    d.add_argument("--detector-config", default=DetectorConfig.config,
-                   help="Detectron2 model-zoo config name or yaml path (default: %(default)s)")
-    d.add_argument("--weights", type=_none_or_str, default=None,
-                   help="checkpoint (.pkl/.pth); 'none' = random init (demo and tests only)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default: %(default)s)")
-    d.add_argument("--min-size", type=int, help="shorter input side (default: INPUT.MIN_SIZE_TEST)")
-    d.add_argument("--max-size", type=int, help="longer input side cap (default: INPUT.MAX_SIZE_TEST)")
-    d.add_argument("--proposals", type=int, help="RPN proposals per image (default: POST_NMS_TOPK_TEST)")
-    d.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
-                   help="extra detectron2 config overrides")
-    d.add_argument("--device", default="auto", help="auto (CUDA when available; default), cpu, cuda, cuda:N")
-    d.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 autocast on CUDA")
-    d.add_argument("--attributes", action="store_true",
-                   help="add the attribute head to a config without one (extract/butd.py)")
-    d.add_argument("--objects-vocab", help="object vocabulary (one class per line): sets the number of classes")
-    d.add_argument("--attributes-vocab", help="attribute vocabulary: sets the number of attributes")
+    p.add_argument("--settings", required=True, type=settings_from_json, metavar="JSON",
+                   help="what shapes the features, one JSON object: {\"detector\": {config, weights, seed, "
+                        "min_size, max_size, proposals, opts, device, amp, attributes, objects_vocab, "
+                        "attributes_vocab}, \"boxes\": {mode, max_boxes, min_boxes, score_threshold, "
+                        "nms_threshold, given}, \"feature_dtype\", \"batch_size\", \"row_group_size\", "
+                        "\"max_image_pixels\"}; a key left out keeps DetectorConfig's / BoxConfig's / run_shard's "
+                        "default")
 
-    b = p.add_argument_group("boxes")
-    b.add_argument("--mode", choices=MODES, default="fixed", help="fixed count or adaptive (default: %(default)s)")
-    b.add_argument("--max-boxes", type=int, default=BoxConfig.max_boxes, help="boxes per image (adaptive: max; default: %(default)s)")
-    b.add_argument("--min-boxes", type=int, default=BoxConfig.min_boxes, help="adaptive: min boxes (default: %(default)s)")
-    b.add_argument("--score-threshold", type=float, default=BoxConfig.score_threshold,
-                   help="adaptive: keep boxes scoring at least this (default: %(default)s)")
-    b.add_argument("--nms", type=float, default=BoxConfig.nms_threshold, help="per-class NMS IoU (default: %(default)s)")
-    b.add_argument("--given-boxes", choices=GIVEN_MODES, default="none",
-                   help="use the manifest's gt_boxes: none (default), only them, or them followed by detected ones")
-
-    o = p.add_argument_group("output and throughput")
-    o.add_argument("--feature-dtype", choices=sorted(FEATURE_DTYPES), default="float16",
-                   help="storage type of the features (default: %(default)s)")
-    o.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)")
+    o = p.add_argument_group("throughput (does not change the features)")
     o.add_argument("--num-workers", type=int, default=2, help="DataLoader decoding processes (default: %(default)s)")
     o.add_argument("--threads", type=int, help="torch threads in the main process (default: torch's choice)")
-    o.add_argument("--row-group-size", type=int, default=64, help="images per Parquet row group (default: %(default)s)")
-    o.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
-                   help="images with more pixels are recorded as failures (default: %(default)s)")
     return p
 
 
@@ -309,19 +311,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    if len(args.opts) % 2:
-        raise SystemExit("--opts takes KEY VALUE pairs")
-    dcfg = DetectorConfig(config=args.detector_config, weights=args.weights, seed=args.seed,
-                          min_size=args.min_size, max_size=args.max_size, proposals=args.proposals,
-                          opts=tuple(args.opts), device=args.device, amp=args.amp,
-                          attributes=args.attributes, objects_vocab=args.objects_vocab,
-                          attributes_vocab=args.attributes_vocab)
-    box_cfg = BoxConfig(mode=args.mode, max_boxes=args.max_boxes, min_boxes=args.min_boxes,
-                        score_threshold=args.score_threshold, nms_threshold=args.nms, given=args.given_boxes)
+    dcfg, box_cfg, output = args.settings
     run_shard(args.manifest, args.shard, args.out, dcfg, box_cfg, shard_size=args.shard_size,
-              num_shards=args.num_shards, feature_dtype=args.feature_dtype, batch_size=args.batch_size,
-              num_workers=args.num_workers, threads=args.threads, row_group_size=args.row_group_size,
-              max_image_pixels=args.max_image_pixels, failures_out=args.failures_out)
+              num_shards=args.num_shards, num_workers=args.num_workers, threads=args.threads,
+              failures_out=args.failures_out, **output)
     return 0
 
 

@@ -125,19 +125,20 @@ def test_an_exception_inside_the_writer_leaves_no_files(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def _cli(manifest, out, *extra):
+def _cli(manifest, out, **output):
     """The CLI with the settings of the `extracted` fixture (so its shard is the reference)."""
+    settings = {"detector": {"min_size": 96, "max_size": 160, "proposals": 200},
+                "boxes": {"max_boxes": MAX_BOXES, "nms_threshold": NMS}, "batch_size": 3, **output}
     return [sys.executable, "-m", "extract", "--manifest", manifest, "--shard", "0",
-            "--shard-size", str(len(SIZES)), "--out", out, "--min-size", "96", "--max-size", "160",
-            "--proposals", "200", "--max-boxes", str(MAX_BOXES), "--nms", str(NMS), "--batch-size", "3",
-            "--num-workers", "1", "--threads", str(torch.get_num_threads()), *extra]
+            "--shard-size", str(len(SIZES)), "--out", out, "--num-workers", "1",
+            "--threads", str(torch.get_num_threads()), "--settings", json.dumps(settings)]
 
 
 def test_sigkill_mid_shard_leaves_no_shard_and_a_rerun_matches_an_uninterrupted_run(scenes, extracted, tmp_path):
     manifest, _ = scenes
     out = str(tmp_path / "shard-00000.parquet")
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen(_cli(manifest, out, "--row-group-size", "1"), stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_cli(manifest, out, row_group_size=1), stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, env=env, text=True, cwd=ROOT)
     seen = []
     for line in proc.stderr:  # the first progress line comes after the first batch is written
@@ -151,7 +152,7 @@ def test_sigkill_mid_shard_leaves_no_shard_and_a_rerun_matches_an_uninterrupted_
     assert "shard-00000.parquet" not in left and "shard-00000.failures.parquet" not in left
     assert any(name.startswith(".shard-00000.parquet.") for name in left), left  # it was mid-write
 
-    rerun = subprocess.run(_cli(manifest, out, "--row-group-size", "2"), capture_output=True, text=True,
+    rerun = subprocess.run(_cli(manifest, out, row_group_size=2), capture_output=True, text=True,
                            env=env, cwd=ROOT, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert sorted(os.listdir(tmp_path)) == ["shard-00000.failures.parquet", "shard-00000.parquet"]

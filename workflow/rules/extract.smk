@@ -89,12 +89,12 @@ rule extract_shard:
         mem_mb=EXTRACT["mem_mb"],
         decode_workers=EXTRACT["num_workers"],
     params:
-        options=lambda w: extract_options(w.dataset),
+        settings=lambda w: extract_settings(w.dataset),
         shard_size=EXTRACT["shard_size"],
     shell:
         "python -m extract --manifest {input.manifest} --shard {wildcards.shard} "
         "--shard-size {params.shard_size} --out {output.shard} --failures-out {output.failures} "
-        "{params.options} --num-workers {resources.decode_workers} --threads {threads} > {log} 2>&1"
+        "--settings {params.settings} --num-workers {resources.decode_workers} --threads {threads} > {log} 2>&1"
 
 
 rule gather_features:

@@ -101,43 +101,21 @@ def detector_vocab_args():
     return " ".join(shlex.quote(str(o)) for o in options)
 
 
-def extract_options(dataset):
-    """Every option that shapes the features (params: changing one re-extracts the dataset)."""
-    d, b = EXTRACT["detector"], EXTRACT["boxes"]
-    pairs = [
-        ("--detector-config", d["config"]),
-        ("--weights", d["weights"] or "none"),
-        ("--seed", d["seed"]),
-        ("--device", d["device"]),
-        ("--mode", b["mode"]),
-        ("--max-boxes", b["max_boxes"]),
-        ("--min-boxes", b["min_boxes"]),
-        ("--score-threshold", b["score_threshold"]),
-        ("--nms", b["nms_threshold"]),
-        ("--given-boxes", "none" if dataset in OWN_IMAGES else EXTRACT["given_boxes"][dataset]),
-        ("--feature-dtype", EXTRACT["feature_dtype"]),
-        ("--batch-size", EXTRACT["batch_size"]),
-        ("--row-group-size", EXTRACT["row_group_size"]),
-        ("--max-image-pixels", EXTRACT["max_image_pixels"]),
-        ("--min-size", d["min_size"]),
-        ("--max-size", d["max_size"]),
-        ("--proposals", d["proposals"]),
-    ]
+def extract_settings(dataset):
+    """What shapes a dataset's features, as the one JSON document `python -m extract --settings`
+    takes (a param: changing a value re-extracts the dataset)."""
+    d = dict(EXTRACT["detector"])
+    detector = {k: d[k] for k in ("config", "weights", "seed", "device", "amp", "attributes", "opts")}
+    detector.update({k: d[k] for k in ("min_size", "max_size", "proposals") if d[k] is not None})
     if TRAINED:  # the trained config holds the architecture and its overrides
-        pairs[0:2] = [
-            ("--detector-config", TRAINED_DETECTOR["config"]),
-            ("--weights", TRAINED_DETECTOR["model"]),
-        ]
+        detector.update(config=TRAINED_DETECTOR["config"], weights=TRAINED_DETECTOR["model"], opts=[])
     if USES_VOCAB:
-        pairs += [
-            ("--objects-vocab", DETECTOR_VOCAB["objects"]),
-            ("--attributes-vocab", DETECTOR_VOCAB["attributes"]),
-        ]
-    options = [str(o) for pair in pairs if pair[1] is not None for o in pair]
-    if not d["amp"]:
-        options.append("--no-amp")
-    if d["attributes"]:
-        options.append("--attributes")
-    if d["opts"] and not TRAINED:
-        options += ["--opts", *map(str, d["opts"])]
-    return " ".join(shlex.quote(o) for o in options)
+        detector.update(
+            objects_vocab=DETECTOR_VOCAB["objects"], attributes_vocab=DETECTOR_VOCAB["attributes"]
+        )
+    boxes = {
+        **EXTRACT["boxes"],
+        "given": "none" if dataset in OWN_IMAGES else EXTRACT["given_boxes"][dataset],
+    }
+    output = {k: EXTRACT[k] for k in ("feature_dtype", "batch_size", "row_group_size", "max_image_pixels")}
+    return json_arg({"detector": detector, "boxes": boxes, **output})
