@@ -6,7 +6,7 @@ Read bottom-up, the way the forward pass runs:
                       then the linked words' position embeddings on region tokens (when given)
     CavlSelfAttention → multi-head attention through torch's scaled_dot_product_attention
     CavlLayer       → attention, FFN, each followed by an adapter slot (nn.Identity here; the
-                      adapter issue puts an adapter module in it) and then residual + LayerNorm
+                      adapters (cavl/adapters.py) put a module in it) and then residual + LayerNorm
     CavlEncoder     → the stack of layers
     CavlModel       → embeddings + encoder + pooler in one `forward` (text, regions, optional
                       word-region links, cached states, shortcut), which every stage calls;

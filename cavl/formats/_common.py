@@ -164,3 +164,15 @@ def spec_get(spec, key, where, types=None):
 def stem(filename):
     """File name without folder and extension."""
     return os.path.splitext(os.path.basename(filename))[0]
+
+
+def tables_per_split_file(spec, splits, where, task_rows):
+    """{split: task_rows(file)} for a dataset with one annotation file per split
+    (`spec["splits"][split]`); a value that is not a path → SpecError naming `where`."""
+    out = {}
+    for split in splits:
+        path = spec["splits"][split]
+        if not isinstance(path, str):
+            raise SpecError(f"{where}.splits.{split}: must be a file path")
+        out[split] = task_rows(path)
+    return out

@@ -16,7 +16,7 @@ a mapping split → folder (that released layout) or one folder holding ``{split
 
 import os
 
-from ._common import get, image_size, iter_json_lines, missing_image
+from ._common import get, image_size, iter_json_lines, missing_image, tables_per_split_file
 from .errors import FormatError, SpecError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
@@ -152,10 +152,4 @@ def task_rows(path):
 def task_tables(spec, splits, where="datasets.nlvr2"):
     """{split: task_rows} of the nlvr2 task's tables, from config `datasets.nlvr2` (`spec`): one
     file per split (cavl.tasks.REGISTRY's reader)."""
-    out = {}
-    for split in splits:
-        path = spec["splits"][split]
-        if not isinstance(path, str):
-            raise SpecError(f"{where}.splits.{split}: must be a file path")
-        out[split] = task_rows(path)
-    return out
+    return tables_per_split_file(spec, splits, where, task_rows)

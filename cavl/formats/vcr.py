@@ -12,7 +12,8 @@ Official structure (README of the release):
 import json
 import os
 
-from ._common import check_type, get, iter_json_lines, load_json, positive_int, require_image
+from ._common import (check_type, get, iter_json_lines, load_json, positive_int, require_image,
+                      tables_per_split_file)
 from .errors import FormatError, SpecError
 
 
@@ -161,10 +162,4 @@ def task_rows(jsonl):
 def task_tables(spec, splits, where="datasets.vcr"):
     """{split: task_rows} of the vcr task's tables, from config `datasets.vcr` (`spec`): one
     file per split (cavl.tasks.REGISTRY's reader)."""
-    out = {}
-    for split in splits:
-        path = spec["splits"][split]
-        if not isinstance(path, str):
-            raise SpecError(f"{where}.splits.{split}: must be a file path")
-        out[split] = task_rows(path)
-    return out
+    return tables_per_split_file(spec, splits, where, task_rows)
