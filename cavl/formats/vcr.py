@@ -14,7 +14,7 @@ import os
 
 from ._common import (check_type, get, iter_json_lines, load_json, positive_int, require_image,
                       tables_per_split_file)
-from .errors import FormatError, SpecError
+from .errors import FormatError
 
 
 def _check_tokens(tokens, path, rec, what, n_objects):
