@@ -86,6 +86,17 @@ def test_duplicate_vg_image_id_is_rejected(tmp_path):
 
 
 # ---------------------------------------------------------------- unknown split or image id
+def test_duplicate_vcr_annot_id_is_rejected(tmp_path):
+    p = write_lines(tmp_path / "val.jsonl", [vcr_line("val-0"), vcr_line("val-1"), vcr_line("val-0")])
+    raises("{path}: line 3 (val-0): duplicate annot_id val-0", vcr.read_split, p)
+
+
+def test_duplicate_nlvr2_identifier_is_rejected(tmp_path):
+    line = {"identifier": "dev-1-0-0", "sentence": "x", "label": "True"}
+    p = write_lines(tmp_path / "dev.json", [line, {**line, "identifier": "dev-1-0-1"}, line])
+    raises("{path}: line 3 (dev-1-0-0): duplicate identifier dev-1-0-0", nlvr2.read_split, p)
+
+
 def test_unknown_karpathy_split_is_rejected_and_restval_is_train(tmp_path):
     p = write_json(tmp_path / "dataset_flickr30k.json", {"images": [karpathy_image("1.jpg", "dev")]})
     raises("{path}: images[0]: unknown split 'dev'", flickr30k.read_karpathy, p)

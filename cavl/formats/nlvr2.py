@@ -39,11 +39,14 @@ def image_stems(identifier):
 def read_split(path):
     """Parse one json-lines file → list of {identifier, sentence, label (bool|None),
     directory (str|None), left, right, _line}."""
-    out = []
+    out, seen = [], set()
     for lineno, obj in iter_json_lines(path):
         rec = f"line {lineno}"
         identifier = get(obj, "identifier", str, path, rec)
         rec = f"line {lineno} ({identifier})"
+        if identifier in seen:
+            raise FormatError(path, rec, f"duplicate identifier {identifier}")
+        seen.add(identifier)
         if len(identifier.split("-")) != 4:
             raise FormatError(path, rec, "identifier must look like "
                                          "'{split}-{set}-{pair}-{sentence}'")

@@ -49,11 +49,14 @@ def _label(rec_obj, key, n_choices, path, rec):
 
 def read_split(path):
     """Parse one jsonl file → list of records (validated; line number in ``_line``)."""
-    out = []
+    out, seen = [], set()
     for lineno, obj in iter_json_lines(path):
         rec = f"line {lineno}"
         annot_id = get(obj, "annot_id", str, path, rec)
         rec = f"line {lineno} ({annot_id})"
+        if annot_id in seen:
+            raise FormatError(path, rec, f"duplicate annot_id {annot_id}")
+        seen.add(annot_id)
         objects = get(obj, "objects", list, path, rec)
         for k, name in enumerate(objects):
             check_type(name, str, path, rec, f"objects[{k}]")
