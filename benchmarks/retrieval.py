@@ -52,7 +52,7 @@ def _row(name, mode, k, pairs, seconds, metrics=None, note=""):
 
 def demo_set(args, tmp: Path):
     """(name, model, examples, regions, tokenizer, data, note) of the demo-scale retrieval set."""
-    from cavl.finetune import FinetuneModel, load_tokenizer
+    from cavl.finetune_model import FinetuneModel, load_tokenizer
     from cavl.tasks.base import DataSettings
 
     model_dir, eval_path, features = Path(args.model), Path(args.eval), Path(args.features)
@@ -71,6 +71,7 @@ def demo_set(args, tmp: Path):
         out = tmp / "syn_tir"
         finetune.main(["--task", "tir", "--config", json.dumps(config), "--cpu", "--backbone", str(root / "backbone"),
                        "--train", str(root / "tasks/tir/train.parquet"),
+                       "--select", str(root / "tasks/tir/val.parquet"),
                        "--features", str(root / "features/flickr30k/index.parquet"), "--out", str(out / "model"),
                        "--train-log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
                        "--checkpoints", str(out / "ck"), "--cache", str(out / "cache")])
@@ -134,7 +135,7 @@ LARGE_SIZES = {"cpu": {"hidden": 32, "layers": 2, "heads": 2, "regions": 8, "dim
 
 def large_model(hidden: int, layers: int, heads: int, visual_dim: int, vocab: list):
     from cavl.adapters import AdapterSettings
-    from cavl.finetune import FinetuneModel
+    from cavl.finetune_model import FinetuneModel
     from cavl.model import CavlConfig, CavlModel
     from cavl.tasks import get_task
 

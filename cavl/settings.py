@@ -465,7 +465,7 @@ class FinetuneTasks:
 
 @dataclass
 class FinetuneSection:
-    """`finetune:` — shared settings; per-task ones under `tasks` (cavl.finetune.task_settings
+    """`finetune:` — shared settings; per-task ones under `tasks` (cavl.finetune_model.task_settings
     resolves one task's effective settings)."""
 
     gpus: int = operational()  # processes under torchrun (0 = one CPU process)

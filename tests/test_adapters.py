@@ -7,7 +7,7 @@ import torch
 
 from cavl.adapters import (AdapterSettings, BottleneckAdapter, ShortcutAdapter, configure_trainable,
                            count_parameters, params_line, state_checksum)
-from cavl.finetune import FinetuneModel
+from cavl.finetune_model import FinetuneModel
 from cavl.model import CavlConfig, CavlModel
 from cavl.tasks import get_task
 from cavl.train_loop import OptimConfig, build_optimizer

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from cavl import evaluate, finetune
-from cavl.finetune import hold_out_images, image_groups, settings_from_config
+from cavl import evaluate, finetune, finetune_model
+from cavl.finetune_model import hold_out_images, image_groups, settings_from_config
 from cavl.tasks import get_task
 from cavl.train_loop import DistEnv, OptimConfig, Trainer, TrainConfig
 
@@ -257,14 +257,14 @@ def run_args(root, task, out, config, dataset, extra=()):
 
 def test_finetune_saves_the_best_epoch_of_held_out_train_images(synthetic, tmp_path, monkeypatch):
     root, _ = synthetic
-    real = finetune.make_select_fn
+    real = finetune_model.make_select_fn
     scripted = iter([10.0, 30.0, 20.0])  # epoch 2 best, epoch 3 worse
 
     def make_select_fn(*args, **kwargs):
         select = real(*args, **kwargs)
         return lambda model, step: {**select(model, step), "accuracy": next(scripted)}
 
-    monkeypatch.setattr(finetune, "make_select_fn", make_select_fn)
+    monkeypatch.setattr(finetune_model, "make_select_fn", make_select_fn)
     config = {**SMALL, "tasks": {"vqa": {"epochs": 3, "batch_size": 8, "max_text_len": 12, "max_regions": 6,
                                          "answer_vocab_size": 50}}}
     out = tmp_path / "vqa"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cavl import finetune, pretrain
+from cavl import finetune_model, pretrain
 from cavl.config import ConfigError, deep_update, resolve_config, validate_config
-from cavl.finetune import FinetuneSettings, settings_from_config
+from cavl.finetune_model import FinetuneSettings, settings_from_config
 from cavl.model import ObjectiveConfig
 from cavl.pretrain_data import PretrainDataConfig
 from cavl.settings import (AdapterSettings, CacheSettings, Config, DetectorTrain, FinetuneSection, ModelSettings,
@@ -100,7 +100,7 @@ def test_no_default_is_written_twice():
     assert checked >= 30
     for cls in (DataSettings, FinetuneSettings, ModelSettings, PretrainSection, FinetuneSection, CacheSettings):
         assert not any(_has_default(f) for f in dataclasses.fields(cls)), cls.__name__
-    assert not {"TASK_KEYS", "DEFAULT_LR", "_OPERATIONAL", "_take"} & set(vars(finetune))
+    assert not {"TASK_KEYS", "DEFAULT_LR", "_OPERATIONAL", "_take"} & set(vars(finetune_model))
     assert not {"_take", "_OPERATIONAL", "PretrainSettings"} & set(vars(pretrain))
 
 
@@ -209,7 +209,7 @@ def test_pretrain_fingerprint_leaves_out_exactly_the_operational_keys():
 @pytest.mark.parametrize("task", ["tir", "vqa"])
 def test_finetune_fingerprint_leaves_out_exactly_the_operational_keys(task):
     def make(config):
-        return finetune.fingerprint(settings_from_config(config, task), "backbone", [])
+        return finetune_model.fingerprint(settings_from_config(config, task), "backbone", [])
 
     base = make({})
     method = settings_from_config({}, task).method

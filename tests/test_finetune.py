@@ -16,10 +16,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from cavl import evaluate, finetune
+from cavl import evaluate, finetune, finetune_model
 from cavl.backbone_cache import precompute
 from cavl.config import validate_config
-from cavl.finetune import FinetuneModel, settings_from_config
+from cavl.finetune_model import FinetuneModel, settings_from_config
 from cavl.model import CavlModel
 from cavl.tasks import get_task
 from cavl.tasks.base import RegionSource, TaskBatches
@@ -172,7 +172,7 @@ def test_finetune_then_evaluate_writes_the_contract_outputs(root, tmp_path, caps
     assert metrics["task"] == task and metrics["split"] == EVAL_SPLIT[task]
     assert set(metrics["metrics"]) == set(metrics["chance"]) and get_task(task).main_metric in metrics["metrics"]
     assert metrics["trainable_params"] == config["trainable_params"] and metrics["config"]["task"] == task
-    assert metrics["model"] == finetune.model_checksum(model_dir)
+    assert metrics["model"] == finetune_model.model_checksum(model_dir)
     preds = pd.read_parquet(out / "predictions.parquet")
     assert len(preds) == metrics["num_examples"] > 0
 
@@ -200,7 +200,7 @@ def test_a_model_refuses_a_different_backbone(root, tmp_path):
 
 def _vqa_setup(root, features_root=None, seed=0, examples=None):
     task = get_task("vqa")
-    tok = finetune.load_tokenizer(root / "backbone")
+    tok = finetune_model.load_tokenizer(root / "backbone")
     regions = RegionSource((features_root or root / "features") / "coco" / "index.parquet")
     examples = task.read(root / "tasks" / "vqa" / "train.parquet") if examples is None else examples
     state = task.prepare(examples, {"answer_vocab_size": 50})

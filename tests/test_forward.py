@@ -8,7 +8,7 @@ import torch
 
 from cavl import retrieval
 from cavl.adapters import AdapterSettings, ShortcutAdapter
-from cavl.finetune import FinetuneModel
+from cavl.finetune_model import FinetuneModel
 from cavl.model import CavlConfig, CavlForPretraining, CavlModel, ObjectiveConfig
 from cavl.tasks import get_task
 from cavl.tasks.base import TaskLoss, TaskOutput

@@ -140,7 +140,7 @@ def test_pessimistic_ties_inside_the_shortlist():
 def tiny(tmp_path_factory):
     from cavl.adapters import AdapterSettings
     from cavl.testing import write_synthetic_flickr30k, write_tiny_pretrained
-    from cavl.finetune import FinetuneModel, load_tokenizer
+    from cavl.finetune_model import FinetuneModel, load_tokenizer
     from cavl.model import CavlModel
     from cavl.tasks import get_task
     from cavl.tasks.base import DataSettings

@@ -214,7 +214,8 @@ def test_finetune_then_evaluate(root, tmp_path):
     out = tmp_path / "rpg"
     feats = str(root / "features/flickr30k/index.parquet")
     assert finetune.main(["--task", "rpg", "--config", json.dumps(TINY), "--cpu", "--backbone", str(root / "backbone"),
-                          "--train", str(root / "tasks/rpg/train.parquet"), "--features", feats,
+                          "--train", str(root / "tasks/rpg/train.parquet"),
+                          "--select", str(root / "tasks/rpg/val.parquet"), "--features", feats,
                           "--out", str(out / "model"), "--train-log", str(out / "log.jsonl"),
                           "--curves", str(out / "curves.png"), "--checkpoints", str(out / "ck"),
                           "--cache", str(out / "cache")]) == 0

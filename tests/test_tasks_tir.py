@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from cavl import evaluate, finetune
+from cavl import evaluate, finetune, finetune_model
 from cavl.losses import PairwiseContrastiveLoss
 from cavl.metrics.chance import retrieval_chance
 from cavl.tasks import REGISTRY, get_task
@@ -147,7 +147,7 @@ def test_given_boxes_are_not_regions(root):
 
 def test_settings_from_config_yaml_and_the_task_lr():
     from cavl.config import validate_config
-    from cavl.finetune import settings_from_config
+    from cavl.finetune_model import settings_from_config
 
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     for task in ("tir", "zs_tir", "rpg"):
@@ -197,7 +197,7 @@ def test_negatives_come_from_other_pictures():
 
 
 def test_training_pass_pairs_positives_with_hard_negatives(root):
-    from cavl.finetune import FinetuneModel, load_tokenizer, settings_from_config
+    from cavl.finetune_model import FinetuneModel, load_tokenizer, settings_from_config
     from cavl.model import CavlModel
 
     task = get_task("tir")
@@ -229,7 +229,7 @@ def test_training_pass_pairs_positives_with_hard_negatives(root):
 
 def test_head_starts_as_the_pretrained_itm_head(root, tmp_path):
     from cavl.adapters import AdapterSettings
-    from cavl.finetune import FinetuneModel
+    from cavl.finetune_model import FinetuneModel
     from cavl.model import CavlModel
     from cavl.testing import write_tiny_backbone
 
@@ -256,9 +256,10 @@ def test_head_starts_as_the_pretrained_itm_head(root, tmp_path):
 
 def train_cli(root, out, config=TINY):
     return ["--task", "tir", "--config", json.dumps(config), "--cpu", "--backbone", str(root / "backbone"),
-            "--train", str(root / "tasks/tir/train.parquet"), "--features", features(root),
-            "--out", str(out / "model"), "--train-log", str(out / "log.jsonl"), "--curves", str(out / "curves.png"),
-            "--checkpoints", str(out / "checkpoints"), "--cache", str(out / "cache")]
+            "--train", str(root / "tasks/tir/train.parquet"), "--select", str(root / "tasks/tir/val.parquet"),
+            "--features", features(root), "--out", str(out / "model"), "--train-log", str(out / "log.jsonl"),
+            "--curves", str(out / "curves.png"), "--checkpoints", str(out / "checkpoints"),
+            "--cache", str(out / "cache")]
 
 
 def eval_cli(root, task, out, extra=()):
@@ -325,11 +326,11 @@ def test_finetune_then_evaluate(root, finetuned):
     metrics = check_retrieval_outputs(root, out, "tir")
     assert metrics["task"] == "tir" and metrics["method"] == "adapter2" and metrics["split"] == "test"
     assert metrics["trainable_params"] == config["trainable_params"] > 0
-    assert metrics["model"] == finetune.model_checksum(out / "model")
+    assert metrics["model"] == finetune_model.model_checksum(out / "model")
 
 
 def test_exhaustive_and_full_shortlist_agree_through_the_task(root, finetuned):
-    from cavl.finetune import FinetuneModel, load_tokenizer
+    from cavl.finetune_model import FinetuneModel, load_tokenizer
     from cavl.tasks.base import DataSettings
 
     model, config = FinetuneModel.from_finetuned(finetuned / "model")

@@ -228,7 +228,7 @@ class Task:
         tir: its head is pretraining's ITM head when the folder has one)."""
 
     def forward(self, model, batch: dict) -> TaskOutput:
-        """The task's pass over a batch (`model`: a cavl.finetune.FinetuneModel): the head on the
+        """The task's pass over a batch (`model`: a cavl.finetune_model.FinetuneModel): the head on the
         encoded batch. A task needing more passes than its sequences overrides it (tir: in-batch
         hard negatives)."""
         return TaskOutput(model.head(model.encode(batch)))
@@ -256,7 +256,7 @@ class Task:
     def predict_split(self, model, examples: pd.DataFrame, regions: RegionSource, tokenizer, data: "DataSettings",
                       batch_size: int, device) -> pd.DataFrame | None:
         """The predictions table of a whole split at once (tir: every image against every
-        caption), or None for the per-item path (cavl.finetune.predict, then `predictions`)."""
+        caption), or None for the per-item path (cavl.finetune_model.predict, then `predictions`)."""
         return None
 
     def report(self, predictions: pd.DataFrame, examples: pd.DataFrame, state: dict,

@@ -11,7 +11,7 @@ Object references: a token `[i, j]` of the official token lists becomes the obje
 ("person and car"), and each name word is linked to region i (j) — the vcr feature shards
 hold the manifest's ground-truth boxes first, in annotation order (`num_given` of them), so
 object i is region i. The model turns a link into the VisualBERT alignment: the region token
-gets the position embeddings of the words that refer to it (see cavl.finetune).
+gets the position embeddings of the words that refer to it (see cavl.finetune_model).
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ class ZsTirTask(TirTask):
 
     def zero_shot_model(self, backbone_dir, settings: dict):
         """(model, its config record) of the pretrained folder `backbone_dir`, given the resolved
-        finetune settings of zs_tir (as cavl.finetune.settings_from_config gives them)."""
+        finetune settings of zs_tir (as cavl.finetune_model.settings_from_config gives them)."""
         from cavl.adapters import AdapterSettings, count_parameters
-        from cavl.finetune import FinetuneModel
+        from cavl.finetune_model import FinetuneModel
         from cavl.model import WEIGHTS_NAME, CavlModel
 
         if backbone_dir is None:

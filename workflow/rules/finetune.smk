@@ -15,6 +15,7 @@ rule finetune:
     input:
         train=lambda w: finetune_split(w.task, "train_split"),
         select=lambda w: finetune_select(w.task),
+        eval=lambda w: finetune_eval(w.task),
         backbone="results/pretrain/model",
         features=lambda w: finetune_features(w.task),
     output:
@@ -42,10 +43,11 @@ rule finetune:
         cache=lambda w: f"results/{w.task}/cache",
         launcher=launcher(FINETUNE["gpus"]),
         select=lambda w, input: f"--select {input.select}" if input.select else "",
+        eval=lambda w, input: f" --eval {input.eval}" if input.eval else "",
     shell:
         "{params.launcher} cavl.finetune --task {wildcards.task} --config {params.config} --threads {threads} "
-        "--backbone {input.backbone} --train {input.train} {params.select} --features {input.features} "
-        "--out {output.model} --train-log {output.log} --curves {output.curves} "
+        "--backbone {input.backbone} --train {input.train} {params.select}{params.eval} "
+        "--features {input.features} --out {output.model} --train-log {output.log} --curves {output.curves} "
         "--checkpoints {params.checkpoints} --cache {params.cache} > {log} 2>&1"
 
 

@@ -21,6 +21,12 @@ def finetune_select(task):
     return finetune_split(task, "select_split") if split else []
 
 
+def finetune_eval(task):
+    """The eval split's table when finetuning evaluates it as it trains (finetune.train.eval_every
+    > 0: val_* records in the log); [] otherwise."""
+    return finetune_split(task, "eval_split") if FINETUNE["train"]["eval_every"] > 0 else []
+
+
 def finetune_features(task):
     """Feature index of the task's image dataset (VQA reads coco's)."""
     require_datasets(task)
