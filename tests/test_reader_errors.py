@@ -86,6 +86,11 @@ def test_duplicate_vg_image_id_is_rejected(tmp_path):
 
 
 # ---------------------------------------------------------------- unknown split or image id
+def test_duplicate_coco_image_id_is_rejected(tmp_path):
+    p = write_json(tmp_path / "captions.json", captions(images=((9, "a.jpg"), (10, "b.jpg"), (9, "c.jpg"))))
+    raises("{path}: images[2]: duplicate image id 9", coco.read_captions, p)
+
+
 def test_duplicate_vcr_annot_id_is_rejected(tmp_path):
     p = write_lines(tmp_path / "val.jsonl", [vcr_line("val-0"), vcr_line("val-1"), vcr_line("val-0")])
     raises("{path}: line 3 (val-0): duplicate annot_id val-0", vcr.read_split, p)

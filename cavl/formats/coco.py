@@ -30,6 +30,8 @@ def read_captions(path):
     for i, im in enumerate(raw_images):
         rec = f"images[{i}]"
         image_id = get(im, "id", int, path, rec)
+        if image_id in known:
+            raise FormatError(path, rec, f"duplicate image id {image_id}")
         images.append({
             "id": image_id,
             "file_name": get(im, "file_name", str, path, rec),
