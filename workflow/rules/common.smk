@@ -1,5 +1,5 @@
 # Config validation, the datasets configured, and the paths and helpers several stages share.
-# Each stage's own helpers are in its .smk file.
+# Each stage's own helpers are in functions/<stage>.smk, which the stage's file includes first.
 import json
 import shlex
 
