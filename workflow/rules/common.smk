@@ -6,6 +6,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from cavl.config import ConfigError, resolve_config
+from cavl.manifest import DATASETS as MANIFEST_DATASETS
 from cavl.task_data import TASK_SOURCES, task_splits
 from cavl.tasks import REGISTRY as TASK_REGISTRY
 
@@ -15,7 +16,7 @@ except ConfigError as error:
     raise WorkflowError(str(error))
 
 # Datasets that have images (and so a manifest and features); VQA uses coco's.
-IMAGE_DATASETS = ["coco", "vg", "flickr30k", "nlvr2", "vcr"]
+IMAGE_DATASETS = list(MANIFEST_DATASETS)
 # datasets.images: folders of the user's own images, name → {root, glob or list}
 # (cavl/formats/images.py). Each has a manifest (checkpoint images_manifest) and features like an
 # official dataset; DATASETS holds the official entries only.
