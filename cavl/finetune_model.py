@@ -55,7 +55,8 @@ from cavl.tasks import REGISTRY, get_task
 from cavl.tasks.base import DataSettings, Encoded, Task, TaskBatches, TaskLoss, TaskOutput
 from cavl.settings import (CacheSettings, FinetuneSection, OptimConfig, TrainConfig, TrainedTaskSection,
                            load_section, operational_keys, option_keys, task_section, without)
-from cavl.train_loop import Trainer, cleanup_distributed, finalize_log, seed_everything, setup_distributed
+from cavl.train_loop import Trainer, cleanup_distributed, seed_everything, setup_distributed
+from cavl.training_log import finalize_log
 
 log = logging.getLogger(__name__)
 

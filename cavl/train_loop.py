@@ -57,7 +57,6 @@ from cavl.checkpoints import (CheckpointManager, drop_best_after, get_rng_state,
                               set_rng_state)
 from cavl.settings import OptimConfig, TrainConfig  # noqa: F401  (the loop's configs: pretrain.optim / .train's dataclasses)
 from cavl.training_log import TrainLog
-from cavl.training_log import finalize_log  # noqa: F401  (moved to cavl.training_log; the old import path keeps working)
 
 log = logging.getLogger(__name__)
 
