@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -169,12 +168,12 @@ def precompute(directory, tables: Sequence, compute: Callable[[dict], torch.Tens
             for j, s in enumerate(seqs):
                 tl, nr = int(inputs["attention_mask"][j].sum()), int(inputs["visual_mask"][j].sum())
                 f.write(np.concatenate([states[j, :tl], states[j, L : L + nr]]).astype(np_dtype).tobytes())
-                same = (str(s.image_id), ids[j, :tl].tobytes(), types[j, :tl].tobytes(),
-                        b"" if links is None else np.ascontiguousarray(links[j, :nr, :tl]).tobytes())
+                same = _inputs_digest(str(s.image_id).encode(), ids[j, :tl].tobytes(), types[j, :tl].tobytes(),
+                                      b"" if links is None else np.ascontiguousarray(links[j, :nr, :tl]).tobytes())
                 records.append((c * chunk_size * K + j, same, tl, nr, offset))
                 offset += tl + nr
-    with atomic_path(f"{part}.pkl") as tmp:
-        Path(tmp).write_bytes(pickle.dumps(records))
+    with atomic_path(f"{part}.json") as tmp:
+        Path(tmp).write_text(json.dumps(records))
     if world_size > 1:
         dist.barrier()
     if rank == 0:
@@ -187,12 +186,21 @@ def precompute(directory, tables: Sequence, compute: Callable[[dict], torch.Tens
     return states, {"sequences": sequences, "computed": sequences}
 
 
+def _inputs_digest(*parts: bytes) -> str:
+    """SHA-256 of a sequence's inputs (image id, tokens, types, word-region links): equal digests,
+    equal inputs, the same states."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little") + part)
+    return h.hexdigest()
+
+
 def _write_tables(directory: Path, sizes: list, names: list, world_size: int, key: str, hidden: int, dtype: str):
     """The tables' files from the part files of every process (a sequence with an earlier twin: the
     twin's states), then the manifest."""
     parts = [directory / f"part-{r:03d}-of-{world_size:03d}" for r in range(world_size)]
-    records = sorted((rec + (p,) for p, part in enumerate(parts)
-                      for rec in pickle.loads(Path(f"{part}.pkl").read_bytes())), key=lambda rec: rec[0])
+    records = sorted((tuple(rec) + (p,) for p, part in enumerate(parts)
+                      for rec in json.loads(Path(f"{part}.json").read_text())), key=lambda rec: rec[0])
     if [rec[0] for rec in records] != list(range(sum(sizes))):
         raise RuntimeError(f"backbone cache {directory}: the part files do not cover every sequence once")
     np_dtype = _DTYPES[dtype]
@@ -217,5 +225,5 @@ def _write_tables(directory: Path, sizes: list, names: list, world_size: int, ke
     write_json_atomic({"version": FORMAT_VERSION, "key": key, "hidden": int(hidden), "dtype": dtype, "tables": meta},
                       directory / MANIFEST)
     for part in parts:
-        for suffix in (".bin", ".pkl"):
+        for suffix in (".bin", ".json"):
             Path(f"{part}{suffix}").unlink(missing_ok=True)
