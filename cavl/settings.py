@@ -606,6 +606,28 @@ class DemoSection:
     images: dict  # dataset → images generated
 
 
+# ---------------------------------------------------------------------------------------------
+# the analyses: ablation grid and alignment pictures
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AblationsSection:
+    """`ablations:` — the ablation grid (cavl.ablations)."""
+
+    variants: dict  # name → config overlay
+    tasks: list | None  # None = the tasks of the default target
+    seeds: list  # finetune.train.seed of each cell
+
+
+@dataclass
+class VisualiseSection:
+    """`visualise:` — word–region alignment pictures (cavl.visualise)."""
+
+    images: int  # val images pictured per dataset
+    threads: int = operational()  # torch CPU threads of the job
+
+
 @dataclass
 class Config:
     """The whole configuration (`datasets`: free-form, the schema checks its entries)."""
@@ -616,6 +638,8 @@ class Config:
     model: ModelSettings
     pretrain: PretrainSection
     finetune: FinetuneSection
+    ablations: AblationsSection
+    visualise: VisualiseSection
 
 
 def config_model(config: dict) -> Config:

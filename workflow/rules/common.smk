@@ -1,10 +1,14 @@
-# Config validation, the datasets configured, and the paths and helpers several stages share.
-# Each stage's own helpers are in functions/<stage>.smk, which the stage's file includes first.
+# Config validation, the datasets and tasks configured, the runs of the ablation grid, and the
+# paths and helpers several stages share. Each stage's own helpers are in functions/<stage>.smk,
+# which the stage's file includes first.
 import json
+import os
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 
+from cavl import ablations
 from cavl.config import ConfigError, resolve_config
 from cavl.manifest import DATASETS as MANIFEST_DATASETS
 from cavl.task_data import TASK_SOURCES, task_splits
@@ -27,6 +31,7 @@ DATASETS = {name: spec for name, spec in config["datasets"].items() if name != "
 wildcard_constraints:
     dataset="|".join([*IMAGE_DATASETS, *OWN_IMAGES]),
     task="|".join(TASK_SOURCES),
+    run="[0-9a-f]{12}",  # a run of the ablation grid (cavl.ablations)
 
 
 def json_arg(value):
@@ -67,3 +72,49 @@ def feature_index(dataset):
 def launcher(gpus):
     """`torchrun` with one process per GPU, or plain python when training on CPU."""
     return f"torchrun --standalone --nproc_per_node {gpus} -m" if gpus > 0 else "python -m"
+
+
+def runnable_tasks():
+    """The finetune tasks whose datasets are configured; one log line names those left out."""
+    missing = {task: missing_datasets(task) for task in FINETUNE_TASKS}
+    left_out = {task: keys for task, keys in missing.items() if keys}
+    if left_out:
+        named = ", ".join(
+            f"{task} ({' and '.join(f'datasets.{k}' for k in keys)})" for task, keys in left_out.items()
+        )
+        print(f"not in the default target (dataset not configured): {named}", file=sys.stderr)
+    return [task for task in FINETUNE_TASKS if task not in left_out]
+
+
+FINETUNE_TASKS = [task for task in config["finetune"]["tasks"] if task in TASK_REGISTRY]
+TRAINED_TASKS = [task for task in FINETUNE_TASKS if not TASK_REGISTRY[task].zero_shot]
+ZERO_SHOT_TASKS = [task for task in FINETUNE_TASKS if TASK_REGISTRY[task].zero_shot]
+# Those whose datasets are configured: the default target and the summary.
+RUNNABLE_TASKS = runnable_tasks()
+
+
+def ablation_grid():
+    """(cells, run name → configuration) of the ablation grid (cavl.ablations.plan) over
+    ablations.tasks, or the default target's tasks."""
+    tasks = config["ablations"]["tasks"] or RUNNABLE_TASKS
+    for task in tasks:
+        require_datasets(task)
+    try:
+        return ablations.plan(config, tasks)
+    except ConfigError as error:
+        raise WorkflowError(str(error))
+
+
+ABLATION_CELLS, ABLATION_RUNS = ablation_grid()
+ABLATION_PRETRAIN_RUNS = ablations.pretrain_runs(ABLATION_CELLS)
+
+
+def run_config(wildcards):
+    """The configuration a job computes with: the grid run's named by the `run` wildcard (rules
+    ablation_*), else this configuration."""
+    return ABLATION_RUNS[wildcards.run] if "run" in wildcards.keys() else config
+
+
+def run_root(wildcards):
+    """The folder of a run's stages: results/ or results/ablation_runs/{run}/."""
+    return f"{ablations.RUNS_DIR}/{wildcards.run}" if "run" in wildcards.keys() else "results"

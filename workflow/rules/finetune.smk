@@ -13,11 +13,11 @@ include: "functions/finetune.smk"
 rule finetune:
     """Adapters + head of one task on the frozen pretrained backbone → results/{task}/model/."""
     input:
-        train=lambda w: finetune_split(w.task, "train_split"),
-        select=lambda w: finetune_select(w.task),
-        eval=lambda w: finetune_eval(w.task),
-        backbone="results/pretrain/model",
-        features=lambda w: finetune_features(w.task),
+        train=lambda w: finetune_split(w, "train_split"),
+        select=finetune_select,
+        eval=finetune_eval,
+        backbone=pretrained_backbone,
+        features=finetune_features,
     output:
         model=directory("results/{task}/model"),
         log="results/{task}/log.jsonl",
@@ -38,9 +38,9 @@ rule finetune:
         gpu=FINETUNE["gpus"],
         mem_mb=FINETUNE["mem_mb"],
     params:
-        config=lambda w: finetune_config_arg(w.task),
-        checkpoints=lambda w: f"results/{w.task}/checkpoints",
-        cache=lambda w: f"results/{w.task}/cache",
+        config=finetune_config_arg,
+        checkpoints=lambda w, output: sibling(output, "checkpoints"),
+        cache=lambda w, output: sibling(output, "cache"),
         launcher=launcher(FINETUNE["gpus"]),
         select=lambda w, input: f"--select {input.select}" if input.select else "",
         eval=lambda w, input: f" --eval {input.eval}" if input.eval else "",
@@ -54,11 +54,11 @@ rule finetune:
 rule evaluate:
     """The task's official metric (+ chance) on its eval split → metrics.json, predictions.parquet."""
     input:
-        model="results/{task}/model",
-        backbone="results/pretrain/model",
-        eval=lambda w: finetune_split(w.task, "eval_split"),
-        train=lambda w: finetune_split(w.task, "train_split"),
-        features=lambda w: finetune_features(w.task),
+        model=lambda w: f"{run_root(w)}/{w.task}/model",
+        backbone=pretrained_backbone,
+        eval=lambda w: finetune_split(w, "eval_split"),
+        train=lambda w: finetune_split(w, "train_split"),
+        features=finetune_features,
     output:
         metrics="results/{task}/metrics.json",
         predictions="results/{task}/predictions.parquet",
@@ -83,9 +83,9 @@ rule evaluate:
 rule evaluate_zero_shot:
     """Evaluate-only tasks (zs_tir): the pretrained model as it is → metrics.json, predictions.parquet."""
     input:
-        backbone="results/pretrain/model",
-        eval=lambda w: finetune_split(w.task, "eval_split"),
-        features=lambda w: finetune_features(w.task),
+        backbone=pretrained_backbone,
+        eval=lambda w: finetune_split(w, "eval_split"),
+        features=finetune_features,
     output:
         metrics="results/{task}/metrics.json",
         predictions="results/{task}/predictions.parquet",
@@ -100,7 +100,7 @@ rule evaluate_zero_shot:
         gpu=min(1, FINETUNE["gpus"]),
         mem_mb=FINETUNE["mem_mb"],
     params:
-        config=lambda w: finetune_config_arg(w.task),
+        config=finetune_config_arg,
         split=lambda w: FINETUNE["tasks"][w.task]["eval_split"],
     shell:
         "python -m cavl.evaluate --task {wildcards.task} --config {params.config} --backbone {input.backbone} "

@@ -28,10 +28,10 @@ rule pretrain:
         gpu=PRETRAIN["gpus"],
         mem_mb=PRETRAIN["mem_mb"],
     params:
-        config=pretrain_config_arg(),
+        config=pretrain_config_arg,
         features=lambda w, input: os.path.dirname(os.path.dirname(input.features[0])),
         val=lambda w, input: input.get("val", ""),  # '' = no held-out split (e.g. VG alone)
-        checkpoints="results/pretrain/checkpoints",
+        checkpoints=lambda w, output: os.path.join(os.path.dirname(output.model), "checkpoints"),
         launcher=launcher(PRETRAIN["gpus"]),
     shell:
         "{params.launcher} cavl.pretrain --config {params.config} --threads {threads} "

@@ -12,11 +12,12 @@ def pretrain_inputs(wildcards):
     inputs = {
         split: f"resources/tasks/pretrain/{split}.parquet" for split in ("train", "val") if split in splits
     }
-    return {**inputs, "features": [feature_index(d) for d in config["pretrain"]["data"]["sources"]]}
+    return {**inputs, "features": [feature_index(d) for d in PRETRAIN["data"]["sources"]]}
 
 
-def pretrain_config_arg():
-    """The model and pretraining settings as one JSON argument; the keys that only schedule the job
-    (mem_mb) are left out, so changing one reruns nothing."""
-    pretrain = without(PRETRAIN, operational_keys(PretrainSection, job=True))
-    return json_arg({"model": config["model"], "pretrain": pretrain})
+def pretrain_config_arg(wildcards):
+    """The model and pretraining settings (of the run: run_config) as one JSON argument; the keys
+    that only schedule the job (mem_mb) are left out, so changing one reruns nothing."""
+    settings = run_config(wildcards)
+    pretrain = without(settings["pretrain"], operational_keys(PretrainSection, job=True))
+    return json_arg({"model": settings["model"], "pretrain": pretrain})
