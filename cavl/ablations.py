@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass
 
 from cavl.config import ConfigError, deep_update, resolve_config
-from cavl.settings import FinetuneSection, ModelSettings, PretrainSection, operational_keys
+from cavl.settings import FinetuneSection, ModelSettings, PretrainSection, operational_keys, without
 from cavl.tasks import REGISTRY
 
 BASELINE = "baseline"
@@ -97,14 +97,15 @@ def _digest(value) -> str:
 
 
 def pretrain_identity(config: dict) -> dict:
-    """What a pretrained model depends on besides the data: the model and pretrain sections."""
-    return {"model": config["model"], "pretrain": config["pretrain"]}
+    """What a pretrained model depends on besides the data: the model and pretrain sections, less
+    their operational keys (which overlays cannot set: a change of one renames no run)."""
+    return {"model": config["model"], "pretrain": without(config["pretrain"], operational_keys(PretrainSection))}
 
 
 def finetune_identity(config: dict, task: str) -> dict:
     """What a task's finetuned model and evaluation depend on besides the data: the pretrained
     model, the shared finetune settings and the task's own (only the latter for a zero-shot task)."""
-    finetune = config["finetune"]
+    finetune = without(config["finetune"], operational_keys(FinetuneSection))
     own = {"task": task, "settings": finetune["tasks"][task]}
     if not REGISTRY[task].zero_shot:
         own["finetune"] = {key: value for key, value in finetune.items() if key != "tasks"}

@@ -20,8 +20,8 @@ def demo_config():
 
 
 def with_grid(config, variants, tasks=("vqa", "zs_tir"), seeds=(0,)):
-    grid = {"variants": variants, "tasks": list(tasks), "seeds": list(seeds)}
-    return resolve_config(deep_update(copy.deepcopy(config), {"ablations": grid}))
+    """`config` with this grid in place of its own."""
+    return resolve_config({**config, "ablations": {"variants": variants, "tasks": list(tasks), "seeds": list(seeds)}})
 
 
 def by_variant(cells):
@@ -149,3 +149,12 @@ def test_the_shipped_paper_grid_is_valid():
     assert len(variants) > 10
     cells, runs = plan(config, config["ablations"]["tasks"])
     assert len(cells) == len(variants) * len(config["ablations"]["seeds"]) * len(config["ablations"]["tasks"])
+
+
+def test_an_operational_key_renames_no_run(demo_config):
+    grid = {"no_pwcl": {"pretrain": {"pwcl": {"weight": 0}}}, "a1": {"finetune": {"tasks": {"vqa": {"method": "adapter1"}}}}}
+    before, _ = plan(with_grid(demo_config, grid, seeds=(0, 1)), ["vqa", "zs_tir"])
+    busier = deep_update(copy.deepcopy(demo_config), {"pretrain": {"mem_mb": 64000, "threads": 1},
+                                                      "finetune": {"threads": 2, "train": {"log_every": 1}}})
+    after, _ = plan(with_grid(busier, grid, seeds=(0, 1)), ["vqa", "zs_tir"])
+    assert after == before

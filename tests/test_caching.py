@@ -1,15 +1,23 @@
 """Caching across the whole DAG, from `snakemake -n` job lists on a complete demo run: a second
 run does nothing; a finetune setting of one task reruns only that task; a detector setting
 reruns extraction and everything after it; a job's memory, the number of decoding processes or
-editing the README rerun nothing.
+editing the README rerun nothing. An ablation variant reruns only the stages from its first
+changed one: finetuning for a finetune overlay, pretraining for a pretrain overlay, nothing but
+the table for a variant identical to the baseline.
 
 Only dry runs touch the demo run's folder, so its outputs stay as they are."""
 
+import copy
 import re
 import shutil
 import subprocess
+from collections import Counter
 
 import yaml
+
+from cavl.ablations import plan
+from cavl.config import deep_update, resolve_config
+from cavl.tasks import REGISTRY
 
 from workflow_run import ROOT, SNAKEMAKE, snakemake, snakemake_env
 
@@ -57,6 +65,23 @@ def demo_config():
         return yaml.safe_load(f)
 
 
+def grid_jobs(config):
+    """(rule, wildcards) of the jobs of the ablation grid's own runs (cavl.ablations.plan)."""
+    cells, _ = plan(config, config["ablations"]["tasks"])
+    jobs = {("ablation_pretrain", f"run={c.pretrain_run}") for c in cells if c.pretrain_run}
+    for cell in (c for c in cells if c.run):
+        wildcards = f"run={cell.run}, task={cell.task}"
+        if REGISTRY[cell.task].zero_shot:
+            jobs.add(("ablation_evaluate_zero_shot", wildcards))
+        else:
+            jobs.update({("ablation_finetune", wildcards), ("ablation_evaluate", wildcards)})
+    return sorted(jobs)
+
+
+def with_settings(settings):
+    return resolve_config(deep_update(copy.deepcopy(demo_config()), settings))
+
+
 def test_second_run_does_nothing(demo_run):
     assert dry_run(demo_run) == []
 
@@ -70,7 +95,8 @@ def test_finetune_setting_of_one_task_reruns_only_that_task(demo_run, tmp_path):
 
 def test_detector_setting_reruns_extraction_and_everything_after(demo_run, tmp_path):
     seed = demo_config()["extract"]["detector"]["seed"]
-    change = override(tmp_path, "detector_seed", {"extract": {"detector": {"seed": seed + 1}}})
+    settings = {"extract": {"detector": {"seed": seed + 1}}}
+    change = override(tmp_path, "detector_seed", settings)
     jobs = dry_run(demo_run, [change])
     shards = sorted(("extract_shard", f"dataset={p.parent.name}, shard={p.name[6:11]}")
                     for p in demo_run.glob("resources/features/*/shard-?????.parquet"))
@@ -78,7 +104,8 @@ def test_detector_setting_reruns_extraction_and_everything_after(demo_run, tmp_p
     expected = [*shards, *(("gather_features", f"dataset={d}") for d in IMAGE_DATASETS), ("pretrain", ""),
                 *(("finetune", f"task={t}") for t in TRAINED_TASKS),
                 *(("evaluate", f"task={t}") for t in TRAINED_TASKS),
-                ("evaluate_zero_shot", "task=zs_tir"), ("summary", ""), ("all", "")]
+                ("evaluate_zero_shot", "task=zs_tir"), ("summary", ""), ("visualise", ""),
+                *grid_jobs(with_settings(settings)), ("ablation_summary", ""), ("all", "")]
     assert jobs == sorted(expected)  # and so no demo_data, manifest or task_data job
 
 
@@ -100,6 +127,32 @@ def test_memory_and_decoding_processes_rerun_nothing(demo_run, tmp_path):
     settings = {stage: {"mem_mb": config[stage]["mem_mb"] * 2} for stage in ("extract", "pretrain", "finetune")}
     settings["extract"]["num_workers"] = config["extract"]["num_workers"] + 1
     assert dry_run(demo_run, [override(tmp_path, "operational", settings)]) == []
+
+
+def grid_dry_run(demo_run, tmp_path, variants):
+    """The jobs planned when `variants` are added to the demo's ablation grid, as rule → count."""
+    change = override(tmp_path, "variants", {"ablations": {"variants": variants}})
+    return dry_run(demo_run, [change])
+
+
+def test_a_finetune_variant_reruns_only_finetuning_and_evaluation(demo_run, tmp_path):
+    jobs = grid_dry_run(demo_run, tmp_path, {"adapter2": {"finetune": {"tasks": {"rpg": {"method": "adapter2"}}}}})
+    seeds = len(demo_config()["ablations"]["seeds"])
+    assert Counter(rule for rule, _ in jobs) == {"ablation_finetune": seeds, "ablation_evaluate": seeds,
+                                                  "ablation_summary": 1, "all": 1}
+    assert {w.split(", ")[1] for rule, w in jobs if rule in ("ablation_finetune", "ablation_evaluate")} == {"task=rpg"}
+
+
+def test_a_pretrain_variant_reuses_the_features(demo_run, tmp_path):
+    jobs = grid_dry_run(demo_run, tmp_path, {"batch_4": {"pretrain": {"train": {"batch_size": 4}}}})
+    seeds = len(demo_config()["ablations"]["seeds"])
+    assert Counter(rule for rule, _ in jobs) == {
+        "ablation_pretrain": 1, "ablation_finetune": seeds, "ablation_evaluate": seeds,  # rpg
+        "ablation_evaluate_zero_shot": 1, "ablation_summary": 1, "all": 1}  # zs_tir: one for every seed
+
+
+def test_a_variant_identical_to_the_baseline_plans_no_new_jobs(demo_run, tmp_path):
+    assert grid_dry_run(demo_run, tmp_path, {"same": {}}) == [("ablation_summary", ""), ("all", "")]
 
 
 def workflow_copy(tmp_path):

@@ -50,8 +50,7 @@ rule ablation_summary:
     """results/ablations/: each cell's metrics.json, the table (mean ± s.d. over seeds, paired
     bootstrap against the baseline) as Markdown, CSV and HTML, and its figure."""
     input:
-        metrics=[cell.metrics for cell in ABLATION_CELLS],
-        predictions=[cell.predictions for cell in ABLATION_CELLS],
+        ablation_summary_inputs,
     output:
         cells=[cell.copy_to for cell in ABLATION_CELLS],
         runs="results/ablations/runs.json",

@@ -5,13 +5,21 @@ from cavl.settings import FinetuneSection, operational_keys, without
 FINETUNE = config["finetune"]
 
 
-def finetune_split(wildcards, key):
-    """The task table of the split named by `finetune.tasks.<task>.<key>` (train_split, eval_split);
-    zs_tir reads tir's tables."""
-    task = wildcards.task
+def task_table(task, split):
+    """A task's table of one split (zs_tir reads tir's tables)."""
     require_datasets(task)
-    tables = TASK_REGISTRY[task].tables or task
-    return f"resources/tasks/{tables}/{run_config(wildcards)['finetune']['tasks'][task][key]}.parquet"
+    return f"resources/tasks/{TASK_REGISTRY[task].tables or task}/{split}.parquet"
+
+
+def task_features(task):
+    """Feature index of a task's image dataset (VQA reads coco's)."""
+    require_datasets(task)
+    return feature_index(TASK_REGISTRY[task].image_datasets[0])
+
+
+def finetune_split(wildcards, key):
+    """The task table of the split named by `finetune.tasks.<task>.<key>` (train_split, eval_split)."""
+    return task_table(wildcards.task, run_config(wildcards)["finetune"]["tasks"][wildcards.task][key])
 
 
 def finetune_select(wildcards):
@@ -28,9 +36,7 @@ def finetune_eval(wildcards):
 
 
 def finetune_features(wildcards):
-    """Feature index of the task's image dataset (VQA reads coco's)."""
-    require_datasets(wildcards.task)
-    return feature_index(TASK_REGISTRY[wildcards.task].image_datasets[0])
+    return task_features(wildcards.task)
 
 
 def pretrained_backbone(wildcards):
