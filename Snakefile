@@ -12,6 +12,7 @@ include: "workflow/rules/extract.smk"  # detector_vocab, train_detector, extract
 include: "workflow/rules/pretrain.smk"  # pretrain: cavl.pretrain
 include: "workflow/rules/finetune.smk"  # finetune, evaluate, evaluate_zero_shot: cavl.finetune, cavl.evaluate
 include: "workflow/rules/summary.smk"  # summary: cavl.summary
+include: "workflow/rules/visualise.smk"  # visualise: cavl.visualise, cavl.alignment
 include: "workflow/rules/ablations.smk"  # the ablation grid (ablation_*, ablations): cavl.ablations, cavl.ablation_summary
 include: "workflow/rules/functions/targets.smk"  # the default target's file list
 

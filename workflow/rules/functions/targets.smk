@@ -14,6 +14,8 @@ def all_targets():
     targets += [f"results/{task}/metrics.json" for task in RUNNABLE_TASKS]
     if RUNNABLE_TASKS:
         targets += [f"results/{name}" for name in SUMMARY_FILES]
+    if not missing_datasets("pretrain") and visualise_datasets():
+        targets += ["results/visualisation"]
     if config["ablations"]["variants"]:
         targets += list(rules.ablation_summary.output)
     return targets
