@@ -39,8 +39,8 @@ rule finetune:
         mem_mb=FINETUNE["mem_mb"],
     params:
         config=finetune_config_arg,
-        checkpoints=lambda w, output: sibling(output, "checkpoints"),
-        cache=lambda w, output: sibling(output, "cache"),
+        checkpoints=lambda w: f"{run_root(w)}/{w.task}/checkpoints",
+        cache=lambda w: f"{run_root(w)}/{w.task}/cache",
         launcher=launcher(FINETUNE["gpus"]),
         select=lambda w, input: f"--select {input.select}" if input.select else "",
         eval=lambda w, input: f" --eval {input.eval}" if input.eval else "",

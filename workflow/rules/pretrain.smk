@@ -31,7 +31,7 @@ rule pretrain:
         config=pretrain_config_arg,
         features=lambda w, input: os.path.dirname(os.path.dirname(input.features[0])),
         val=lambda w, input: input.get("val", ""),  # '' = no held-out split (e.g. VG alone)
-        checkpoints=lambda w, output: os.path.join(os.path.dirname(output.model), "checkpoints"),
+        checkpoints=lambda w: f"{run_root(w)}/pretrain/checkpoints",
         launcher=launcher(PRETRAIN["gpus"]),
     shell:
         "{params.launcher} cavl.pretrain --config {params.config} --threads {threads} "

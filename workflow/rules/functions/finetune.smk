@@ -53,7 +53,3 @@ def finetune_config_arg(wildcards):
     shared = without(finetune, {"tasks", *operational_keys(FinetuneSection, job=True)})
     return json_arg({"finetune": {**shared, "tasks": {wildcards.task: finetune["tasks"][wildcards.task]}}})
 
-
-def sibling(output, name):
-    """A folder beside the job's model output (checkpoints/, cache/): kept when a job fails."""
-    return os.path.join(os.path.dirname(output.model), name)
