@@ -29,7 +29,8 @@ of PwCL's separate passes, last-layer word→region attention of the fused pass)
 - `alignment.json`: settings, the backbone, every matrix and choice, and `phrase_hits`: the hit
   rates over ALL phrases of `--phrases` (cavl.alignment.phrase_hits), both scores against a random
   detected region with exact Poisson-binomial p-values;
-- `index.html`: the hit-rate table and every figure (relative paths).
+- `index.html`: the hit-rate table and every figure (relative paths); with `--page PATH`, the
+  same page with the figures embedded, one self-contained file (the Snakemake report's).
 
 A dataset is skipped when none of its paths is given (giving some but not all is an error);
 `--phrases` needs the Flickr30k features. Relative image paths of a manifest are read under
@@ -43,6 +44,7 @@ into a hidden sibling of `--out`, renamed to `--out` at the end (cavl.io.atomic_
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import json
 import logging
@@ -60,7 +62,7 @@ import yaml
 from cavl.alignment import SCORES, image_order_key, align, phrase_hits
 from cavl.data.regions import OldShardError, RegionSource
 from cavl.formats.vocab import read_vocab
-from cavl.io import atomic_dir, file_sha256
+from cavl.io import atomic_dir, atomic_path, file_sha256
 from cavl.metrics.grounding import as_boxes
 from cavl.model import CONFIG_NAME, WEIGHTS_NAME, CavlModel
 from cavl.summary import to_html_table
@@ -359,7 +361,9 @@ def hit_rows(summary: dict) -> list:
     return rows
 
 
-def index_html(record: dict) -> str:
+def index_html(record: dict, inline_from: Path | None = None) -> str:
+    """The page of the pictures and the hit-rate table; `inline_from`: the folder the pictures are
+    in, to embed each as a data URI (a self-contained page, as the Snakemake report needs)."""
     style = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
              "margin-bottom:2em}th,td{border:1px solid #bbb;padding:.25em .6em;text-align:left}"
              "th{background:#eef}td.n{text-align:right}img{max-width:100%;margin:.3em 0}")
@@ -393,7 +397,10 @@ def index_html(record: dict) -> str:
             parts.append(f"<h3>{html.escape(im['image_id'])}</h3>\n<p>{html.escape(im['caption'])}</p>\n")
             for key in ("regions", "words", "heatmap", "phrase"):
                 if key in im["figures"]:
-                    src = html.escape(im["figures"][key], quote=True)
+                    src = im["figures"][key]
+                    if inline_from is not None:
+                        src = "data:image/png;base64," + base64.b64encode((inline_from / src).read_bytes()).decode()
+                    src = html.escape(src, quote=True)
                     alt = html.escape(f"{key} of {im['image_id']}", quote=True)
                     parts.append(f"<img src=\"{src}\" alt=\"{alt}\"><br>\n")
     parts.append("</body></html>\n")
@@ -513,6 +520,10 @@ def run(args) -> dict:
                                                             phrase_info if ds.name == "flickr30k" else None)
         (tmp / "alignment.json").write_text(json.dumps(record, indent=2) + "\n")
         (tmp / "index.html").write_text(index_html(record))
+        page = index_html(record, inline_from=tmp) if args.page else None
+    if page is not None:
+        with atomic_path(args.page) as tmp_page:
+            Path(tmp_page).write_text(page)
     log.info("wrote %s in %.1f s", args.out, time.monotonic() - started)
     return record
 
@@ -544,6 +555,7 @@ def parse_args(argv):
                    help="the detector's attribute vocabulary (resources/detector/attributes_vocab.txt)")
     p.add_argument("--image-root", default=".", help="folder relative manifest image paths start from (default: .)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--page", help="also write index.html with the pictures embedded here (one self-contained file)")
     return p.parse_args(argv)
 
 

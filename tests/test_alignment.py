@@ -1,6 +1,7 @@
 """Word↔region alignment (cavl.alignment) and its figures (cavl.visualise), on a hand-built model
 whose answers are known by hand and on the tiny synthetic fixtures of cavl.testing."""
 
+import base64
 import json
 import math
 import re
@@ -304,11 +305,14 @@ def test_cli_end_to_end(tmp_path):
 
     synthetic_setup(tmp_path)
     out = tmp_path / "results" / "visualisation"
-    assert main(cli_args(tmp_path, out)) == 0
+    assert main([*cli_args(tmp_path, out), "--page", str(tmp_path / "results" / "visualisation.html")]) == 0
     page = (out / "index.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert len(sources) == 2 * 3 + 2 * 4  # coco: regions, words, heat map; flickr30k: + the phrase
     assert all((out / s).is_file() and (out / s).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for s in sources)
+    # the self-contained page embeds the same pictures, in the same order
+    embedded = re.findall(r'<img src="data:image/png;base64,([^"]+)"', (tmp_path / "results/visualisation.html").read_text())
+    assert [base64.b64decode(e) for e in embedded] == [(out / s).read_bytes() for s in sources]
     assert not any(p.name.startswith(".") for p in tmp_path.joinpath("results").iterdir())  # no temp left
     record = json.loads((out / "alignment.json").read_text())
     assert [im["image_id"] for im in record["datasets"]["coco"]["images"]] == ["500", "501"]

@@ -9,13 +9,14 @@ include: "functions/visualise.smk"
 
 
 rule visualise:
-    """results/visualisation/: PNGs, index.html and alignment.json (hit rates and p-values)."""
+    """results/visualisation/: PNGs, index.html and alignment.json (hit rates and p-values);
+    results/visualisation.html: the page with its pictures embedded (the report's)."""
     input:
         unpack(visualise_inputs),
     output:
-        report(
-            directory("results/visualisation"),
-            htmlindex="index.html",
+        pictures=directory("results/visualisation"),
+        page=report(
+            "results/visualisation.html",
             caption="../report/visualisation.rst",
             category="5. Word-region alignment",
         ),
@@ -31,4 +32,4 @@ rule visualise:
         inputs=visualise_args,
     shell:
         "python -m cavl.visualise --backbone {input.backbone} --settings {params.settings} {params.inputs} "
-        "--out {output} > {log} 2>&1"
+        "--out {output.pictures} --page {output.page} > {log} 2>&1"

@@ -15,7 +15,7 @@ def all_targets():
     if RUNNABLE_TASKS:
         targets += [f"results/{name}" for name in SUMMARY_FILES]
     if not missing_datasets("pretrain") and visualise_datasets():
-        targets += ["results/visualisation"]
+        targets += list(rules.visualise.output)
     if config["ablations"]["variants"]:
         targets += list(rules.ablation_summary.output)
     return targets
