@@ -77,12 +77,14 @@ def check_overlay(name: str, overlay: dict) -> None:
 def variant_configs(config: dict) -> dict:
     """Name → resolved configuration: the baseline (`config` itself) first, then each variant in
     its order. ConfigError names the variant and the key of a bad overlay."""
-    variants = config["ablations"]["variants"]
     configs = {BASELINE: config}
-    for name, overlay in variants.items():
+    for entry in config["ablations"]["variants"]:
+        ((name, overlay),) = entry.items()  # the schema allows one key per entry
         if name == BASELINE:
             raise ConfigError(f"config key 'ablations.variants.{BASELINE}': the baseline is the configuration "
                               "itself; give the variant another name")
+        if name in configs:
+            raise ConfigError(f"config key 'ablations.variants.{name}': two variants have this name")
         check_overlay(name, overlay)
         merged = deep_update(copy.deepcopy(config), copy.deepcopy(overlay))
         try:

@@ -615,7 +615,7 @@ class DemoSection:
 class AblationsSection:
     """`ablations:` — the ablation grid (cavl.ablations)."""
 
-    variants: dict  # name → config overlay
+    variants: list  # one-key mappings name → config overlay, in table order
     tasks: list | None  # None = the tasks of the default target
     seeds: list  # finetune.train.seed of each cell
 

@@ -19,9 +19,11 @@ def demo_config():
     return resolve_config(yaml.safe_load((REPO / "config.yaml").read_text()))
 
 
-def with_grid(config, variants, tasks=("vqa", "zs_tir"), seeds=(0,)):
-    """`config` with this grid in place of its own."""
-    return resolve_config({**config, "ablations": {"variants": variants, "tasks": list(tasks), "seeds": list(seeds)}})
+def with_grid(config, variants: dict, tasks=("vqa", "zs_tir"), seeds=(0,)):
+    """`config` with this grid (name → overlay, in order) in place of its own."""
+    grid = {"variants": [{name: overlay} for name, overlay in variants.items()], "tasks": list(tasks),
+            "seeds": list(seeds)}
+    return resolve_config({**config, "ablations": grid})
 
 
 def by_variant(cells):
@@ -68,16 +70,35 @@ def test_an_overlay_may_not_change_data_or_how_jobs_run(demo_config, overlay, ke
 
 
 def test_the_baseline_name_is_reserved(demo_config):
-    config = copy.deepcopy(demo_config)
-    config["ablations"] = {"variants": {BASELINE: {}}, "tasks": None, "seeds": [0]}
-    with pytest.raises(ConfigError, match="ablations.variants.baseline"):
+    with pytest.raises(ConfigError, match="'ablations.variants.baseline': the baseline is the configuration"):
+        variant_configs(with_grid(demo_config, {BASELINE: {}}))
+
+
+def test_a_name_is_used_once(demo_config):
+    config = with_grid(demo_config, {})
+    config["ablations"]["variants"] = [{"twice": {}}, {"twice": {"pretrain": {"mlm": {"weight": 0}}}}]
+    with pytest.raises(ConfigError, match="'ablations.variants.twice': two variants have this name"):
         variant_configs(config)
+
+
+def test_a_later_config_file_replaces_the_grid(demo_config):
+    merged = deep_update(yaml.safe_load((REPO / "config.yaml").read_text()),
+                         yaml.safe_load((REPO / "configs/ablations.yaml").read_text()))
+    names = list(variant_configs(resolve_config(merged)))
+    assert "batch_8" in [next(iter(v)) for v in demo_config["ablations"]["variants"]] and "batch_8" not in names
+    assert names[:3] == [BASELINE, "mlm", "mlm_itm"]
 
 
 @pytest.mark.parametrize("name", ["a/b", "..", ".hidden", "a b", "x.y", ""])
 def test_variant_names_are_safe_folder_names(demo_config, name):
     with pytest.raises(ConfigError, match="ablations.variants"):
         with_grid(demo_config, {name: {}})
+
+
+def test_a_variant_entry_holds_one_name(demo_config):
+    config = {**demo_config, "ablations": {"variants": [{"a": {}, "b": {}}]}}
+    with pytest.raises(ConfigError, match="ablations.variants.0"):
+        resolve_config(config)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,9 +130,9 @@ def test_memory_and_decoding_processes_rerun_nothing(demo_run, tmp_path):
 
 
 def grid_dry_run(demo_run, tmp_path, variants):
-    """The jobs planned when `variants` are added to the demo's ablation grid, as rule → count."""
-    change = override(tmp_path, "variants", {"ablations": {"variants": variants}})
-    return dry_run(demo_run, [change])
+    """The jobs planned when `variants` (name → overlay) are added to the demo's ablation grid."""
+    grid = demo_config()["ablations"]["variants"] + [{name: overlay} for name, overlay in variants.items()]
+    return dry_run(demo_run, [override(tmp_path, "variants", {"ablations": {"variants": grid}})])
 
 
 def test_a_finetune_variant_reruns_only_finetuning_and_evaluation(demo_run, tmp_path):

@@ -23,7 +23,7 @@ from cavl.tasks.base import DataSettings
 
 REPO = Path(__file__).resolve().parents[1]
 # Sections that are mappings keyed by data (dataset or method names), so dict fields, not dataclasses.
-MAPS = {"datasets", "ablations.variants", "demo.images", "extract.given_boxes", "pretrain.data.max_captions_per_image", "finetune.optim.lr"}
+MAPS = {"datasets", "demo.images", "extract.given_boxes", "pretrain.data.max_captions_per_image", "finetune.optim.lr"}
 # Dataclasses that are not a section but take values (and defaults) from the config's keys.
 RUNTIME = (ObjectiveConfig, PretrainDataConfig, DataSettings, FinetuneSettings)
 

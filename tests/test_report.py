@@ -1,6 +1,7 @@
 """`snakemake --report` on a complete demo run: a self-contained HTML file with the summary
-table (every task's metrics and chance), the method comparison and every loss curve, that opens
-in headless Chromium (screenshot and rendered page checked)."""
+table (every task's metrics and chance), the method comparison, every loss curve, the ablation
+table and the word-region alignment pictures, that opens in headless Chromium (screenshots and
+rendered pages checked)."""
 
 import base64
 import csv
@@ -41,7 +42,8 @@ def test_report_embeds_summary_methods_and_curves(report, demo_run, demo_metrics
     html = report.read_text()
     files = embedded_files(html)
     expected = ["results/summary.html", "results/summary.csv", "results/methods.csv", "results/summary.png",
-                "results/pretrain/curves.png", *(f"results/{t}/curves.png" for t in TRAINED_TASKS)]
+                "results/pretrain/curves.png", *(f"results/{t}/curves.png" for t in TRAINED_TASKS),
+                "results/ablations/summary.html", "results/ablations/summary.png", "results/visualisation.html"]
     assert sorted(files) == sorted(expected)
     for path in expected:  # byte for byte what the run wrote
         assert files[path] == (demo_run / path).read_bytes(), path
@@ -72,20 +74,43 @@ def test_report_embeds_summary_methods_and_curves(report, demo_run, demo_metrics
 
     # Self-contained: captions and categories inline, nothing fetched from elsewhere.
     assert "1. Results" in html and "2. Pretraining" in html and "3. Finetuning" in html
+    assert "4. Ablations" in html and "5. Word-region alignment" in html
+
+    # The analyses' pages: the ablation table with every variant, the alignment page with its
+    # pictures embedded (the report holds single files, so the page carries them as data URIs).
+    ablations = files["results/ablations/summary.html"].decode()
+    for variant in ("baseline", "mlm", "mlm_itm", "batch_8", "adapter1"):
+        assert f"<td>{variant}</td>" in ablations, variant
+    alignment = files["results/visualisation.html"].decode()
+    assert alignment.count('<img src="data:image/png;base64,') >= 8 and "Flickr30k Entities phrases" in alignment
     assert "majority-answer) predictor on the same split" in html  # the summary caption
     assert not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', html)
 
 
 # Shows the summary page the way clicking it in the report's Results menu does, through the
 # report's own view functions (`app`, `results` are its globals).
-SHOW_SUMMARY = """<script>
+SHOW_PAGE = """<script>
 window.addEventListener("load", () => setTimeout(() => {
-  const path = "results/summary.html";
-  app.showCategory("1. Results");
+  const path = "PATH";
+  app.showCategory("CATEGORY");
   app.setView({content: "html", contentPath: results[path].data_uri, resultPath: path});
 }, 200));
 </script>
 """
+
+
+def show_page(report, tmp_path, path, category):
+    """A copy of the report that opens the page `path` on load; returns its DOM (the page in an
+    iframe of its embedded data) after checking its screenshot is not blank."""
+    view = tmp_path / f"report_{category[0]}.html"
+    html = report.read_text()
+    end = html.rindex("</body>")
+    view.write_text(html[:end] + SHOW_PAGE.replace("PATH", path).replace("CATEGORY", category) + html[end:])
+    dom = chromium(tmp_path, "--dump-dom", view.as_uri())
+    assert re.search(r'<iframe[^>]+src="data:text/html', dom), dom[-2000:]
+    chromium(tmp_path, f"--screenshot={tmp_path / view.with_suffix('.png').name}", view.as_uri())
+    assert_not_blank(tmp_path / view.with_suffix(".png").name)
+    return dom
 
 
 def chromium(tmp_path, *args):
@@ -120,20 +145,16 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert CHROMIUM, "CAVL_REQUIRE_CHROMIUM is set but chromium is not installed"
     # The page's script renders the navigation and the workflow description from the embedded data.
     dom = chromium(tmp_path, "--dump-dom", report.as_uri())
-    for text in ("1. Results", "2. Pretraining", "3. Finetuning", "Contrastive and Adaptive"):
+    for text in ("1. Results", "2. Pretraining", "3. Finetuning", "4. Ablations", "5. Word-region alignment",
+                 "Contrastive and Adaptive"):
         assert text in dom, text
     chromium(tmp_path, f"--screenshot={tmp_path / 'report.png'}", report.as_uri())
     assert_not_blank(tmp_path / "report.png")
 
-    # The summary page opens inside the report (an iframe of its embedded data).
-    view = tmp_path / "report_summary.html"
-    html = report.read_text()
-    end = html.rindex("</body>")
-    view.write_text(html[:end] + SHOW_SUMMARY + html[end:])
-    dom = chromium(tmp_path, "--dump-dom", view.as_uri())
-    assert re.search(r'<iframe[^>]+src="data:text/html', dom), dom[-2000:]
-    chromium(tmp_path, f"--screenshot={tmp_path / 'report_summary.png'}", view.as_uri())
-    assert_not_blank(tmp_path / "report_summary.png")
+    # The summary, the ablation table and the alignment pictures open inside the report.
+    show_page(report, tmp_path, "results/summary.html", "1. Results")
+    show_page(report, tmp_path, "results/ablations/summary.html", "4. Ablations")
+    show_page(report, tmp_path, "results/visualisation.html", "5. Word-region alignment")
 
 
 def test_blank_screenshot_is_rejected(tmp_path):
