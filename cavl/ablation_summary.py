@@ -194,6 +194,7 @@ SCORERS = {
     "zs_tir": ("rsum", _retrieval_scores),
 }
 NEEDS_EXAMPLES = {"vqa", "vcr", "nlvr2", "rpg"}  # their predictions do not hold the gold labels
+NEEDS_CANDIDATES = {"rpg"}  # `features` rebuild its candidate boxes (ties); other tasks ignore them
 
 
 def main_metric(task: str) -> str:
@@ -534,7 +535,7 @@ def _examples(entry: dict, record: dict, cache: dict) -> pd.DataFrame | None:
     """The entry's examples table (rpg with `features`: with its candidate boxes), read once per path."""
     if "examples" not in entry:
         return None
-    features = entry.get("features")
+    features = entry.get("features") if entry["task"] in NEEDS_CANDIDATES else None
     data = (record.get("config") or {}).get("data") if features else None
     if features and not isinstance(data, dict):
         raise AblationError(f"{entry['metrics']}: no config.data (max_regions) to cut {features}'s regions with")
