@@ -380,7 +380,7 @@ def seed_rows(evaluations: list) -> list[dict]:
 
 def _explanation(baseline: str, resamples: int) -> str:
     return (f"Each task's main metric (percent, as in metrics.json) per config variant: mean and sample "
-            f"standard deviation over the seeds; difference: the mean minus that of the baseline, {baseline}; "
+            f"standard deviation over the seeds; difference: the mean minus the baseline's ({baseline}); "
             f"p_value: two-sided paired bootstrap of the difference ({resamples} resamples of the evaluated "
             f"examples, within strata, one draw for every seed the two share).")
 

@@ -84,8 +84,12 @@ def test_a_name_is_used_once(demo_config):
 def test_a_later_config_file_replaces_the_grid(demo_config):
     merged = deep_update(yaml.safe_load((REPO / "config.yaml").read_text()),
                          yaml.safe_load((REPO / "configs/ablations.yaml").read_text()))
-    names = list(variant_configs(resolve_config(merged)))
-    assert "batch_8" in [next(iter(v)) for v in demo_config["ablations"]["variants"]] and "batch_8" not in names
+    variants = variant_configs(resolve_config(merged))
+    names = list(variants)
+    # the demo's adapter1 (rpg) is gone, not merged into the paper's (vqa, nlvr2, tir)
+    assert variants["adapter1"]["finetune"]["tasks"]["rpg"] == variants[BASELINE]["finetune"]["tasks"]["rpg"]
+    assert "adapter1" in names and "mlm" in names  # the paper's
+    assert {"batch_32", "batch_64", "batch_128"} <= set(names) and len(names) == 1 + 10
     assert names[:3] == [BASELINE, "mlm", "mlm_itm"]
 
 

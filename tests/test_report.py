@@ -79,7 +79,7 @@ def test_report_embeds_summary_methods_and_curves(report, demo_run, demo_metrics
     # The analyses' pages: the ablation table with every variant, the alignment page with its
     # pictures embedded (the report holds single files, so the page carries them as data URIs).
     ablations = files["results/ablations/summary.html"].decode()
-    for variant in ("baseline", "mlm", "mlm_itm", "batch_8", "adapter1"):
+    for variant in ("baseline", "mlm", "mlm_itm", "batch_32", "adapter1"):
         assert f"<td>{variant}</td>" in ablations, variant
     alignment = files["results/visualisation.html"].decode()
     assert alignment.count('<img src="data:image/png;base64,') >= 8 and "Flickr30k Entities phrases" in alignment
