@@ -361,9 +361,18 @@ def hit_rows(summary: dict) -> list:
     return rows
 
 
+EMBED_BUDGET = 1_500_000  # characters of data URIs in the self-contained page (Chromium: 2 MB per URL)
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
 def index_html(record: dict, inline_from: Path | None = None) -> str:
     """The page of the pictures and the hit-rate table; `inline_from`: the folder the pictures are
-    in, to embed each as a data URI (a self-contained page, as the Snakemake report needs)."""
+    in, to embed them as data URIs (a self-contained page, as the Snakemake report needs). The
+    report shows a page as one data URL, which Chromium caps at 2 MB: each dataset embeds its
+    images, whole, up to an equal share of EMBED_BUDGET and names the folder for the rest."""
     style = ("body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;"
              "margin-bottom:2em}th,td{border:1px solid #bbb;padding:.25em .6em;text-align:left}"
              "th{background:#eef}td.n{text-align:right}img{max-width:100%;margin:.3em 0}")
@@ -389,20 +398,26 @@ def index_html(record: dict, inline_from: Path | None = None) -> str:
             f"percent; {hits['phrases']} phrases scored, {hits['excluded_no_box']} without a box left out; "
             f"upper bound (some region reaches IoU 0.5) {_percent(hits['upper_bound'])}.</p>\n")
         parts.append(to_html_table(hit_rows(hits), HIT_COLUMNS))
+    share = EMBED_BUDGET // max(1, len(record["datasets"]))
     for name, entry in record["datasets"].items():
         parts.append(f"<h2>{html.escape(DATASETS.get(name, name))}</h2>\n")
         if not entry["images"]:
             parts.append("<p>No val image with features.</p>\n")
-        for im in entry["images"]:
+        embedded = 0
+        for number, im in enumerate(entry["images"]):
+            figures = [(key, im["figures"][key]) for key in ("regions", "words", "heatmap", "phrase")
+                       if key in im["figures"]]
+            if inline_from is not None:
+                figures = [(key, _data_uri(inline_from / src)) for key, src in figures]
+                embedded += sum(len(src) for _, src in figures)
+                if embedded > share and number > 0:
+                    parts.append(f"<p>{len(entry['images']) - number} more images: results/visualisation/"
+                                 "index.html (this page stays under the report's size limit).</p>\n")
+                    break
             parts.append(f"<h3>{html.escape(im['image_id'])}</h3>\n<p>{html.escape(im['caption'])}</p>\n")
-            for key in ("regions", "words", "heatmap", "phrase"):
-                if key in im["figures"]:
-                    src = im["figures"][key]
-                    if inline_from is not None:
-                        src = "data:image/png;base64," + base64.b64encode((inline_from / src).read_bytes()).decode()
-                    src = html.escape(src, quote=True)
-                    alt = html.escape(f"{key} of {im['image_id']}", quote=True)
-                    parts.append(f"<img src=\"{src}\" alt=\"{alt}\"><br>\n")
+            for key, src in figures:
+                alt = html.escape(f"{key} of {im['image_id']}", quote=True)
+                parts.append(f"<img src=\"{html.escape(src, quote=True)}\" alt=\"{alt}\"><br>\n")
     parts.append("</body></html>\n")
     return "".join(parts)
 

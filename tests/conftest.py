@@ -16,6 +16,7 @@ A test that is slow for another reason carries `@pytest.mark.slow` itself.
 import json
 import os
 import types
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +40,10 @@ DEMO_TIMEOUT_S = 45 * 60
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """Folder of one complete default demo run (every target of rule all)."""
+    """Folder of one complete default demo run (every target of rule all). CAVL_DEMO_RUN names
+    a finished one to use instead (while working on the tests that read it; CI makes its own)."""
+    if os.environ.get("CAVL_DEMO_RUN"):
+        return Path(os.environ["CAVL_DEMO_RUN"])
     workdir = tmp_path_factory.mktemp("demo_run")
     result = snakemake(workdir, "--cores", "2", timeout=DEMO_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-5000:]

@@ -59,10 +59,11 @@ def test_the_table_summarises_the_cells(demo_run, table, runs):
     for (variant, task), row in table.items():
         values = [json.loads((demo_run / c["metrics"]).read_text())["metrics"][row["metric"]]
                   for c in runs if c["variant"] == variant and c["task"] == task]
-        assert float(row["mean"]) == pytest.approx(statistics.fmean(values))
-        assert float(row["sd"]) == pytest.approx(statistics.stdev(values), abs=1e-9)
+        assert float(row["mean"]) == pytest.approx(statistics.fmean(values), abs=1e-3)  # the CSV's 3 decimals
+        assert float(row["sd"]) == pytest.approx(statistics.stdev(values), abs=1e-3)
         if variant != "baseline":
-            assert float(row["difference"]) == pytest.approx(float(row["mean"]) - float(table["baseline", task]["mean"]))
+            assert float(row["difference"]) == pytest.approx(float(row["mean"]) - float(table["baseline", task]["mean"]),
+                                                             abs=2e-3)
 
 
 def test_zero_shot_cells_do_not_depend_on_the_seed(runs):
