@@ -52,4 +52,3 @@ def finetune_config_arg(wildcards):
     finetune = run_config(wildcards)["finetune"]
     shared = without(finetune, {"tasks", *operational_keys(FinetuneSection, job=True)})
     return json_arg({"finetune": {**shared, "tasks": {wildcards.task: finetune["tasks"][wildcards.task]}}})
-
