@@ -1,9 +1,10 @@
 """The ablation grid (config `ablations:`, `snakemake ablations`): each variant is this
 configuration with a small overlay merged over it, run on the grid's tasks and seeds.
 
-    cells = plan(config)          # one Cell per (variant, seed, task), the baseline first
-    cell.metrics                  # where its evaluation is built
-    cell.copy_to                  # results/ablations/{variant}/seed{k}/{task}/metrics.json
+    cells, runs = plan(config, tasks)   # one Cell per (variant, seed, task), the baseline first
+    cell.metrics                        # where its evaluation is built
+    cell.copy_to                        # results/ablations/{variant}/seed{k}/{task}/metrics.json
+    runs[cell.run]                      # the configuration that run's jobs get
 
 A cell is computed in a folder named by what determines its result, so cells that would compute
 the same thing share one job, and nothing upstream of a variant's first changed stage is rebuilt:
@@ -14,8 +15,8 @@ the same thing share one job, and nothing upstream of a variant's first changed 
   the seed are the configuration's, otherwise `results/ablation_runs/{digest}/{task}/`.
 
 Region features and task tables are every variant's: an overlay may set keys of model, pretrain
-and finetune, except pretrain.data.sources, and none that only say how a job runs (operational keys, cavl.settings), which every cell takes
-from the configuration. The seed is finetune.train.seed; pretraining runs once per distinct
+and finetune, but not pretrain.data.sources nor any that only says how a job runs (the
+operational keys of cavl.settings), which every cell takes from the configuration. The seed is finetune.train.seed; pretraining runs once per distinct
 pretraining configuration, and zero-shot tasks (which finetune nothing) do not depend on it.
 
 This module imports no torch: the workflow imports it.
