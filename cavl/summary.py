@@ -65,7 +65,7 @@ def load_metrics(path) -> dict:
     if not record["metrics"]:
         raise SummaryError(f"{path}: 'metrics' is empty")
     for name, value in record["metrics"].items():
-        if not _is_number(value):
+        if value is not None and not _is_number(value):  # null: not defined on this split (a VQA answer type it lacks)
             raise SummaryError(f"{path}: metrics[{name!r}] is not a number: {value!r}")
     return record
 

@@ -118,6 +118,16 @@ def test_bad_metrics_file(tmp_path, text, message):
     assert str(path) in str(error.value)
 
 
+def test_a_metric_a_split_does_not_define_is_an_empty_cell(tmp_path):
+    # VQA writes null for an answer type its eval split has no question of
+    path = write_metrics(tmp_path / "vqa", "vqa", "adapter2", {"accuracy": 50.0, "number": None},
+                         {"accuracy": 20.0, "number": None})
+    out = tmp_path / "out"
+    assert summary.main(["--metrics", str(path), "--md", str(out / "s.md"), "--csv", str(out / "s.csv")]) == 0
+    rows = {r["metric"]: r for r in csv.DictReader((out / "s.csv").open())}
+    assert rows["accuracy"]["value"] == "50.0000" and rows["number"]["value"] == rows["number"]["chance"] == ""
+
+
 def test_log_without_metrics_and_bad_log_line(run, capsys):
     root, metrics, logs = run
     stray = write_log(root / "elsewhere", [1.0])
