@@ -88,6 +88,8 @@ def variant_configs(config: dict) -> dict:
             raise ConfigError(f"config key 'ablations.variants.{name}': two variants have this name")
         check_overlay(name, overlay)
         merged = deep_update(copy.deepcopy(config), copy.deepcopy(overlay))
+        if not merged["pretrain"]["data"]["sources"]:  # resolved to none configured: resolve it again from null
+            merged["pretrain"]["data"]["sources"] = None
         try:
             configs[name] = resolve_config(merged)
         except ConfigError as error:

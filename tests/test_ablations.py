@@ -183,3 +183,11 @@ def test_an_operational_key_renames_no_run(demo_config):
                                                       "finetune": {"threads": 2, "train": {"log_every": 1}}})
     after, _ = plan(with_grid(busier, grid, seeds=(0, 1)), ["vqa", "zs_tir"])
     assert after == before
+
+
+def test_a_configuration_without_pretraining_captions_still_takes_variants():
+    # no coco or vg: pretrain.data.sources resolves to [], which a second resolution must accept
+    config = resolve_config({"demo": {"enabled": False}, "datasets": {},
+                             "ablations": {"variants": [{"mlm": {"pretrain": {"itm": {"weight": 0}}}}]}})
+    assert config["pretrain"]["data"]["sources"] == []
+    assert variant_configs(config)["mlm"]["pretrain"]["data"]["sources"] == []

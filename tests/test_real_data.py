@@ -99,7 +99,7 @@ def test_paper_config_plans_every_rule_without_demo_paths(tmp_path):
 
     rules = {rule for rule, _ in planned_jobs(result)}
     assert rules == {"all", "task_data", "detector_vocab", "extract_shard", "gather_features", "pretrain",
-                     "finetune", "evaluate", "evaluate_zero_shot", "summary"}
+                     "finetune", "evaluate", "evaluate_zero_shot", "summary", "visualise"}
     assert "data/demo" not in result.stdout
     assert not (work / "data" / "demo").exists()
 
@@ -113,6 +113,7 @@ def test_partial_datasets_plan_what_they_can(tmp_path, present, pretrain_tables,
     whose datasets are missing leave the default target with one log line."""
     work = tmp_path / "work"
     write_release_samples(work, datasets=present)
+    _ship_vocabularies(work)  # rule visualise labels the boxes with them
     only = _only(tmp_path, present)
     overlay = _test_overlay(tmp_path)
 

@@ -101,6 +101,8 @@ def ablation_grid():
     if left_out:
         print(f"not in the ablation grid (dataset not configured): {', '.join(left_out)}", file=sys.stderr)
     tasks = [task for task in tasks if task in RUNNABLE_TASKS]
+    if not tasks:
+        return [], {}
     try:
         return ablations.plan(config, tasks)
     except ConfigError as error:
