@@ -35,9 +35,10 @@ of PwCL's separate passes, last-layer word→region attention of the fused pass)
 A dataset is skipped when none of its paths is given (giving some but not all is an error);
 `--phrases` needs the Flickr30k features. Relative image paths of a manifest are read under
 `--image-root` (default: the current folder, where Snakemake runs); an image that cannot be read
-is drawn as a grey canvas of its size. Settings (JSON): `images` (4), `threads` (1: torch CPU
-threads; the outputs are byte-identical for a fixed count), `max_regions` and `max_text_len`
-(null: the pretraining's, from the model folder's resolved_config.yaml). Everything is written
+is drawn as a grey canvas of its size. `--settings`: the config's `visualise:` section (images,
+threads; defaults and limits from the schema; the outputs are byte-identical for a fixed thread
+count). `--max-regions` / `--max-text-len` default to the pretraining's, from the model folder's
+resolved_config.yaml. Everything is written
 into a hidden sibling of `--out`, renamed to `--out` at the end (cavl.io.atomic_dir).
 """
 
@@ -65,11 +66,11 @@ from cavl.formats.vocab import read_vocab
 from cavl.io import atomic_dir, atomic_path, file_sha256
 from cavl.metrics.grounding import as_boxes
 from cavl.model import CONFIG_NAME, WEIGHTS_NAME, CavlModel
+from cavl.settings import VisualiseSection, load_section
 from cavl.summary import to_html_table
 
 log = logging.getLogger("cavl.visualise")
 
-DEFAULT_SETTINGS = {"images": 4, "threads": 1, "max_regions": None, "max_text_len": None}
 DATASETS = {"coco": "COCO", "flickr30k": "Flickr30k"}
 SCORE_TITLES = {"cosine": "cosine (PwCL space, separate passes)", "attention": "last-layer attention (fused pass)"}
 SCORE_COLOURS = {"cosine": "tab:orange", "attention": "tab:purple"}
@@ -81,27 +82,6 @@ HIT_COLUMNS = ["score", "hits", "phrases", "hit_rate", "baseline_rate", "expecte
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_settings(text: str) -> dict:
-    """The settings JSON (an object; unknown keys are errors) with the defaults filled in."""
-    try:
-        given = json.loads(text) if text else {}
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--settings is not JSON: {e}") from None
-    if not isinstance(given, dict):
-        raise ValueError("--settings must be a JSON object")
-    unknown = sorted(set(given) - set(DEFAULT_SETTINGS))
-    if unknown:
-        raise ValueError(f"--settings: unknown key(s) {unknown}; known: {sorted(DEFAULT_SETTINGS)}")
-    s = {**DEFAULT_SETTINGS, **given}
-    for key, low in (("images", 0), ("threads", 1), ("max_regions", 1), ("max_text_len", 3)):
-        v = s[key]
-        if v is None and key in ("max_regions", "max_text_len"):
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"--settings: {key} must be an integer >= {low}, got {v!r}")
-    return s
-
-
 def pretraining_data(backbone) -> dict:
     """The pretraining's `pretrain.data` settings recorded in the model folder (empty: none)."""
     path = Path(backbone) / "resolved_config.yaml"
@@ -111,17 +91,24 @@ def pretraining_data(backbone) -> dict:
     return ((resolved.get("pretrain") or {}).get("data")) or {}
 
 
-def resolve_settings(settings: dict, backbone) -> dict:
-    """max_regions / max_text_len null → the pretraining's."""
-    data = pretraining_data(backbone)
-    out = dict(settings)
-    for key in ("max_regions", "max_text_len"):
-        if out[key] is None:
-            if data.get(key) is None:
-                raise ValueError(f"--settings: {key} is null and {Path(backbone) / 'resolved_config.yaml'} "
-                                 f"records no pretrain.data.{key}: give it")
-            out[key] = int(data[key])
-    return out
+def run_settings(args) -> dict:
+    """images and threads: the `visualise:` section of --settings (validated by the config schema,
+    its defaults filled in); max_regions and max_text_len: --max-regions / --max-text-len, else the
+    pretraining's (the model folder's resolved_config.yaml)."""
+    section = load_section(VisualiseSection, {"visualise": json.loads(args.settings)}, "visualise")
+    settings = {"images": section.images, "threads": section.threads}
+    data = pretraining_data(args.backbone)
+    for key, low in (("max_regions", 1), ("max_text_len", 3)):
+        value = getattr(args, key)
+        if value is None:
+            value = data.get(key)
+            if value is None:
+                raise ValueError(f"--{key.replace('_', '-')} is not given and {Path(args.backbone) / 'resolved_config.yaml'} "
+                                 f"records no pretrain.data.{key}")
+        if int(value) < low:
+            raise ValueError(f"{key} must be >= {low}, got {value}")
+        settings[key] = int(value)
+    return settings
 
 
 def read_captions(path, dataset: str | None = None) -> pd.DataFrame:
@@ -502,7 +489,7 @@ def run(args) -> dict:
     from transformers import AutoTokenizer
 
     started = time.monotonic()
-    settings = resolve_settings(parse_settings(args.settings), args.backbone)
+    settings = run_settings(args)
     torch.set_num_threads(settings["threads"])
     datasets = dataset_inputs(args)
     if args.phrases and not args.flickr_features:
@@ -557,7 +544,9 @@ def parse_args(argv):
                                 allow_abbrev=False)
     p.add_argument("--backbone", required=True, help="pretrained model folder (results/pretrain/model)")
     p.add_argument("--settings", default="{}",
-                   help='JSON: {"images": 4, "threads": 1, "max_regions": null, "max_text_len": null}')
+                   help='the config\'s `visualise:` section as JSON, e.g. {"images": 4, "threads": 2}')
+    p.add_argument("--max-regions", type=int, help="detected regions per image (default: the pretraining's)")
+    p.add_argument("--max-text-len", type=int, help="wordpieces per caption (default: the pretraining's)")
     p.add_argument("--coco-manifest", help="resources/manifests/coco.parquet")
     p.add_argument("--coco-features", help="resources/features/coco/index.parquet")
     p.add_argument("--coco-captions", help="COCO val captions: resources/tasks/pretrain/val.parquet")

@@ -291,7 +291,7 @@ def synthetic_setup(root):
 
 def cli_args(root, out):
     return ["--backbone", str(root / "model"),
-            "--settings", '{"images": 2, "threads": 1, "max_regions": 6, "max_text_len": 24}',
+            "--settings", '{"images": 2, "threads": 1}', "--max-regions", "6", "--max-text-len", "24",
             "--coco-manifest", str(root / "coco.parquet"), "--coco-features", str(root / "features/coco/index.parquet"),
             "--coco-captions", str(root / "coco_val.parquet"),
             "--flickr-manifest", str(root / "flickr30k.parquet"),
@@ -354,9 +354,9 @@ def test_cli_skips_a_dataset_without_paths_and_refuses_half_given_ones(tmp_path,
 
     synthetic_setup(tmp_path)
     args = cli_args(tmp_path, tmp_path / "out")
-    only_coco = args[:10] + args[-2:]  # backbone, settings, the coco paths, --out
+    only_coco = args[:14] + args[-2:]  # backbone, settings, sizes, the coco paths, --out
     assert main(only_coco) == 0
     record = json.loads((tmp_path / "out" / "alignment.json").read_text())
     assert list(record["datasets"]) == ["coco"] and record["phrase_hits"] is None
-    assert main(args[:8] + args[-2:]) == 2  # coco without its captions
+    assert main(args[:12] + args[-2:]) == 2  # coco without its captions
     assert "--coco-captions" in capsys.readouterr().err
