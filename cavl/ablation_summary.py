@@ -532,8 +532,9 @@ def _read_metrics(path, task: str) -> tuple[dict, bytes]:
 
 
 def _examples(entry: dict, record: dict, cache: dict) -> pd.DataFrame | None:
-    """The entry's examples table (rpg with `features`: with its candidate boxes), read once per path."""
-    if "examples" not in entry:
+    """The entry's examples table, for the tasks whose scores need it (rpg with `features`: with
+    its candidate boxes), read once per path."""
+    if "examples" not in entry or entry["task"] not in NEEDS_EXAMPLES:
         return None
     features = entry.get("features") if entry["task"] in NEEDS_CANDIDATES else None
     data = (record.get("config") or {}).get("data") if features else None

@@ -113,12 +113,19 @@ ABLATION_CELLS, ABLATION_RUNS = ablation_grid()
 ABLATION_PRETRAIN_RUNS = ablations.pretrain_runs(ABLATION_CELLS)
 
 
+def grid_run(wildcards):
+    """The run of the ablation grid a job belongs to (its `run` wildcard: rules ablation_*), None
+    for the main run."""
+    return wildcards.run if "run" in wildcards.keys() else None
+
+
 def run_config(wildcards):
-    """The configuration a job computes with: the grid run's named by the `run` wildcard (rules
-    ablation_*), else this configuration."""
-    return ABLATION_RUNS[wildcards.run] if "run" in wildcards.keys() else config
+    """The configuration a job computes with: its grid run's, else this configuration."""
+    run = grid_run(wildcards)
+    return ABLATION_RUNS[run] if run else config
 
 
 def run_root(wildcards):
     """The folder of a run's stages: results/ or results/ablation_runs/{run}/."""
-    return f"{ablations.RUNS_DIR}/{wildcards.run}" if "run" in wildcards.keys() else "results"
+    run = grid_run(wildcards)
+    return f"{ablations.RUNS_DIR}/{run}" if run else "results"

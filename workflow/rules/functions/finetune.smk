@@ -42,7 +42,7 @@ def finetune_features(wildcards):
 def pretrained_backbone(wildcards):
     """The pretrained model a run finetunes: results/pretrain/model, or that of the grid run
     whose pretraining settings it shares."""
-    pretrain_run = ABLATION_PRETRAIN_RUNS.get(wildcards.run) if "run" in wildcards.keys() else None
+    pretrain_run = ABLATION_PRETRAIN_RUNS.get(grid_run(wildcards))
     return f"{ablations.RUNS_DIR}/{pretrain_run}/pretrain/model" if pretrain_run else "results/pretrain/model"
 
 
