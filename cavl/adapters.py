@@ -1,25 +1,13 @@
 """The two adapters of CAVL's adaptive finetuning, and which parameters each method trains.
 
-    Adapter II (bottleneck)  x + Up(GELU(Down(x))) in each layer's two adapter slots
-                             (`CavlLayer.attention_adapter`, `CavlLayer.ffn_adapter`): after the
-                             attention / FFN output projection, before residual + LayerNorm.
-                             Up is zero-initialised, so a fresh adapter is the identity.
-    Adapter I (shortcut)     a small transformer beside the frozen backbone, fed the same
-                             input embeddings; an output block adds its (up-projected, zero-
-                             initialised) output to the backbone's final hidden states. The
-                             backbone needs no gradient, so its states can be cached.
+    Adapter II (bottleneck)  x + Up(GELU(Down(x))) in each layer's two adapter slots (CavlLayer)
+    Adapter I (shortcut)     a small transformer beside the frozen backbone, fed the same input
+                             embeddings, whose up-projected output is added to the backbone's
+                             final states (so the backbone's states can be cached)
 
-Methods (what trains besides the task head, which always trains):
-
-    full         everything (the baseline)
-    linear       nothing else: the head on the frozen backbone
-    adapter1     the shortcut block
-    adapter2     the bottleneck adapters (+ the `also_train` backbone groups)
-    adapter1+2   both (+ `also_train`)
-
-Parameters are frozen and unfrozen by module type, never by name matching:
-`configure_trainable(model, method, settings)` freezes everything, then unfreezes
-`BottleneckAdapter`, `ShortcutAdapter`, `TaskHead` modules and the chosen backbone groups.
+Both start as the identity (Up zero-initialised). Methods (the task head always trains): full
+(everything), linear (nothing else), adapter1, adapter2 (+ `also_train` backbone groups),
+adapter1+2. Parameters are (un)frozen by module type, never by name matching.
 """
 
 from __future__ import annotations
@@ -28,7 +16,7 @@ import torch
 from torch import nn
 
 from cavl.model import CavlConfig, CavlEncoder, CavlModel
-from cavl.settings import BACKBONE_GROUPS, AdapterSettings  # noqa: F401  (finetune.adapters' dataclass)
+from cavl.settings import AdapterSettings  # noqa: F401  (finetune.adapters' dataclass, imported from here)
 
 METHODS = ("full", "linear", "adapter1", "adapter2", "adapter1+2")
 
@@ -53,11 +41,6 @@ def backbone_frozen(method: str) -> bool:
     return check_method(method) in ("linear", "adapter1")
 
 
-# ---------------------------------------------------------------------------------------------
-# Modules
-# ---------------------------------------------------------------------------------------------
-
-
 class TaskHead(nn.Module):
     """Base class of every task head (so the head is found, and trained, by its type)."""
 
@@ -80,14 +63,8 @@ class BottleneckAdapter(nn.Module):
 
 
 class ShortcutAdapter(nn.Module):
-    """Adapter I: a narrow transformer beside the frozen backbone plus the output block.
-
-    Input: the backbone's input embeddings (B, T, H) and its final hidden states (B, T, H), the
-    "general" features. The shortcut projects the embeddings down to `width`, runs `layers`
-    transformer layers (the backbone's own layer type, at the small width) and the output block
-    fuses: general + Up(shortcut). Up starts at zero, so a fresh shortcut passes the backbone's
-    states through unchanged.
-    """
+    """Adapter I: general + Up(encoder(Down(embeddings))), the encoder the backbone's own layer
+    type at `shortcut_width`; embeddings and general (the backbone's final states) are (B, T, H)."""
 
     def __init__(self, backbone: CavlConfig, settings: AdapterSettings):
         super().__init__()
@@ -133,11 +110,6 @@ def install_bottleneck_adapters(backbone: CavlModel, bottleneck: int):
     return backbone
 
 
-# ---------------------------------------------------------------------------------------------
-# Which parameters train
-# ---------------------------------------------------------------------------------------------
-
-
 def _group_parameters(backbone: CavlModel, group: str) -> list:
     """The parameters of one `also_train` group of the backbone."""
     if group == "layer_norm":
@@ -152,18 +124,12 @@ def _group_parameters(backbone: CavlModel, group: str) -> list:
 
 def configure_trainable(model: nn.Module, backbone: CavlModel, method: str, settings: AdapterSettings):
     """Freeze / unfreeze the parameters of `model` (which holds `backbone`) for `method`."""
-    check_method(method)
+    model.requires_grad_(check_method(method) == "full")
     if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
         return model
-    for p in model.parameters():
-        p.requires_grad_(False)
-    trainable_types = (TaskHead, BottleneckAdapter, ShortcutAdapter)
     for m in model.modules():
-        if isinstance(m, trainable_types):
-            for p in m.parameters():
-                p.requires_grad_(True)
+        if isinstance(m, (TaskHead, BottleneckAdapter, ShortcutAdapter)):
+            m.requires_grad_(True)
     if uses_adapter2(method):
         for group in settings.also_train:
             for p in _group_parameters(backbone, group):
@@ -173,9 +139,8 @@ def configure_trainable(model: nn.Module, backbone: CavlModel, method: str, sett
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, total
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
 
 
 def params_line(trainable: int, total: int) -> str:

@@ -1,8 +1,5 @@
-"""The frozen backbone's final hidden states, precomputed once per split (Adapter I, linear).
-
-When no backbone parameter trains, the backbone's output for a sequence never changes during
-finetuning: it is computed once (eval mode, no_grad) into a memory-mapped array, and every epoch
-then costs only what trains (shortcut block, head).
+"""The frozen backbone's final hidden states, precomputed once per split (Adapter I, linear):
+when no backbone parameter trains, they are computed once (eval mode, no_grad) and memory-mapped.
 
     (train.cache, select.cache), stats = precompute(
         "results/vqa/cache", [train, select], model.backbone_states,   # TaskBatches, shuffle=False ok
@@ -10,27 +7,19 @@ then costs only what trains (shortcut block, head).
     train[k]["backbone_states"]       # (N, L+R, H) float32: the states of the batch's sequences
 
 Files, per table t of `tables` (its sequences item after item, K per item: row = item · K + k):
-`states-{t}.bin`, the raw (T, H) float16/float32 array of every sequence's states at its real
-tokens (its text, then its regions; padding is not stored), memory-mapped; `rows-{t}.npy`, (S, 3)
-int64 per sequence: its first row in the states, its text tokens, its regions. `cache.json`,
-written last, holds `key` — a SHA-256 of what the states depend on: the format version, the
-backbone's checksum, the dtype, the chunk size, the tables' sequences (words, image ids, word-region
-links), the tokenizer, the data settings and the region source (feature index, shard files, the
-cut) — and each table's shape. A folder whose key differs (another backbone, new features, other
-examples) is recomputed whole. Nothing is hashed per batch: a batch looks its rows up by position.
-
-Computing: the tables' items one after the other, `chunk_size` at a time, each chunk one batch
-(cavl.tasks.base.encode_sequences) through `compute`; a sequence with the same inputs (image,
-tokens, links) as an earlier one gets that one's states. Under DDP process r computes chunks
-r, r+W, … into part files, the main process writes the tables' files from them, and every process
-then maps those.
+`states-{t}.bin`, the raw (T, H) float16/float32 states of every sequence at its real tokens
+(text, then regions; no padding); `rows-{t}.npy`, (S, 3) int64 per sequence: first row in the
+states, text tokens, regions. `cache.json`, written last, holds each table's shape and `key`, a
+SHA-256 of everything the states depend on (`cache_key`); a folder with another key is
+recomputed whole. Chunks of `chunk_size` items are one batch each through `compute`; a sequence
+with the same inputs as an earlier one gets its states. Under DDP process r computes chunks
+r, r+W, … into part files, from which the main process writes the tables' files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -41,8 +30,6 @@ import torch
 import torch.distributed as dist
 
 from cavl.io import atomic_path, write_json_atomic
-
-log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 MANIFEST = "cache.json"

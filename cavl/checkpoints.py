@@ -1,14 +1,10 @@
 """Training checkpoints on disk: file pairs, integrity checks, fallback, RNG states.
 
-A checkpoint is `{prefix}-XXXXXXXX.pt` (torch.save of tensors, Python scalars and lists only;
-loaded with weights_only=True, never unpickled) plus `{prefix}-XXXXXXXX.json` (step, whatever
-meta the caller adds, SHA-256 and size of the .pt, config fingerprint, time). The .json is
-written after the .pt, both atomically (cavl.io), so a pair exists only once both are complete;
-a pair whose fingerprint, hash or load fails is skipped with a warning and the previous one is
-used (`CheckpointManager.load_latest`). Prefix `step` holds the training checkpoints, prefix
-`best` the best-epoch states of finetuning's selection (cavl.train_loop), which the checkpoints'
-metas refer to (`meta["selection"]["best"]`); `prune_best_files` / `drop_best_after` keep the
-two consistent.
+A checkpoint is `{prefix}-XXXXXXXX.pt` (torch.save of tensors and Python scalars/lists, loaded
+with weights_only=True) plus `{prefix}-XXXXXXXX.json` (step, the caller's meta, SHA-256 and size
+of the .pt, config fingerprint, time), written after the .pt, both atomically: a pair exists only
+once complete. Prefix `step`: training checkpoints; `best`: finetuning's best-epoch states, which
+the checkpoints' metas refer to (`meta["selection"]["best"]`).
 """
 
 from __future__ import annotations
@@ -109,17 +105,14 @@ class CheckpointManager:
         return torch.load(self._pt(step), map_location="cpu", weights_only=True), self.meta(step)
 
     def load_latest(self, accept: Callable[[dict], None] | None = None):
-        """(state, meta) of the newest readable checkpoint of this config, or None.
-
-        Checkpoints of another config (fingerprint) are deleted with a warning; a checkpoint that
-        fails its hash or load, or that `accept(meta)` rejects (ValueError / OSError: e.g. a file
-        it refers to is unusable), is skipped with a warning (the previous one is tried)."""
+        """(state, meta) of the newest readable checkpoint of this config, or None. Checkpoints of
+        another fingerprint are deleted; one that fails its hash, load or `accept(meta)` (raising
+        ValueError / OSError) is skipped with a warning and the previous one tried."""
         self.remove_temporaries()
         stale = []
         for step in self.steps():
             try:
-                meta = self.meta(step)
-                if meta.get("fingerprint") != self.fingerprint:
+                if self.meta(step).get("fingerprint") != self.fingerprint:
                     stale.append(step)
                     continue
                 state, meta = self.load(step)
@@ -137,11 +130,6 @@ class CheckpointManager:
             for step in stale:
                 self.remove(step)
         return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Best-epoch files beside the checkpoints
-# ---------------------------------------------------------------------------------------------
 
 
 def prune_best_files(best: CheckpointManager, checkpoints: CheckpointManager, current: dict | None):
@@ -169,11 +157,6 @@ def drop_best_after(best: CheckpointManager, checkpoints: CheckpointManager, ste
         if s > step:
             best.remove(s)
     prune_best_files(best, checkpoints, current)
-
-
-# ---------------------------------------------------------------------------------------------
-# RNG states (part of each process's checkpoint state)
-# ---------------------------------------------------------------------------------------------
 
 
 def get_rng_state() -> dict:

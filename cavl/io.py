@@ -14,11 +14,8 @@ import pyarrow.parquet as pq
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
-
-    A crash (or exception) inside the block leaves no file at `path`, and no temp file behind
-    when Python gets to clean up; a SIGKILL leaves at most a hidden `.{name}.*.tmp` sibling.
-    """
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds
+    (a SIGKILL leaves at most a hidden `.{name}.*.tmp` sibling)."""
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -35,11 +32,8 @@ def atomic_path(path):
 
 @contextmanager
 def atomic_dir(path):
-    """Yield a temporary folder beside `path`; rename it to `path` only if the block succeeds.
-
-    The folder appears complete or not at all; an existing `path` is replaced. Stale temp
-    folders left by a killed writer are removed first. Files get the usual permissions.
-    """
+    """Yield a temporary folder beside `path`; rename it to `path` (replacing it) only if the
+    block succeeds. Stale temp folders of a killed writer are removed first."""
     directory = Path(path)
     directory.parent.mkdir(parents=True, exist_ok=True)
     for stale in directory.parent.glob(f".{directory.name}.*.tmp"):
@@ -70,17 +64,13 @@ def _umask():
 
 
 def write_parquet_atomic(table, path, metadata=None):
-    """Write a pyarrow Table or pandas DataFrame to `path` atomically.
-
-    `metadata`: optional dict of str → JSON-serialisable values, stored in the file's schema
-    metadata (each value JSON-encoded) so plain pyarrow can read it back.
-    """
+    """Write a pyarrow Table or pandas DataFrame to `path` atomically; `metadata` (str → JSON
+    value) goes JSON-encoded into the schema metadata, so plain pyarrow can read it back."""
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     if metadata:
-        merged = dict(table.schema.metadata or {})
-        merged.update({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
-        table = table.replace_schema_metadata(merged)
+        encoded = {k.encode(): json.dumps(v).encode() for k, v in metadata.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **encoded})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -89,8 +79,7 @@ def write_json_atomic(obj, path):
     """Write `obj` as indented JSON to `path` atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(json.dumps(obj, indent=2) + "\n")
 
 
 def file_sha256(path, chunk_size=1 << 20):

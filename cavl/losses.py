@@ -18,12 +18,8 @@ from torch import nn
 
 
 class MlmLoss(nn.Module):
-    """Cross-entropy over the masked positions only.
-
-    Takes the logits of the M selected positions (M, V) and their labels (M,). A batch without
-    any masked token (possible for tiny batches of very short captions) gives a zero loss that
-    still depends on the graph, instead of NaN.
-    """
+    """Cross-entropy over the M masked positions: logits (M, V), labels (M,). No masked token
+    (tiny batches of short captions) gives a zero loss that still depends on the graph, not NaN."""
 
     def forward(self, logits, labels) -> dict:
         if labels.numel() == 0:
@@ -36,11 +32,6 @@ class ItmLoss(nn.Module):
 
     def forward(self, logits, labels) -> dict:
         return {"itm_loss": F.cross_entropy(logits.float(), labels)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed gather
-# ---------------------------------------------------------------------------------------------
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -58,14 +49,9 @@ class _ScaleGrad(torch.autograd.Function):
 
 def gather_with_local_grad(x):
     """All ranks' x (B, D) concatenated in rank order → (world·B, D); only the local rows carry
-    gradient (open_clip's `gather_with_grad=False`).
-
-    Every rank evaluates the same global loss L, but each rank's backward sees only
-    dL/d(own rows); DDP then *averages* parameter gradients over ranks, which would give
-    (1/world)·dL/dθ. Scaling the local rows' gradient by `world` makes the averaged gradient
-    equal to the gradient of L over the global batch, as one process would compute it. (A
-    learnable temperature needs no such correction: each rank already sees its full dL/dτ.)
-    """
+    gradient (open_clip's `gather_with_grad=False`). DDP averages parameter gradients over ranks,
+    so the local rows' gradient is scaled by `world` to give the global batch's dL/dθ (a learnable
+    temperature needs no correction: each rank already sees its full dL/dτ)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -75,16 +61,9 @@ def gather_with_local_grad(x):
     return torch.cat(parts, dim=0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Contrastive losses
-# ---------------------------------------------------------------------------------------------
-
-
 class _Contrastive(nn.Module):
     """Shared part: temperature (fixed or learnable), L2 normalisation, gather, cosine matrix.
-
-    `gather` (constructor): whether a call gathers the other ranks' embeddings by default; a
-    call's own `gather=` argument overrides it for that call (the module is never changed)."""
+    `gather`: whether a call gathers the other ranks' embeddings unless it passes its own."""
 
     def __init__(self, temperature: float = 0.07, learnable_temperature: bool = False, gather: bool = True):
         super().__init__()
@@ -118,20 +97,12 @@ class PairwiseContrastiveLoss(_Contrastive):
 
         L = -log( sum_i s(E'_i, F'_i) / sum_{i != j} s(E'_i, F'_j) ),   s(e, f) = exp(cos(e, f) / tau)
 
-    all N positives against all N^2 - N negatives at once (not per sample as InfoNCE does).
-    Why s = exp(cos / tau) and not the cosine itself: cosines lie in [-1, 1], so sums of raw
-    cosines can be zero or negative and the log of their ratio undefined; exp maps every
-    similarity to a positive number (the ratio is always defined and the loss smooth), and
-    tau sets how sharply the largest similarities dominate the sums. Evaluated in log space:
-    L = logsumexp_{i != j}(cos_ij / tau) - logsumexp_i(cos_ii / tau). Note L can be negative:
-    the ratio exceeds 1 once the positives outweigh the (many more) negatives.
-
-    Choice of tau: both sums are soft maxima. With a CLIP-like tau (0.07-0.1) the loss is
-    driven by the single best positive and the single hardest negative, and it can be
-    minimised with a few well-aligned pairs while the rest stay unaligned (on the synthetic
-    demo: PwCL falls below 0 while held-out R@1 stays near chance). tau = 0.5 spreads the
-    gradient over all pairs (R@1 far above chance); hence the default. A learnable tau drifts
-    towards that degenerate low-tau regime, so it is off by default.
+    all N positives against all N^2 - N negatives at once (not per sample as InfoNCE does),
+    evaluated in log space; L can be negative. exp(cos / tau), not the raw cosine, keeps the sums
+    positive so the log ratio is always defined. Both sums are soft maxima: with a CLIP-like tau
+    (0.07-0.1) a few well-aligned pairs minimise the loss while the rest stay unaligned (demo:
+    PwCL < 0, held-out R@1 near chance); tau = 0.5 spreads the gradient over all pairs, hence the
+    default. A learnable tau drifts towards the low-tau regime, so it is off by default.
     """
 
     def forward(self, text_emb, image_emb, gather: bool | None = None) -> dict:

@@ -1,21 +1,8 @@
 """The CAVL model: a single-stream BERT over `[CLS] text [SEP]` followed by region tokens.
 
-Read bottom-up, the way the forward pass runs:
-    CavlEmbeddings  → text embeddings (word + position + type) and region embeddings
-                      (projected feature + box embedding + visual type), one LayerNorm + dropout,
-                      then the linked words' position embeddings on region tokens (when given)
-    CavlSelfAttention → multi-head attention through torch's scaled_dot_product_attention
-    CavlLayer       → attention, FFN, each followed by an adapter slot (nn.Identity here; the
-                      adapters (cavl/adapters.py) put a module in it) and then residual + LayerNorm
-    CavlEncoder     → the stack of layers
-    CavlModel       → embeddings + encoder + pooler in one `forward` (text, regions, optional
-                      word-region links, cached states, shortcut), which every stage calls;
-                      `encode_text` / `encode_image` are it with one modality; loads any Hugging
-                      Face BERT checkpoint
-    MlmHead, ItmHead → pretraining heads (MLM decoder tied to the word embeddings)
-    CavlForPretraining → backbone + heads + loss modules; returns a dict of named losses
-
-Weights are stored as safetensors and configs as JSON; nothing here pickles.
+CavlModel (embeddings → encoder of post-LN layers with two adapter slots each → pooler) is the
+backbone every stage runs and loads any Hugging Face BERT checkpoint; CavlForPretraining adds
+the MLM / ITM heads and the loss modules. Weights are safetensors, configs JSON; nothing pickles.
 """
 
 from __future__ import annotations
@@ -39,11 +26,6 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# Configs
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -73,15 +55,6 @@ class CavlConfig:
     def from_dict(cls, d: dict) -> "CavlConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-    @classmethod
-    def from_bert_config(cls, bert: dict, **overrides) -> "CavlConfig":
-        """Take the architecture from a Hugging Face BERT `config.json` dict."""
-        cfg = cls.from_dict(bert)
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(cfg, k, v)
-        return cfg
 
 
 PWCL_ENCODINGS = ("joint", "joint_clean", "separate")
@@ -128,11 +101,6 @@ def _activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
-# ---------------------------------------------------------------------------------------------
-# Backbone
-# ---------------------------------------------------------------------------------------------
-
-
 class CavlEmbeddings(nn.Module):
     """Text tokens as in BERT; region tokens the VisualBERT way; one LayerNorm + dropout over both."""
 
@@ -142,11 +110,9 @@ class CavlEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(cfg.vocab_size, H, padding_idx=cfg.pad_token_id)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, H)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, H)
-        # Per-dimension standardisation of raw region features, (x - mean) * scale, with the mean
-        # and 1/std over the pretraining regions (`set_visual_feature_statistics`; identity until
-        # set). Saved with the weights, so finetuning and evaluation standardise alike. Detector
-        # features share a large common component (demo: 88% mean cosine between regions); left
-        # in, it dominates the projection and its updates, and the regions look alike to the model.
+        # Region features are standardised, (x - mean) * scale (`set_visual_feature_statistics`;
+        # saved with the weights): their large common component (demo: 88% mean cosine between
+        # regions) would otherwise dominate the projection and make the regions look alike.
         self.register_buffer("visual_feature_mean", torch.zeros(cfg.visual_dim))
         self.register_buffer("visual_feature_scale", torch.ones(cfg.visual_dim))
         self.visual_projection = nn.Linear(cfg.visual_dim, H)  # region feature → hidden size
@@ -214,13 +180,9 @@ class CavlSelfAttention(nn.Module):
 
 
 class CavlLayer(nn.Module):
-    """Post-LN BERT layer with two adapter slots.
-
-    `attention_adapter` sits after the attention output projection (and its dropout) and
-    `ffn_adapter` after the feed-forward output projection, both before residual + LayerNorm —
-    where AdapterHub's `BertSelfOutputWithAdapters` / `BertOutputWithAdapters` put them. They are
-    `nn.Identity()` here; an adapter is installed by assigning a module to the slot.
-    """
+    """Post-LN BERT layer. Its adapter slots (nn.Identity until cavl.adapters assigns a module)
+    sit after the attention / FFN output projection and dropout, before residual + LayerNorm,
+    where AdapterHub's `BertSelfOutputWithAdapters` / `BertOutputWithAdapters` put them."""
 
     def __init__(self, cfg: CavlConfig):
         super().__init__()
@@ -237,12 +199,9 @@ class CavlLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
 
     def forward(self, x, mask):
-        h = self.attention_dropout(self.attention(x, mask))  # (B, T, H)
-        h = self.attention_adapter(h)
-        x = self.attention_norm(x + h)  # (B, T, H)
+        x = self.attention_norm(x + self.attention_adapter(self.attention_dropout(self.attention(x, mask))))
         h = self.ffn_dropout(self.ffn_out(self.ffn_act(self.ffn_in(x))))  # (B, T, H)
-        h = self.ffn_adapter(h)
-        return self.ffn_norm(x + h)  # (B, T, H)
+        return self.ffn_norm(x + self.ffn_adapter(h))  # (B, T, H)
 
 
 class CavlEncoder(nn.Module):
@@ -319,10 +278,8 @@ class CavlModel(nn.Module):
         shortcut=None,  # Adapter I: (embeddings, states, mask) → states, between encoder and pooler
         frozen=False,  # embeddings and encoder under no_grad; the shortcut and pooler keep the gradient
     ) -> CavlOutput:
-        """The one pass of the backbone: embeddings (+ word-region links) → attention mask →
-        encoder, or `cached_states` (cavl.backbone_cache) → `shortcut` (cavl.adapters.ShortcutAdapter)
-        → pooler. Pretraining, finetuning, retrieval, zero-shot and TIR all run it;
-        `encode_text` / `encode_image` are it with one modality."""
+        """The one pass of the backbone: embeddings (+ word-region links) → encoder, or
+        `cached_states` (cavl.backbone_cache) → `shortcut` (cavl.adapters.ShortcutAdapter) → pooler."""
         with torch.no_grad() if frozen else nullcontext():
             x = self.embeddings(input_ids, token_type_ids, visual_feats, visual_boxes,
                                 word_region_links)  # (B, T, H)
@@ -343,19 +300,14 @@ class CavlModel(nn.Module):
         return CavlOutput(h, self.pooler(h), input_ids.shape[1], states)
 
     def encode_text(self, input_ids, attention_mask, token_type_ids=None, **kwargs) -> CavlOutput:
-        """A text-only pass (E′ of PwCL's `separate` encoding and of retrieval): `forward`
-        without regions. kwargs: `forward`'s (shortcut, frozen, output_hidden_states)."""
+        """A text-only pass (E′ of PwCL's `separate` encoding and of retrieval)."""
         return self(input_ids, attention_mask, token_type_ids=token_type_ids, **kwargs)
 
     def encode_image(self, visual_feats, visual_boxes, visual_mask=None, **kwargs) -> CavlOutput:
-        """An image-only pass (F′): the regions behind an empty caption `[CLS] [SEP]` (text_len 2).
-        kwargs: `forward`'s (shortcut, frozen, output_hidden_states)."""
-        B = visual_feats.shape[0]
+        """An image-only pass (F′): the regions behind an empty caption `[CLS] [SEP]` (text_len 2)."""
         ids = torch.tensor([self.config.cls_token_id, self.config.sep_token_id], device=visual_feats.device)
-        ids = ids.expand(B, 2)  # (B, 2)
+        ids = ids.expand(visual_feats.shape[0], 2)  # (B, 2)
         return self(ids, torch.ones_like(ids), visual_feats, visual_boxes, visual_mask, **kwargs)
-
-    # -- checkpoints ---------------------------------------------------------------------------
 
     @classmethod
     def from_bert(cls, path, visual_dim: int, **overrides) -> "CavlModel":
@@ -368,7 +320,8 @@ class CavlModel(nn.Module):
         """Copy BERT weights (Hugging Face names, already mapped by `load_bert_state`)."""
         own = {k: v for k, v in bert_state.items() if not k.startswith("mlm_head.")}
         missing, unexpected = self.load_state_dict(own, strict=False)
-        missing = [k for k in missing if not _is_visual_key(k) and "_adapter." not in k]
+        missing = [k for k in missing if not k.startswith(("embeddings.visual_", "embeddings.box_"))
+                   and "_adapter." not in k]
         if missing or unexpected:
             raise ValueError(f"BERT checkpoint does not fit: missing {missing}, unexpected {unexpected}")
         # Visual tokens start from BERT's second token type, as VisualBERT's visual type does.
@@ -406,10 +359,6 @@ class CavlModel(nn.Module):
         _save_dir(directory, self.state_dict(), _config_json(self.config, "CavlModel"), extra)
 
 
-def _is_visual_key(key):
-    return key.startswith(("embeddings.visual_", "embeddings.box_"))
-
-
 def _init_weights(m, std):
     if isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, std=std)
@@ -424,10 +373,6 @@ def _init_weights(m, std):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
 
-
-# ---------------------------------------------------------------------------------------------
-# Loading Hugging Face BERT checkpoints
-# ---------------------------------------------------------------------------------------------
 
 # Hugging Face BERT name → ours, per layer (prefix `encoder.layer.{i}.` → `encoder.layers.{i}.`).
 _LAYER_KEYS = {
@@ -487,12 +432,7 @@ def load_bert_state(path) -> dict:
         raw = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
         raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
-    state = {}
-    for k, v in raw.items():
-        new = map_bert_key(k)
-        if new is not None:
-            state[new] = v
-    return state
+    return {new: v for k, v in raw.items() if (new := map_bert_key(k)) is not None}
 
 
 def _config_from_bert(path, visual_dim, overrides) -> CavlConfig:
@@ -500,7 +440,8 @@ def _config_from_bert(path, visual_dim, overrides) -> CavlConfig:
     bert = json.loads((path / "config.json").read_text())
     if bert.get("model_type", "bert") != "bert":
         log.warning("checkpoint %s has model_type %r; loading it as BERT", path, bert.get("model_type"))
-    cfg = CavlConfig.from_bert_config(bert, visual_dim=visual_dim, **overrides)
+    overrides = {k: v for k, v in dict(overrides, visual_dim=visual_dim).items() if v is not None}
+    cfg = CavlConfig.from_dict({**bert, **overrides})
     try:  # special token ids from the checkpoint's own tokenizer
         from transformers import AutoTokenizer
 
@@ -510,11 +451,6 @@ def _config_from_bert(path, visual_dim, overrides) -> CavlConfig:
     except (OSError, ValueError) as e:
         log.warning("no tokenizer in %s (%s); keeping default special token ids", path, e)
     return cfg
-
-
-# ---------------------------------------------------------------------------------------------
-# Pretraining heads and the pretraining model
-# ---------------------------------------------------------------------------------------------
 
 
 class MlmHead(nn.Module):
@@ -547,20 +483,12 @@ class ItmHead(nn.Module):
 class CavlForPretraining(nn.Module):
     """Backbone + MLM / ITM heads + the loss modules; `forward(batch)` returns the named losses.
 
-    A batch (see `cavl.pretrain_data`) holds B matched pairs:
-      text_ids, text_mask (B, L)               clean captions
-      mlm_ids, mlm_mask, mlm_labels (B, L')    masked captions, half of them swapped for another
-                                               image's caption; labels -100 except at masked
-                                               positions of matched rows
-      itm_labels (B,)                          1 matched, 0 swapped
-      visual_feats (B, R, D), visual_boxes (B, R, 5), visual_mask (B, R)
-    Passes: one fused pass over the MLM/ITM inputs. PwCL's E' and F' come from
-      joint        the matched rows (itm_labels 1) of that same pass: no extra pass, but PwCL sees
-                   B·(1 − itm negative fraction) pairs and captions with their MLM corruption;
-      joint_clean  a second fused pass over all B clean matched pairs (twice the encoder work);
-      separate     a text-only and an image-only pass (a dual encoder: the embeddings then serve
-                   fast retrieval).
-    A pass whose losses all have weight 0 is skipped.
+    A batch (cavl.pretrain_data) holds B pairs: clean text_ids/text_mask (B, L); mlm_ids, mlm_mask,
+    mlm_labels (B, L') with some captions swapped (itm_labels (B,): 1 matched, 0 swapped); and
+    visual_feats (B, R, D), visual_boxes (B, R, 5), visual_mask (B, R). One fused pass serves
+    MLM/ITM; PwCL's E', F' come from its matched rows (`joint`), a second fused pass over the
+    clean pairs (`joint_clean`) or text-only + image-only passes (`separate`). A pass whose losses
+    all have weight 0 is skipped.
     """
 
     def __init__(self, config: CavlConfig, objective: ObjectiveConfig | None = None):
@@ -577,8 +505,6 @@ class CavlForPretraining(nn.Module):
         self.pwcl_loss = make_contrastive_loss(
             self.objective.pwcl_loss, self.objective.temperature, self.objective.learnable_temperature
         )
-
-    # -- embeddings for the contrastive loss ----------------------------------------------------
 
     def pair_embeddings(self, text_ids, text_mask, visual_feats, visual_boxes, visual_mask):
         """E' (B, H) and F' (B, H) from one fused pass over matched pairs (`joint`)."""
@@ -605,8 +531,6 @@ class CavlForPretraining(nn.Module):
         if encoding == "joint_clean":
             return self.pair_embeddings(batch["text_ids"], batch["text_mask"], *vis)
         return self.text_embedding(batch["text_ids"], batch["text_mask"]), self.image_embedding(*vis)
-
-    # -- the objectives ----------------------------------------------------------------------------
 
     def forward(self, batch, gather: bool = True) -> dict:
         """The weighted losses of `batch`: {"loss": total, "mlm_loss", "itm_loss", "pwcl_loss"} (those
@@ -638,8 +562,6 @@ class CavlForPretraining(nn.Module):
         if not losses:
             raise ValueError("all loss weights are 0: nothing to train")
         return {"loss": total, **losses}
-
-    # -- checkpoints ---------------------------------------------------------------------------
 
     @classmethod
     def from_bert(cls, path, visual_dim: int, objective: ObjectiveConfig | None = None, **overrides):

@@ -3,12 +3,9 @@
     python -m cavl.pretrain --config config.yaml                           # one process
     torchrun --standalone --nproc_per_node 4 -m cavl.pretrain --config …   # DDP
 
-`--config` takes a YAML/JSON file or an inline JSON object (repeatable; later ones override);
-only its `model` and `pretrain` sections are read, validated against
-workflow/schemas/config.schema.yaml, whose defaults are the only ones (dataclasses: cavl.settings).
-Outputs: the model folder (`CavlModel.from_pretrained(out)` / `CavlForPretraining.from_pretrained`),
-the log (JSON lines) and the curves PNG. Checkpoints for resume live in `--checkpoints`; a rerun
-continues from the newest usable one.
+Only the `model` and `pretrain` config sections are read (schema-validated, cavl.settings).
+Outputs: the model folder (`CavlModel` / `CavlForPretraining.from_pretrained`), the log (JSON
+lines) and the curves PNG; a rerun resumes from the newest usable checkpoint in `--checkpoints`.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ import numpy as np
 import torch
 import yaml
 
+from cavl.adapters import count_parameters, params_line
 from cavl.config import PRETRAIN_SOURCES
 from cavl.config import read_config_specs as read_config
 from cavl.model import CavlForPretraining, ObjectiveConfig, resolve_checkpoint_path
@@ -40,14 +38,8 @@ from cavl.training_log import finalize_log
 log = logging.getLogger("cavl.pretrain")
 
 
-# ---------------------------------------------------------------------------------------------
-# Settings (the `model` and `pretrain` config sections: cavl.settings)
-# ---------------------------------------------------------------------------------------------
-
-
 def settings_from_config(config: dict) -> tuple[ModelSettings, PretrainSection]:
-    """The `model` and `pretrain` sections (as in config.yaml), validated against the schema, whose
-    defaults are the only ones. A bad key raises cavl.config.ConfigError (a ValueError) naming it."""
+    """The validated `model` and `pretrain` sections (a bad key: cavl.config.ConfigError)."""
     model = load_section(ModelSettings, config, "model")
     s = load_section(PretrainSection, config, "pretrain")
     B, negatives = s.train.batch_size, s.itm.negative_fraction
@@ -60,8 +52,7 @@ def settings_from_config(config: dict) -> tuple[ModelSettings, PretrainSection]:
 
 
 def data_config(s: PretrainSection) -> PretrainDataConfig:
-    """What the batches are made of. pretrain.data.sources null (which the workflow replaces by the
-    configured sources, cavl.config.resolve_config): both, coco and vg."""
+    """What the batches are made of; pretrain.data.sources null means every source."""
     return from_settings(PretrainDataConfig, s,
                          sources=list(PRETRAIN_SOURCES) if s.data.sources is None else list(s.data.sources))
 
@@ -72,10 +63,8 @@ def objective_config(s: PretrainSection) -> ObjectiveConfig:
 
 
 def fingerprint(model: ModelSettings, s: PretrainSection, inputs: list) -> str:
-    """Hash of everything a checkpoint depends on — what the run computes with: the model settings,
-    the number of processes, the data and objectives, the optimiser, and the loop less its
-    operational keys (cavl.settings.operational) — and the input bytes. The section's other
-    operational keys (threads, data.num_workers, mem_mb, eval) enter none of these."""
+    """Hash of everything a checkpoint depends on: model settings, process count, data, objectives,
+    optimiser, the loop less its operational keys (cavl.settings.operational), and the input bytes."""
     run = {"gpus": s.gpus, "data": asdict(data_config(s)), "objective": asdict(objective_config(s)),
            "optim": asdict(s.optim),
            "train": without(asdict(s.train), operational_keys(TrainConfig))}
@@ -87,17 +76,9 @@ def fingerprint(model: ModelSettings, s: PretrainSection, inputs: list) -> str:
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation on held-out pairs
-# ---------------------------------------------------------------------------------------------
-
-
 def retrieval_scores(model: CavlForPretraining, texts: dict, regions: dict, chunk: int = 64) -> torch.Tensor:
-    """cos(E', F') for every (caption i, image j) of N held-out pairs → (N, N).
-
-    `separate`: E' from text-only passes, F' from image-only passes (a dual encoder).
-    `joint`: E' and F' of the fused pass over (caption i, image j) — N² fused passes.
-    """
+    """cos(E', F') for every (caption i, image j) of N held-out pairs → (N, N): from text-only and
+    image-only passes (`separate`), else from N² fused passes over (caption i, image j)."""
     norm = torch.nn.functional.normalize
     if model.objective.pwcl_encoding == "separate":
         e = model.text_embedding(texts["ids"], texts["mask"])  # (N, H)
@@ -149,11 +130,6 @@ def make_eval_fn(val: PretrainBatches | None, settings: PretrainSection, device)
         return metrics
 
     return eval_fn
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------
 
 
 def parse_args(argv):
@@ -214,9 +190,7 @@ def main(argv=None) -> int:
         if model_s.standardize_features:
             model.bert.set_visual_feature_statistics(*feature_statistics(sources, train_ex, data.max_regions))
         if env.is_main:
-            n = sum(p.numel() for p in model.parameters())
-            t = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            print(f"trainable params: {t:,} || all params: {n:,} || trainable%: {100 * t / n:.4f}", file=sys.stderr)
+            print(params_line(*count_parameters(model)), file=sys.stderr)
 
         inputs = [args.train] + [Path(args.features) / d / "index.parquet" for d in data.sources]
         trainer = Trainer(

@@ -6,11 +6,9 @@ as MLM + ITM batches.
     batches = PretrainBatches(examples, sources, tokenizer, cfg, batch_size=32, seed=0)
     loader = make_loader(batches, epoch=0, start=0, num_workers=2)     # cavl.data.batches
 
-Regions are read, cut and padded as everywhere else (cavl.data.regions); which examples batch k
-holds on a rank is the shared sampler's (cavl.data.batches.EpochBatches). Every batch is a pure
-function of (seed, epoch, rank, batch index): the ITM negatives and the MLM masks come from
-`np.random.default_rng([seed, epoch, rank, index])`, so a resumed run sees exactly the batches an
-uninterrupted one would.
+Every batch is a pure function of (seed, epoch, rank, batch index): its examples come from the
+shared sampler (cavl.data.batches.EpochBatches), its ITM negatives and MLM masks from
+`np.random.default_rng([seed, epoch, rank, index])`, so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
@@ -48,11 +46,6 @@ class PretrainDataConfig:
     itm_negative_fraction: float  # fraction of pairs whose caption is swapped for another image's
 
 
-# ---------------------------------------------------------------------------------------------
-# Examples
-# ---------------------------------------------------------------------------------------------
-
-
 def load_examples(path, cfg: PretrainDataConfig, seed: int, sources: dict | None = None) -> pd.DataFrame:
     """The pretrain task table filtered to the configured sources, captions per image capped
     (a seeded choice), and — given the region sources ({dataset: RegionSource}) — to images that
@@ -82,17 +75,9 @@ def load_examples(path, cfg: PretrainDataConfig, seed: int, sources: dict | None
     return df.reset_index(drop=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# Batches
-# ---------------------------------------------------------------------------------------------
-
-
 def mask_tokens(ids, special, rng, vocab_size, mask_id, probability=0.15):
-    """BERT masking. ids (B, L), special (B, L) bool (never chosen: [CLS], [SEP], [PAD]).
-
-    Chooses each non-special token with `probability`; of those 80% become [MASK], 10% a
-    random token, 10% stay. Returns (masked ids, labels with -100 where not chosen).
-    """
+    """BERT masking of ids (B, L) outside `special` (B, L) bool: each token is chosen with
+    `probability`, then 80% [MASK], 10% random, 10% kept. → (masked ids, labels, -100 unchosen)."""
     chosen = (rng.random(ids.shape) < probability) & ~special  # (B, L)
     labels = np.where(chosen, ids, -100)
     r = rng.random(ids.shape)

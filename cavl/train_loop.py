@@ -1,37 +1,24 @@
 """The training loop shared by the pretraining and finetuning stages.
 
     env = setup_distributed()                       # torchrun → DDP (nccl on GPU, gloo on CPU)
-    trainer = Trainer(model, OptimConfig(...), TrainConfig(...), env, work_dir, fingerprint,
-                      loader_factory=lambda epoch, start: ..., micro_batches_per_epoch=...,
-                      samples_per_micro_batch=...)
+    trainer = Trainer(model, optim, train, env, work_dir, fingerprint, loader_factory=...,
+                      micro_batches_per_epoch=..., samples_per_micro_batch=...)
     model = trainer.fit()                            # resumes from work_dir if it can
-    finalize_log(work_dir, "results/x/log.jsonl", "results/x/curves.png")   # cavl.training_log
 
-The model's forward(batch) returns a mapping of named losses with the total under "loss" (a
-dict, or finetuning's typed cavl.tasks.base.TaskLoss); every `*_loss` key is logged. One
-optimiser step = `grad_accum` micro-batches. The losses stay on the device between log steps
-(detached, summed in float64): they are reduced over processes and read to the host only when
-something leaves the loop — a log record (every `log_every` steps), an evaluation, a selection
-or a checkpoint — and only then are they checked for NaN/inf (`NonFiniteLossError` names the
-first bad step; nothing from a bad step is logged or saved).
+model(batch) returns named losses with the total under "loss"; every `*_loss` key is logged.
+One optimiser step = `grad_accum` micro-batches. Losses stay on the device (detached, summed in
+float64) until something leaves the loop (log record, evaluation, selection, checkpoint); only
+then are they reduced, read to the host and checked for NaN/inf (`NonFiniteLossError`).
 
-Checkpoints (files, integrity checks, fallback: cavl.checkpoints) are taken at step boundaries
-only, so a checkpoint's data position is (epoch, first micro-batch of the next step) and nothing
-half-accumulated is ever saved. A checkpoint holds the trainable parameters and buffers (frozen
-parameters, e.g. a finetuning backbone, are rebuilt from their source, which the fingerprint
-pins), the optimiser, schedule and grad-scaler states, and each process's RNG states and
-unlogged loss window. The live log `work_dir/log.jsonl` (cavl.training_log) is cut back to the
-resumed step and gets a `{"event": "resume", "step": N}` line.
+Checkpoints (cavl.checkpoints) are taken at step boundaries only and hold the trainable state
+(frozen parameters are rebuilt from their source, which the fingerprint pins), optimiser,
+schedule, grad-scaler, and each process's RNG states and unlogged loss window. On resume the live
+log `work_dir/log.jsonl` is cut back to the step and gets a `{"event": "resume"}` line.
 
-Best-epoch selection (finetuning: `select_fn`): at every epoch end reached (and at the last step
-when `max_steps` cuts an epoch) `select_fn(model, step)` scores the model on a selection split;
-its metrics are logged as `select_*` and the trainable state of the best so far (by
-`select_metric`, ties keep the earlier) is written to `best-XXXXXXXX.pt` + `.json` beside the
-checkpoints (same format, same atomic order), followed by a checkpoint at that step. Each
-checkpoint's .json records the best so far (`selection`), so a resumed run restores it, drops
-best files newer than its checkpoint, and sees the same choice as an uninterrupted one; best
-files no kept checkpoint refers to are removed. `fit()` ends by loading the best state into the
-model and logging a `{"event": "best_epoch", ...}` line.
+Best-epoch selection (`select_fn`, finetuning): at every epoch end (and the last step) the model
+is scored; the best trainable state so far (ties keep the earlier) is written to `best-*.pt/.json`,
+then a checkpoint whose meta records the selection, so a resumed run makes the same choice.
+`fit()` ends by loading the best state and logging a `{"event": "best_epoch"}` line.
 """
 
 from __future__ import annotations
@@ -63,11 +50,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; the message names the step."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed setup, seeding
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -110,11 +92,6 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------------------------------------
-# Optimiser and schedule
-# ---------------------------------------------------------------------------------------------
-
-
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Trainable parameters only; no weight decay on 0/1-dimensional ones (biases, norms, tau).
     Parameters the model names in `new_parameter_names()` (if it has that method) train at
@@ -133,13 +110,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 class WarmupLinearDecay:
-    """LR factor at step s: linear warm-up to 1 over the first `warmup` steps, then linear decay
-    towards 0 at `total`. Every step gets a positive rate (warm-up starts at 1/warmup).
+    """LR factor at step s: linear warm-up (s+1)/warmup, then linear decay towards 0 at `total`.
 
-    Not transformers.get_linear_schedule_with_warmup: its warm-up factor is s/warmup (step 0
-    trains at lr 0), this one's (s+1)/warmup; after warm-up, and with warmup 0, the two agree
-    bit for bit. torch's LinearLR + SequentialLR compute the rate recursively and differ from
-    this closed form in the last bits. Checkpoints store `total` and `warmup` (LambdaLR's state)."""
+    Unlike transformers' schedule (s/warmup) step 0 does not train at lr 0; torch's LinearLR +
+    SequentialLR differ from this closed form in the last bits."""
 
     def __init__(self, total: int, warmup: int):
         self.total, self.warmup = total, warmup
@@ -155,11 +129,6 @@ def build_scheduler(optimizer, total_steps: int, warmup_fraction: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinearDecay(total_steps, warmup))
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------
-
-
 def _rank(value: float) -> float:
     """A selection metric as compared: NaN ranks below everything."""
     return -math.inf if math.isnan(value) else value
@@ -172,12 +141,9 @@ def _to_device(batch: dict, device):
 class Trainer:
     """Runs the optimisation of `model` (forward(batch) → dict with "loss" and named *_loss).
 
-    loader_factory(epoch, start) must yield this process's micro-batches start, start+1, …
-    of `epoch`, deterministically (see cavl.data.batches). eval_fn(model, step) → dict of
-    metrics (logged with the step) runs on the main process only with the unwrapped model.
-    select_fn(model, step) → dict of metrics, likewise, at every epoch end: the model `fit()`
-    returns is the one whose `select_metric` was highest (module docstring).
-    """
+    loader_factory(epoch, start) yields this process's micro-batches start, start+1, … of `epoch`
+    deterministically. eval_fn / select_fn(model, step) → metrics run on the main process only
+    with the unwrapped model; select_fn at every epoch end (module docstring)."""
 
     def __init__(self, model: nn.Module, optim: OptimConfig, train: TrainConfig, env: DistEnv, work_dir,
                  fingerprint: str, loader_factory: Callable[[int, int], Iterable],
@@ -206,8 +172,6 @@ class Trainer:
         self.find_unused = find_unused_parameters
         self.desc = desc
         self.resumed_from = None
-
-    # -- helpers -------------------------------------------------------------------------------
 
     def _autocast(self):
         cuda = self.env.device.type == "cuda"
@@ -300,30 +264,28 @@ class Trainer:
                   f"{position['micro_batch']}) — checkpoint {self.work_dir / meta['file']}", file=sys.stderr, flush=True)
         return step, window
 
-    # -- best-epoch selection ----------------------------------------------------------------------
-
     def _best_usable(self, meta: dict):
-        """load_latest's check of a checkpoint: the best file it refers to must be intact."""
+        """load_latest's check: the best file a checkpoint refers to must be intact."""
         best = (meta.get("selection") or {}).get("best")
         if self.select_fn is not None and best is not None:
             self.best_store.check(best["step"])
 
     def _drop_best_after(self, step: int):
-        """Remove best files newer than the resumed step (their epochs run again) and unreferenced ones."""
         if self.select_fn is not None:
             drop_best_after(self.best_store, self.ckpt, step, self.best)
 
-    def _prune_best(self):
-        """Keep the best file of the current best and those the kept checkpoints refer to."""
-        prune_best_files(self.best_store, self.ckpt, self.best)
+    def _score(self, fn, step):
+        """fn(model, step) in eval mode, without gradients (main process)."""
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = fn(self.model, step)
+        self.model.train()
+        return metrics
 
     def _select(self, step: int):
         """Score the selection split (main process); keep the trainable state if it is the best so far."""
         if self.env.is_main:
-            self.model.eval()
-            with torch.no_grad(), self._autocast():
-                metrics = self.select_fn(self.model, step)
-            self.model.train()
+            metrics = self._score(self.select_fn, step)
             if self.select_metric not in metrics:
                 raise KeyError(f"the selection metrics {sorted(metrics)} lack {self.select_metric!r}")
             epoch = round(step / self.steps_per_epoch, 4)
@@ -335,7 +297,7 @@ class Trainer:
                 self.best_store.save(step, {"model": self._trainable_state()},
                                      {"epoch": epoch, "metric": self.select_metric, "value": record["value"]})
                 self.best = record
-                self._prune_best()
+                prune_best_files(self.best_store, self.ckpt, self.best)
             print(f"[{self.desc}] step {step} (epoch {epoch:g}) selection: "
                   + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
                   + (" — best so far" if better else f" — best stays epoch {self.best['epoch']:g}"),
@@ -386,7 +348,7 @@ class Trainer:
                 meta["selection"] = {"metric": self.select_metric, "best": self.best, "history": self.selection}
             self.ckpt.save(step, state, meta)
             if self.select_fn is not None:
-                self._prune_best()
+                prune_best_files(self.best_store, self.ckpt, self.best)
         if self.env.distributed:
             dist.barrier()
 
@@ -394,17 +356,12 @@ class Trainer:
         if self.eval_fn is None:
             return
         if self.env.is_main:
-            self.model.eval()
-            with torch.no_grad(), self._autocast():
-                metrics = self.eval_fn(self.model, step)
-            self.model.train()
+            metrics = self._score(self.eval_fn, step)
             self.live_log.append({"step": step, "epoch": step / self.steps_per_epoch, **metrics})
             print(f"[{self.desc}] step {step} eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
                   file=sys.stderr, flush=True)
         if self.env.distributed:
             dist.barrier()
-
-    # -- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> nn.Module:
         from tqdm.auto import tqdm

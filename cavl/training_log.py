@@ -1,12 +1,10 @@
 """The training log: JSON lines in the checkpoint folder, copied out and drawn at the end.
 
-The loop (cavl.train_loop) appends one record per `log_every` steps
-(`{"step", "epoch", "lr", <window means of every *_loss>, "samples_per_s"}`), one per evaluation
-or selection (`val_*` / `select_*` keys) and events (`{"event": "resume" | "best_epoch", ...}`)
-to `work_dir/log.jsonl`. A resumed run cuts the live log back to its step first, so no step
-appears twice. `finalize_log` copies it to the declared log path and draws the curves PNG, both
-atomically, at the end of a run (Snakemake deletes the declared outputs of a failed job, so the
-live log has to live beside the checkpoints).
+cavl.train_loop appends to `work_dir/log.jsonl` one record per `log_every` steps (`{"step",
+"epoch", "lr", <window means of every *_loss>, "samples_per_s"}`), one per evaluation or selection
+(`val_*` / `select_*` keys) and events (`{"event": "resume" | "best_epoch", ...}`). The live log
+lives beside the checkpoints because Snakemake deletes a failed job's declared outputs;
+`finalize_log` copies it out and draws the curves PNG at the end.
 """
 
 from __future__ import annotations
@@ -35,10 +33,7 @@ class TrainLog:
         return out
 
     def truncate_after(self, step: int):
-        keep = [r for r in self.records() if r.get("step", 0) <= step]
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in keep)
+        _write_records([r for r in self.records() if r.get("step", 0) <= step], self.path)
 
     def append(self, record: dict):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +76,10 @@ def plot_curves(records: list, png_path):
 def finalize_log(work_dir, log_path, png_path):
     """Copy the live log to the declared log path and draw the curves, both atomically."""
     records = TrainLog(Path(work_dir) / "log.jsonl").records()
-    with atomic_path(log_path) as tmp:
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
+    _write_records(records, log_path)
     plot_curves(records, png_path)
+
+
+def _write_records(records: list, path):
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
