@@ -16,10 +16,8 @@ metrics.json (DESIGN.md): task, split, method, metrics (percent, the task's offi
 num_examples, chance (same keys, random / majority predictor on the same split, from
 cavl.metrics.chance), trainable_params, total_params, model (checksum of the finetuned weights
 and their backbone), config (the resolved task settings the model was finetuned with), and the
-task's own fields (`Task.report`) — among them `significance`: per tested metric (the headline:
-vqa accuracy, vcr q2ar/q2a/qa2r, nlvr2 accuracy, rpg r@1, tir and zs_tir i2t_r@1 and t2i_r@1) the
-counts, the chance predictor and the exact one-sided p-value against it
-(cavl.metrics.significance.RECORD_KEYS; zs_tir's comes from the TIR task's `report`).
+task's own fields (`Task.report`), among them `significance`: per headline metric the counts, the
+chance predictor and the exact one-sided p-value against it (cavl.metrics.significance.RECORD_KEYS).
 Both files are written atomically; the scoring itself is cavl.finetune_model.evaluate.
 """
 

@@ -7,11 +7,9 @@
     torchrun --standalone --nproc_per_node 4 -m cavl.finetune --task vqa …       # DDP
 
 `--config` takes YAML/JSON files or inline JSON objects (repeatable, later ones override); only
-the `finetune` section is read (cavl.finetune_model.settings_from_config). Every path is an
-argument, none has a default: `--select` exactly when `finetune.tasks.<task>.select_split` is set
-(the best epoch is chosen on that table; null holds out train images instead), `--eval` when
-`finetune.train.eval_every` > 0 (the in-training evaluation's table; ignored otherwise). The model,
-the best-epoch selection, the training run and the files written: cavl.finetune_model.
+the `finetune` section is read. Every path is an argument, none has a default: `--select` exactly
+when `finetune.tasks.<task>.select_split` is set, `--eval` when `finetune.train.eval_every` > 0.
+The model, the best-epoch selection, the training run and the files written: cavl.finetune_model.
 """
 
 from __future__ import annotations

@@ -1,30 +1,25 @@
 """The finetuning model of every task and method: FinetuneModel, its settings, training, saving,
-loading, prediction and evaluation. Two thin command-line entries use it: `cavl.finetune`
-(settings → `train` → the model folder) and `cavl.evaluate` (model folder → `evaluate` →
-metrics.json + predictions).
+loading, prediction and evaluation — used by `cavl.finetune` (settings → `train` → the model
+folder) and `cavl.evaluate` (model folder → `evaluate` → metrics.json + predictions).
 
 Settings: only the config's `finetune` section is read — shared settings plus
 `finetune.tasks.<task>`, validated against workflow/schemas/config.schema.yaml, whose defaults are
 the only ones (`settings_from_config`). The backbone is the pretraining stage's model folder.
 
 Best epoch, not last: after every epoch the model is scored with the task's main metric (as
-`evaluate` scores it) on a selection split — the table `finetune.tasks.<task>.select_split`
-(`FinetunePaths.select`), or, when that is null, a seeded `finetune.select_fraction` of the train
-split's images held out from training (whole images: none is on both sides). The selection split is
-never the eval split. The model saved is the best epoch's (ties: the earlier); the log has a
-`select_<metric>` record per epoch and a `best_epoch` event, finetune_config.json a `selection`.
+`evaluate` scores it) on a selection split — the table `finetune.tasks.<task>.select_split`, or,
+when that is null, a seeded `finetune.select_fraction` of the train split's images held out from
+training (whole images: none is on both sides). The selection split is never the eval split. The
+model saved is the best epoch's (ties: the earlier); the log has a `select_<metric>` record per
+epoch and a `best_epoch` event, finetune_config.json a `selection`.
 
-Training (`train`) is cavl.train_loop's (warm-up + linear decay, accumulation, AMP, exact resume
-from the checkpoint folder, DDP, log.jsonl + curves; the best epoch's trainable state waits in the
-checkpoint folder as best-XXXXXXXX.pt). With `adapter1` or `linear` the backbone is frozen and runs
-in eval mode under no_grad; with the cache enabled its final hidden states (of the selection
-examples too) are precomputed once into the cache folder (cavl.backbone_cache) and every epoch then
-costs only the trainable part.
+Training is cavl.train_loop's (exact resume from the checkpoint folder, DDP, log.jsonl + curves).
+With `adapter1` or `linear` the backbone is frozen (eval mode, no_grad); with the cache enabled its
+final hidden states are precomputed once into the cache folder (cavl.backbone_cache).
 
 The model folder holds only what the method trained (`finetuned.safetensors`: every parameter with
-requires_grad — adapters, shortcut, head, and for `full` the whole model) and
-`finetune_config.json` (task, method, adapter settings, task state such as the answer vocabulary,
-the epoch selection, parameter counts, and the backbone as a path + SHA-256 reference);
+requires_grad) and `finetune_config.json` (task, method, adapter settings, task state, the epoch
+selection, parameter counts, the backbone as a path + SHA-256 reference);
 `FinetuneModel.from_finetuned(folder)` loads it back onto the referenced backbone.
 """
 
@@ -64,15 +59,10 @@ FINETUNED_WEIGHTS = "finetuned.safetensors"
 FINETUNED_CONFIG = "finetune_config.json"
 
 
-# ---------------------------------------------------------------------------------------------
-# Settings (the `finetune` config section, resolved for one task)
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass
 class FinetuneSettings:
     """Everything one finetuning run of one task depends on: the `finetune` section with the task's
-    entry resolved over it (`task_settings`). Saved with the model (finetune_config.json)."""
+    entry resolved over it (`settings_from_config`). Saved with the model (finetune_config.json)."""
 
     task: str  # registry name
     method: str  # full | linear | adapter1 | adapter2 | adapter1+2
@@ -100,16 +90,12 @@ ZERO_SHOT_PLACEHOLDERS = {"method": "adapter2", "train_split": "train", "select_
 
 def settings_from_config(config: dict, task: str, method: str | None = None) -> FinetuneSettings:
     """`config["finetune"]` (as in config.yaml), validated against the schema, whose defaults are
-    the only ones → the settings of one task (`method` overrides its method). A bad key raises
-    cavl.config.ConfigError (a ValueError) naming it."""
+    the only ones → the settings of one task: its `finetune.tasks.<task>` entry over the shared
+    section (lr: the task's own rate, a number or per method, over finetune.optim.lr; `method`
+    overrides its method). A bad key raises cavl.config.ConfigError (a ValueError) naming it."""
     if task not in REGISTRY:
         raise ValueError(f"unknown task {task!r}; registered: {', '.join(REGISTRY)}")
-    return task_settings(load_section(FinetuneSection, config, "finetune"), task, method)
-
-
-def task_settings(f: FinetuneSection, task: str, method: str | None = None) -> FinetuneSettings:
-    """The effective settings of one task: its `finetune.tasks.<task>` entry over the shared
-    section (lr: the task's own rate, a number or per method, over finetune.optim.lr)."""
+    f = load_section(FinetuneSection, config, "finetune")
     entry = getattr(f.tasks, task)
     t = asdict(entry) if isinstance(entry, TrainedTaskSection) else {**ZERO_SHOT_PLACEHOLDERS, **asdict(entry)}
     method = check_method(method or t["method"])
@@ -148,24 +134,13 @@ def fingerprint(s: FinetuneSettings, backbone_sha: str, inputs: list) -> str:
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------
-# The finetuning model: backbone (+ Adapter II in its slots) (+ Adapter I beside it) + task head
-# ---------------------------------------------------------------------------------------------
-
-
 class FinetuneModel(nn.Module):
     """Backbone, adapters of `method`, and the task's head; forward(batch) → TaskLoss.
 
-    Encoding a batch (B items × K sequences = N sequences) is one call of the backbone's
-    `forward` (cavl.model.CavlModel), which runs:
-        embeddings (N, T, H) — word-region links (`region_links`) add the linked words' position
-                               embeddings to their region tokens (VisualBERT's alignment)
-        backbone encoder     — frozen methods: eval mode, no_grad, or the cached states
-                               (`backbone_states`, cavl.backbone_cache)
-        shortcut (Adapter I) — general states + Up(shortcut(embeddings))
-        pooler               — the backbone's, on the [CLS] state
-    then the head runs on Encoded(pooled (B, K, H), states (B, K, T, H)). The task's forward
-    (`task_output`) gives a TaskOutput, its loss a TaskLoss.
+    Encoding a batch (B items × K sequences = N sequences) is one backbone forward
+    (cavl.model.CavlModel: embeddings with word-region links, the encoder — frozen methods: eval
+    mode, no_grad, or the cached `backbone_states` — the shortcut (Adapter I), the pooler); the head
+    then runs on Encoded(pooled (B, K, H), states (B, K, T, H)).
     """
 
     def __init__(self, backbone: CavlModel, task: Task, state: dict, method: str, adapters: AdapterSettings):
@@ -188,8 +163,6 @@ class FinetuneModel(nn.Module):
         if self.frozen_backbone:
             self.backbone.eval()  # frozen and cacheable: no dropout in it
         return self
-
-    # -- encoding -------------------------------------------------------------------------------
 
     def _backbone(self, batch: dict, **kwargs) -> CavlOutput:
         """The backbone's forward on the sequences of a batch (its `region_links` included)."""
@@ -232,8 +205,6 @@ class FinetuneModel(nn.Module):
         """The losses of a batch; a TaskLoss reads as {"loss": total, "<task>_loss": ...} (cavl.train_loop)."""
         return self.loss(self.task_output(batch), batch)
 
-    # -- saving and loading ---------------------------------------------------------------------
-
     def save_finetuned(self, directory, backbone_ref: dict, info: dict, extra=None):
         """Write the trained tensors + finetune_config.json into `directory`, atomically."""
         trainable, total = count_parameters(self)
@@ -250,7 +221,8 @@ class FinetuneModel(nn.Module):
             if extra is not None:
                 extra(tmp)
 
-        write_dir_atomic(directory, write)
+        with atomic_dir(directory) as tmp:
+            write(tmp)
 
     @staticmethod
     def saved_config(directory) -> dict:
@@ -280,18 +252,11 @@ class FinetuneModel(nn.Module):
         return model, config
 
 
-def write_dir_atomic(directory, write):
-    """Run `write(tmp_dir)` in a folder that appears as `directory` only when complete."""
-    with atomic_dir(directory) as tmp:
-        write(tmp)
-
-
 def model_checksum(directory) -> str:
     """Identity of a finetuned model: SHA-256 over its weights file and its backbone's."""
-    directory = Path(directory)
-    config = json.loads((directory / FINETUNED_CONFIG).read_text())
-    own = file_sha256(directory / FINETUNED_WEIGHTS)
-    return hashlib.sha256(f"{own}:{config['backbone']['sha256']}".encode()).hexdigest()
+    own = file_sha256(Path(directory) / FINETUNED_WEIGHTS)
+    backbone = FinetuneModel.saved_config(directory)["backbone"]["sha256"]
+    return hashlib.sha256(f"{own}:{backbone}".encode()).hexdigest()
 
 
 def load_tokenizer(backbone_dir):
@@ -306,11 +271,6 @@ def load_tokenizer(backbone_dir):
         return AutoTokenizer.from_pretrained(str(backbone_dir))
     finally:
         hf_logging.set_verbosity(level)
-
-
-# ---------------------------------------------------------------------------------------------
-# Inference and evaluation (cavl.evaluate's stage; in-training evaluation and selection)
-# ---------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -353,8 +313,9 @@ def evaluate(task_name: str, model_dir, eval_path, train_path, features, backbon
 
     Evaluate-only tasks (zs_tir) have no model folder: the backbone is evaluated as it is, with
     `settings` (the task's resolved finetune settings, as a dict)."""
-    if get_task(task_name).zero_shot:
-        model, config = get_task(task_name).zero_shot_model(backbone, settings)
+    task = get_task(task_name)
+    if task.zero_shot:
+        model, config = task.zero_shot_model(backbone, settings)
     else:
         model, config = FinetuneModel.from_finetuned(model_dir, backbone)
     if config["task"] != task_name:
@@ -365,14 +326,14 @@ def evaluate(task_name: str, model_dir, eval_path, train_path, features, backbon
         raise ValueError(f"{model_dir} kept the epoch that scored best on split {split!r} "
                          f"(finetune.tasks.{task_name}.select_split): its score there is not a held-out one; "
                          f"evaluate another split")
-    task, state, settings = model.task, model.state, config["settings"]
+    state, settings, data = model.state, config["settings"], DataSettings(**config["settings"]["data"])
     model.to(device)
-    regions = task.region_source(features, DataSettings(**settings["data"]))
+    regions = task.region_source(features, data)
     examples = task.labelled(task.with_features(task.read(eval_path), regions, "eval"), "eval")
     train = task.read(train_path) if train_path else None
     tokenizer = load_tokenizer(backbone or config["backbone"]["path"])
-    predictions, _ = score_split(model, examples, regions, tokenizer, DataSettings(**settings["data"]),
-                                 batch_size or settings["eval_batch_size"], device)
+    batch_size = batch_size or settings["eval_batch_size"]
+    predictions, _ = score_split(model, examples, regions, tokenizer, data, batch_size, device)
     metrics = {
         "task": task_name,
         "split": split,
@@ -389,15 +350,9 @@ def evaluate(task_name: str, model_dir, eval_path, train_path, features, backbon
     return metrics, predictions
 
 
-# ---------------------------------------------------------------------------------------------
-# Training (cavl.finetune's stage)
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass
 class FinetunePaths:
-    """The files one finetuning run reads and writes: cavl.finetune's path arguments, every one
-    given (the workflow's layout is the rule's business, not the stage's)."""
+    """The files one finetuning run reads and writes: cavl.finetune's path arguments, every one given."""
 
     backbone: str  # pretrained model folder, with its tokenizer (the pretraining stage's output)
     train: str  # train split table

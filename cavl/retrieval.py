@@ -11,13 +11,11 @@ Flickr30k test split (1k images × 5k captions). Two-stage retrieval:
      the ITM score (logit of "match" − logit of "no match") plus `sim_weight` · S of the pair
      (sim_weight = 0: the cross-encoder alone).
 
-How a query's candidates are ranked (so Recall@K stays well defined): **the shortlist first, by
-its re-ranking score**; **then every other candidate, by S**. The
-two ranked lists are turned into one score matrix per direction whose order (ties included) is
-exactly that ranking (`combine`), and Recall@K is the official one on it
-(cavl.metrics.retrieval, pessimistic ties). Exhaustive mode gives every pair the re-ranking
-score; with k ≥ the number of candidates every pair is shortlisted and the ranks are the
-exhaustive ones, identically; k = 0 ranks by S alone (the dual encoder).
+A query's candidates rank the shortlist first, by its re-ranking score, then every other
+candidate by S: one score matrix per direction whose order (ties included) is exactly that
+ranking (`combine`), and Recall@K is the official one on it (cavl.metrics.retrieval, pessimistic
+ties). Exhaustive mode gives every pair the re-ranking score; with k ≥ the number of candidates
+the ranks are the exhaustive ones, identically; k = 0 ranks by S alone (the dual encoder).
 
     scorer = ModelScorer(model, tokenizer, regions, DataSettings(max_text_len=32, max_regions=36), batch_size=64)
     result = retrieve(scorer, image_ids, captions, caption_to_image, mode="two_stage", k=16, sim_weight=1.0)
@@ -38,11 +36,6 @@ from cavl.metrics.retrieval import KS, i2t_ranks, recall_at_k, t2i_ranks
 from cavl.model import masked_mean
 
 MODES = ("two_stage", "exhaustive")
-
-
-# ---------------------------------------------------------------------------------------------
-# Separate and fused encoding of a FinetuneModel (backbone + adapters + ITM head)
-# ---------------------------------------------------------------------------------------------
 
 
 def pair_batch(batch: dict, text_rows, image_rows) -> dict:
@@ -108,22 +101,20 @@ class ModelScorer:
         return {k: v.to(self.device) for k, v in out.items()}
 
     @torch.no_grad()
-    def text_embeddings(self) -> np.ndarray:
-        C = len(self.text["input_ids"])
+    def _embeddings(self, embedding, n: int, text: bool) -> np.ndarray:
+        """`embedding` (text_ or image_embedding) of all n captions or images, batch_size at a time."""
         out = []
-        for s in range(0, C, self.batch_size):
-            rows = np.arange(s, min(s + self.batch_size, C))
-            out.append(text_embedding(self.model, self._batch(rows, None)).float().cpu().numpy())
-        return np.concatenate(out)  # (C, H)
+        for s in range(0, n, self.batch_size):
+            rows = np.arange(s, min(s + self.batch_size, n))
+            batch = self._batch(rows, None) if text else self._batch(None, rows)
+            out.append(embedding(self.model, batch).float().cpu().numpy())
+        return np.concatenate(out)  # (n, H)
 
-    @torch.no_grad()
+    def text_embeddings(self) -> np.ndarray:
+        return self._embeddings(text_embedding, len(self.text["input_ids"]), text=True)  # (C, H)
+
     def image_embeddings(self) -> np.ndarray:
-        I = len(self.images["visual_feats"])
-        out = []
-        for s in range(0, I, self.batch_size):
-            rows = np.arange(s, min(s + self.batch_size, I))
-            out.append(image_embedding(self.model, self._batch(None, rows)).float().cpu().numpy())
-        return np.concatenate(out)  # (I, H)
+        return self._embeddings(image_embedding, len(self.images["visual_feats"]), text=False)  # (I, H)
 
     @torch.no_grad()
     def pair_scores(self, pairs: np.ndarray) -> np.ndarray:
@@ -134,11 +125,6 @@ class ModelScorer:
             logits = self.model.head(self.model.encode(self._batch(p[:, 1], p[:, 0])))  # (B, 2)
             out[s : s + len(p)] = itm_score(logits).cpu().numpy()
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Shortlists, ranking, the two modes
-# ---------------------------------------------------------------------------------------------
 
 
 def cosine(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:

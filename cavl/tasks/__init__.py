@@ -3,14 +3,11 @@
     task = get_task("vqa")          # the module's TASK object (see cavl.tasks.base.Task)
     REGISTRY["vqa"].image_datasets  # ("coco",): the feature datasets the task reads
 
-A task module defines a `Task` subclass — reader, example → input sequences, head, loss,
-decoding, metric, chance — and exposes one instance as `TASK`. Its entry here says everything
-else about it: the datasets whose features it reads, and how its tables
-(``resources/tasks/{task}/{split}.parquet``) are made from the official files — the `datasets`
-entries they come from, their splits, the function reading them and their columns (the contract
-of docs/contracts.md). Adding a task is one entry here plus its module (and the reader function,
-in its module or its dataset's `cavl.formats` module): `cavl.task_data`, `cavl.finetune`,
-`cavl.evaluate` and the workflow pick it up by name. Its settings are the config's
+A task module defines a `Task` subclass (cavl.tasks.base) and exposes one instance as `TASK`.
+Its entry here says the rest: the datasets whose features it reads, and how its tables
+(``resources/tasks/{task}/{split}.parquet``) are made from the official files (docs/contracts.md).
+Adding a task is one entry here plus its module (and reader function): `cavl.task_data`,
+`cavl.finetune`, `cavl.evaluate` and the workflow pick it up by name; its settings are the config's
 `finetune.tasks.<name>` entry. This file stays free of heavy imports: the workflow reads REGISTRY.
 """
 

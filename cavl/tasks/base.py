@@ -3,16 +3,7 @@
 A task turns each *item* (an example, or — VCR — one sub-question of it) into K input
 sequences `[CLS] a [SEP] (b [SEP])` + the regions of one image (`TextImage`); the backbone
 encodes all B·K sequences of a batch; the task's head sees their pooled states as (B, K, H)
-and returns logits; the task's forward wraps them in a typed `TaskOutput`, and its loss
-(a `TaskLoss`), decoding and metric take it from there.
-
-    task = get_task("vqa")
-    examples = task.read("resources/tasks/vqa/train.parquet")
-    state = task.prepare(examples, task.options)                 # e.g. the answer vocabulary
-    data = DataSettings(max_text_len=24, max_regions=10)           # finetune.tasks.vqa's
-    regions = task.region_source("resources/features/coco/index.parquet", data)   # cavl.data.regions
-    batches = TaskBatches(task, examples, state, regions, tokenizer, data, batch_size=32, seed=0)
-    loader = make_loader(batches, epoch=0, start=0)              # cavl.data.batches
+and returns logits, which its forward wraps in a `TaskOutput` for its loss, decoding and metric.
 
 Regions are read, cut and padded as in pretraining (cavl.data.regions), and batches are drawn by
 the same sampler (cavl.data.batches): a pure function of (seed, epoch, rank, batch index), so a
@@ -29,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cavl.adapters import TaskHead
@@ -40,11 +32,6 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# ---------------------------------------------------------------------------------------------
-# Sequences and regions
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass
 class TextImage:
     """One input sequence: text a (and b) as words, the image whose regions follow the text."""
@@ -54,11 +41,6 @@ class TextImage:
     words_b: list | None = None  # words of the second segment (token type 1), or None
     links_a: list | None = None  # per word of a: region indices it refers to ([] for none), or None
     links_b: list | None = None  # the same for b
-
-
-# ---------------------------------------------------------------------------------------------
-# Sequences → model inputs
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -111,11 +93,6 @@ def encode_sequences(seqs: list, tokenizer, regions: RegionSource, cfg: DataSett
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The task interface
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass
 class Encoded:
     """What a head sees of a batch of B items with K sequences each."""
@@ -128,17 +105,15 @@ class Encoded:
 
 @dataclass
 class TaskOutput:
-    """What a task's forward pass (`Task.forward`) gives its `loss` and `decode`; tasks with more
-    than the head's scores subclass it (tir: TirOutput)."""
+    """What `Task.forward` gives its `loss` and `decode` (tir subclasses it: TirOutput)."""
 
     logits: torch.Tensor  # the head's scores, first dimension = items (tir: + its negatives)
 
 
 @dataclass(frozen=True)
 class TaskLoss(Mapping):
-    """The losses of a task's output (`Task.loss`, FinetuneModel.forward): the total `loss` that is
-    back-propagated and its named parts (`<task>_loss`, ...). Reads as the mapping
-    {"loss": total, **parts}, which is what cavl.train_loop steps on and logs."""
+    """The total `loss` that is back-propagated and its named parts (`<task>_loss`, ...); reads as
+    the mapping {"loss": total, **parts}, which cavl.train_loop steps on and logs."""
 
     loss: torch.Tensor  # () the total
     parts: dict = field(default_factory=dict)  # name (ending in "_loss") → () tensor
@@ -171,6 +146,20 @@ class Mlp(nn.Module):
         return self.net(x)
 
 
+class MlpHead(TaskHead):
+    """A head scoring with an `Mlp`; subclasses' forward feeds it their view of the Encoded batch."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, eps: float, dropout: float):
+        super().__init__()
+        self.mlp = Mlp(in_dim, hidden, out_dim, eps, dropout)
+
+
+def cross_entropy_loss(out: TaskOutput, labels: torch.Tensor, name: str) -> TaskLoss:
+    """TaskLoss of a K-way choice: cross-entropy of the (float32) logits, as the part `name`."""
+    loss = F.cross_entropy(out.logits.float(), labels)
+    return TaskLoss(loss, {name: loss})
+
+
 class Task:
     """One downstream task. Subclasses set the class attributes and override the methods."""
 
@@ -183,14 +172,12 @@ class Task:
     # the schema's defaults: cavl.settings.task_options(name)
     options: dict = {}
     zero_shot: bool = False  # evaluate-only: the pretrained model as it is, never finetuned (zs_tir)
-
-    # -- data -----------------------------------------------------------------------------------
+    skip_given: bool = False  # regions: the detector's only, the given ground-truth boxes left out (rpg, tir)
 
     def region_source(self, index_path, data: "DataSettings") -> RegionSource:
-        """The regions this task's sequences see: the first `data.max_regions` of each image
-        (default: the given boxes first, then the detector's; rpg and tir leave the given
-        ground-truth boxes out)."""
-        return RegionSource(index_path, data.max_regions)
+        """The first `data.max_regions` regions of each image: given boxes first (unless
+        `skip_given`), then the detector's."""
+        return RegionSource(index_path, data.max_regions, skip_given=self.skip_given)
 
     def read(self, path) -> pd.DataFrame:
         """The task table of one split (docs/contracts.md); an empty one is an error naming it."""
@@ -200,8 +187,7 @@ class Task:
         return table
 
     def prepare(self, train: pd.DataFrame, options: dict) -> dict:
-        """Task state learnt from the train split (e.g. the answer vocabulary); JSON-serialisable,
-        saved with the model."""
+        """Task state learnt from the train split (e.g. the answer vocabulary); saved with the model."""
         return {}
 
     def items(self, examples: pd.DataFrame) -> pd.DataFrame:
@@ -217,27 +203,20 @@ class Task:
         `examples` holds each item's example row, aligned with `items`."""
         raise NotImplementedError
 
-    # -- model ----------------------------------------------------------------------------------
-
     def make_head(self, hidden: int, state: dict, eps: float, dropout: float) -> TaskHead:
         """The head: a TaskHead whose forward(Encoded) returns the logits."""
         raise NotImplementedError
 
     def init_from_pretrained(self, model, backbone_dir):
-        """Start task parts of a new finetuning model from the pretraining folder (default: nothing;
-        tir: its head is pretraining's ITM head when the folder has one)."""
+        """Start task parts of a new finetuning model from the pretraining folder (tir: the ITM head)."""
 
     def forward(self, model, batch: dict) -> TaskOutput:
-        """The task's pass over a batch (`model`: a cavl.finetune_model.FinetuneModel): the head on the
-        encoded batch. A task needing more passes than its sequences overrides it (tir: in-batch
-        hard negatives)."""
+        """The head on the encoded batch (`model`: a FinetuneModel); tir adds in-batch hard negatives."""
         return TaskOutput(model.head(model.encode(batch)))
 
     def loss(self, out: TaskOutput, batch: dict, state: dict) -> TaskLoss:
         """TaskLoss(total, {"<task>_loss": ...}); `state`: the task state (tir: its loss weights)."""
         raise NotImplementedError
-
-    # -- evaluation -----------------------------------------------------------------------------
 
     def decode(self, out: TaskOutput, batch: dict) -> dict:
         """Per-item outputs worth keeping (numpy arrays, first dimension = items)."""
@@ -255,17 +234,14 @@ class Task:
 
     def predict_split(self, model, examples: pd.DataFrame, regions: RegionSource, tokenizer, data: "DataSettings",
                       batch_size: int, device) -> pd.DataFrame | None:
-        """The predictions table of a whole split at once (tir: every image against every
-        caption), or None for the per-item path (cavl.finetune_model.predict, then `predictions`)."""
+        """The predictions table of a whole split at once (tir: every image against every caption),
+        or None for the per-item path (cavl.finetune_model.predict, then `predictions`)."""
         return None
 
     def report(self, predictions: pd.DataFrame, examples: pd.DataFrame, state: dict,
                train: pd.DataFrame | None = None) -> dict:
-        """Extra top-level fields of metrics.json (rpg: the phrases excluded for having no box;
-        vqa: the question-type prior from `train` and a paired test against it)."""
+        """Extra top-level fields of metrics.json (e.g. `significance`; vqa: the question-type prior)."""
         return {}
-
-    # -- shared helpers ---------------------------------------------------------------------------
 
     def with_features(self, examples: pd.DataFrame, regions: RegionSource, what: str) -> pd.DataFrame:
         """`examples` whose images all have region features (a warning counts the others)."""
@@ -285,6 +261,10 @@ class Task:
             keep &= examples[col].notna().to_numpy()
         return keep
 
+    def gold(self, examples: pd.DataFrame, predictions: pd.DataFrame, key: str) -> pd.DataFrame:
+        """The example row of each prediction, matched on the id column `key`."""
+        return examples.set_index(key).loc[predictions[key]]
+
     def labelled(self, examples: pd.DataFrame, what: str) -> pd.DataFrame:
         """`examples` whose labels are known (an unlabelled split cannot be trained on or scored)."""
         keep = self.labelled_mask(examples)
@@ -295,16 +275,9 @@ class Task:
         return examples[keep].reset_index(drop=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# Batches
-# ---------------------------------------------------------------------------------------------
-
-
 class TaskBatches(EpochBatches):
-    """Map-style dataset whose item k is the k-th micro-batch of this rank in the current epoch,
-    drawn by the shared sampler (cavl.data.batches.EpochBatches): shuffle=True for training (a
-    seeded permutation, a slice per rank, the incomplete last global batch dropped), shuffle=False
-    for evaluation (items in order, the last batch may be short).
+    """Map-style dataset of this rank's micro-batches of the current epoch (cavl.data.batches.EpochBatches:
+    shuffle=True for training, shuffle=False for evaluation: items in order, the last batch may be short).
 
     `cache`: the frozen backbone's precomputed states of this table's sequences (a
     cavl.backbone_cache.BackboneStates, row = item · K + k); each batch then also carries
@@ -334,8 +307,8 @@ class TaskBatches(EpochBatches):
             seqs += got
         return seqs
 
-    def build(self, idx) -> dict:
-        """The batch of the items at positions `idx` (any order)."""
+    def batch(self, k, idx) -> dict:
+        """The batch of the items at positions `idx` (any order); `k` (the batch index) is unused."""
         idx = np.asarray(idx, dtype=np.int64)
         inputs = encode_sequences(self.sequences(idx), self.tokenizer, self.regions, self.cfg)
         batch = {k: torch.from_numpy(v) for k, v in inputs.items()}
@@ -350,6 +323,3 @@ class TaskBatches(EpochBatches):
             batch["backbone_states"] = torch.from_numpy(
                 self.cache.lookup(rows, inputs["attention_mask"], inputs["visual_mask"]))
         return batch
-
-    def batch(self, k, idx) -> dict:
-        return self.build(idx)

@@ -12,20 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from cavl.adapters import TaskHead
 from cavl.metrics.chance import nlvr2_majority_chance
 from cavl.metrics.nlvr2 import nlvr2_accuracy
 from cavl.metrics.significance import binomial_test
-from cavl.tasks.base import Encoded, Mlp, Task, TaskLoss, TextImage
+from cavl.tasks.base import Encoded, MlpHead, Task, TextImage, cross_entropy_loss
 
 
-class Nlvr2Head(TaskHead):
-    def __init__(self, hidden: int, eps: float, dropout: float):
-        super().__init__()
-        self.mlp = Mlp(2 * hidden, hidden, 2, eps, dropout)
-
+class Nlvr2Head(MlpHead):
     def forward(self, enc: Encoded):
         B, K, H = enc.pooled.shape
         return self.mlp(enc.pooled.reshape(B, K * H))  # (B, 2): false, true
@@ -34,7 +28,6 @@ class Nlvr2Head(TaskHead):
 class Nlvr2Task(Task):
     name = "nlvr2"
     num_candidates = 2
-    main_metric = "accuracy"
     image_columns = ("left_image_id", "right_image_id")
     label_columns = ("label",)
 
@@ -47,11 +40,10 @@ class Nlvr2Task(Task):
         return {"nlvr2_labels": labels.astype(np.int64)}
 
     def make_head(self, hidden, state, eps, dropout):
-        return Nlvr2Head(hidden, eps, dropout)
+        return Nlvr2Head(2 * hidden, hidden, 2, eps, dropout)
 
     def loss(self, out, batch, state):
-        loss = F.cross_entropy(out.logits.float(), batch["nlvr2_labels"])
-        return TaskLoss(loss, {"nlvr2_loss": loss})
+        return cross_entropy_loss(out, batch["nlvr2_labels"], "nlvr2_loss")
 
     def decode(self, out, batch):
         return {"prob_true": torch.softmax(out.logits.float(), dim=1)[:, 1].cpu().numpy()}
@@ -63,7 +55,7 @@ class Nlvr2Task(Task):
                              "prediction": prob >= 0.5, "prob_true": prob})
 
     def metrics(self, predictions, examples, state):
-        gold = examples.set_index("identifier").loc[predictions["identifier"], "label"].astype(bool)
+        gold = self.gold(examples, predictions, "identifier")["label"].astype(bool)
         return nlvr2_accuracy(predictions["identifier"].tolist(), predictions["prediction"].to_numpy(bool),
                               gold.to_numpy(bool))
 
@@ -77,7 +69,7 @@ class Nlvr2Task(Task):
         (its share of the split). The latter is the best any predictor that ignores the
         statement and images can expect (a label-independent guess is right with probability
         q·π + (1 − q)(1 − π) ≤ max(π, 1 − π)), so it also bounds the train-majority `chance`."""
-        gold = examples.set_index("identifier").loc[predictions["identifier"], "label"].to_numpy(bool)
+        gold = self.gold(examples, predictions, "identifier")["label"].to_numpy(bool)
         right = predictions["prediction"].to_numpy(bool) == gold
         majority = nlvr2_majority_chance(predictions["identifier"].tolist(), gold)["accuracy"] / 100.0
         if majority > 0.5:

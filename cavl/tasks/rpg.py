@@ -2,29 +2,21 @@
 
 Items: one per annotated phrase whose entity has a box (the others are excluded, as in the
 standard protocol, and counted: `num_excluded` in metrics.json). The sequence is
-`[CLS] sentence [SEP] phrase [SEP]` + the image's regions: the phrase is the second text segment
-(token type 1), so the fused pass knows which mention is asked about and the head finds the
-phrase's tokens by their type.
+`[CLS] sentence [SEP] phrase [SEP]` + the image's regions: the phrase is the second segment
+(token type 1), so the head finds the phrase's tokens by their type.
 
-Candidates: the image's DETECTED regions only (`region_source`: a cavl.data.regions.RegionSource
-with skip_given). A flickr30k feature shard holds the manifest's ground-truth boxes first
-(`num_given`, extract.given_boxes = given+detected) and then the detector's; the gt boxes are the
-answers, so they are neither candidates nor inputs. The first `max_regions` detected boxes (the
-detector's best) are both the region tokens and the candidates; `upper_bound` is the share of
-phrases for which one of them reaches IoU 0.5, the best any ranking of them can do.
+Candidates: the image's first `max_regions` DETECTED regions only (`region_source`, skip_given):
+the manifest's ground-truth boxes stored first in a flickr30k shard are the answers, so neither
+candidates nor inputs; `upper_bound` is the share of phrases one candidate reaches IoU 0.5 for.
 
 Head: the mean state p of the phrase tokens, each region's state r and its box b (x1/W, y1/H,
-x2/W, y2/H, area) → score = MLP([p ⊙ r, r, b]). Loss: cross-entropy against a soft target over the candidates — ∝ IoU over the
-candidates with IoU ≥ 0.5 with some gt box of the entity; when none reaches 0.5, the best
-overlapping candidate(s) (a localisation signal where the proposals are poor); a phrase no
-candidate overlaps adds no loss.
+x2/W, y2/H, area) → score = MLP([p ⊙ r, r, b]). Loss: cross-entropy against a soft target ∝ IoU
+over the candidates with IoU ≥ 0.5 with a gt box of the entity; when none reaches 0.5, the best
+overlapping candidate(s); a phrase no candidate overlaps adds no loss.
 
-Metrics: cavl.metrics.grounding.rpg_recall — R@1/5/10 over phrases, a candidate right when its
-IoU with any gt box of the entity is ≥ 0.5 — and upper_bound; chance: a uniformly random
-ranking of the same candidates (cavl.metrics.chance.rpg_chance). Significance (metrics.json
-`significance`, `report`): R@1 against a uniformly random candidate, right on phrase i with
-probability m_i / n_i (candidates at IoU ≥ 0.5 / candidates; 0 — a sure miss, still a trial — when
-none reaches 0.5), by an exact one-sided Poisson-binomial over the phrases with a box.
+Metrics: cavl.metrics.grounding.rpg_recall (R@1/5/10 over phrases, right at IoU ≥ 0.5) and
+upper_bound; chance: a uniformly random ranking (cavl.metrics.chance.rpg_chance); significance
+(`report`): R@1 against a uniformly random candidate, by an exact one-sided Poisson-binomial.
 """
 
 from __future__ import annotations
@@ -34,13 +26,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cavl.adapters import TaskHead
-from cavl.data.regions import RegionSource
 from cavl.metrics.chance import prob_any_in_top_k, rpg_chance
 from cavl.metrics.grounding import IOU_THRESHOLD, as_boxes, box_iou, candidate_hits, hit_rank, rpg_recall
 from cavl.metrics.significance import poisson_binomial_test
 from cavl.model import masked_mean
-from cavl.tasks.base import Encoded, Mlp, Task, TaskLoss, TextImage
+from cavl.tasks.base import Encoded, MlpHead, Task, TaskLoss, TextImage
 
 MASKED = -1e4  # score of padding regions (finite: soft targets multiply it by 0)
 
@@ -55,11 +45,7 @@ def has_box(examples: pd.DataFrame) -> np.ndarray:
     return examples["gt_boxes"].map(lambda b: len(as_boxes("gt_boxes", b)) > 0).to_numpy(bool)
 
 
-class RpgHead(TaskHead):
-    def __init__(self, hidden: int, eps: float, dropout: float):
-        super().__init__()
-        self.mlp = Mlp(2 * hidden + 5, hidden, 1, eps, dropout)
-
+class RpgHead(MlpHead):
     def forward(self, enc: Encoded):
         L, b = enc.text_len, enc.batch
         h = enc.states[:, 0]  # (B, T, H)
@@ -73,16 +59,11 @@ class RpgHead(TaskHead):
 
 class RpgTask(Task):
     name = "rpg"
-    num_candidates = 1
     main_metric = "r@1"
-    image_columns = ("image_id",)
+    skip_given = True  # the candidates: the first max_regions detected regions
     label_columns = ()  # phrases without a box stay in the table: excluded and counted by the metric
 
     # -- data -----------------------------------------------------------------------------------
-
-    def region_source(self, index_path, data) -> RegionSource:
-        """The detected regions only: the first `data.max_regions` are the candidates."""
-        return RegionSource(index_path, data.max_regions, skip_given=True)
 
     def with_features(self, examples, regions, what):
         """Phrases of images with features, each with its candidates' pixel boxes (`candidate_boxes`)."""
@@ -112,7 +93,7 @@ class RpgTask(Task):
     # -- model ----------------------------------------------------------------------------------
 
     def make_head(self, hidden, state, eps, dropout):
-        return RpgHead(hidden, eps, dropout)
+        return RpgHead(2 * hidden + 5, hidden, 1, eps, dropout)
 
     def loss(self, out, batch, state):
         logits = out.logits  # (B, R)

@@ -1,30 +1,20 @@
 """TIR: image↔text retrieval on Flickr30k (Karpathy split), finetuned for image-text matching.
 
-Examples (resources/tasks/tir/{split}.parquet): one row per caption — image_id, sentence_id,
-caption. The retrieval set of a split is its images, in order of first appearance, and all
-their captions (Karpathy test: 1,000 images × 5 captions); `retrieval_set`.
+Examples: one row per caption (image_id, sentence_id, caption). The retrieval set of a split is
+its images, in order of first appearance, and all their captions (`retrieval_set`).
 
-Training — one item per caption, the caption with its own image; per batch (`forward`, a
-`TirOutput`):
-  1. separate passes: E′ of each caption (`encode_text`) and F′ of each image (`encode_image`),
-     through the backbone with its adapters, and their cosine matrix within the batch;
-  2. hard negatives by that PwCL similarity, within the batch (as ALBEF): for each caption an
-     image of another picture, drawn with probability ∝ exp(cos / τ), and for each image a
-     caption of another picture likewise (the hardest one at evaluation); pairs of the same
-     picture (its five captions) are never negatives;
-  3. the ITM head (linear, on the pooled [CLS] state; it starts as pretraining's ITM head) on
-     the B positive and up to 2B negative fused pairs: cross-entropy (`itm_loss`);
-  4. PwCL on (E′, F′) as an auxiliary loss (`pwcl_weight`; 0 = off), with every caption of a
-     picture counted as its positive (`masked_pwcl`): it keeps E′·F′ aligned for the shortlist.
-Evaluation (`predict_split`): every image against every caption of the split with
-cavl.retrieval — two-stage (shortlist k by E′·F′, then the ITM cross-encoder; the shortlist
-ranks first, the rest after it by E′·F′) or exhaustive; the re-ranking score is the ITM score
-plus sim_weight · cos(E′, F′), as ALBEF's; Recall@K per cavl.metrics.retrieval.
-Significance (metrics.json `significance`, `report`): i2t_r@1 and t2i_r@1 against a uniformly
-random ranking — t2i: each caption right with probability 1/#images (exact binomial); i2t: each
-image right with probability (its captions)/(all captions) (exact Poisson-binomial).
-Regions: the detected ones only (a cavl.data.regions.RegionSource with skip_given); flickr30k
-shards also hold the Entities gt boxes, which the standard retrieval protocol does not have.
+Training — one item per caption with its own image; per batch (`forward`, a `TirOutput`):
+  1. separate passes: E′ of each caption, F′ of each image, and their cosine matrix in the batch;
+  2. in-batch hard negatives by that similarity (as ALBEF): for each caption an image of another
+     picture drawn ∝ exp(cos / τ), for each image a caption likewise (the hardest at evaluation);
+     a picture's own five captions are never negatives;
+  3. the ITM head (linear on the pooled [CLS] state; it starts as pretraining's ITM head) on the
+     B positive and up to 2B negative fused pairs: cross-entropy (`itm_loss`);
+  4. auxiliary PwCL on (E′, F′) (`pwcl_weight`), every caption of a picture a positive (`masked_pwcl`).
+Evaluation (`predict_split`): every image against every caption with cavl.retrieval (two-stage or
+exhaustive; re-ranking score = ITM score + sim_weight · cos(E′, F′)); Recall@K per
+cavl.metrics.retrieval. Significance (`report`): i2t_r@1 and t2i_r@1 against a uniformly random
+ranking. Regions: the detected ones only (RegionSource with skip_given), as the standard protocol.
 
 Predictions (one row per query): direction (i2t / t2i), query (image_id / sentence_id), image_id
 (the query's picture), rank (0-based, of the best right candidate, pessimistic ties),
@@ -45,11 +35,11 @@ from safetensors import safe_open
 from torch import nn
 
 from cavl.adapters import TaskHead
-from cavl.data.regions import RegionSource
 from cavl.metrics.chance import prob_any_in_top_k, retrieval_chance
 from cavl.metrics.retrieval import KS, recall_at_k
 from cavl.metrics.significance import binomial_test, poisson_binomial_test
-from cavl.retrieval import (MODES, ModelScorer, image_embedding, itm_score, pair_batch, retrieve, text_embedding,
+from cavl.model import WEIGHTS_NAME
+from cavl.retrieval import (ModelScorer, image_embedding, itm_score, pair_batch, retrieve, text_embedding,
                             top_k)
 from cavl.settings import task_options
 from cavl.tasks.base import Encoded, Task, TaskLoss, TaskOutput, TextImage
@@ -89,8 +79,6 @@ def draw_negatives(similarity, same, sample: bool):
 
 def pretrained_itm_head(backbone_dir) -> dict | None:
     """The ITM head tensors of a pretraining model folder (names as TirHead's), or None."""
-    from cavl.model import WEIGHTS_NAME
-
     with safe_open(str(Path(backbone_dir) / WEIGHTS_NAME), framework="pt") as f:
         names = [k for k in f.keys() if k.startswith("itm_head.")]
         return {k[len("itm_head."):]: f.get_tensor(k) for k in names} or None
@@ -126,10 +114,9 @@ class TirHead(TaskHead):
 
 class TirTask(Task):
     name = "tir"
-    num_candidates = 1
     main_metric = "rsum"
-    image_columns = ("image_id",)
     label_columns = ("caption",)
+    skip_given = True
     # retrieval: two_stage | exhaustive; shortlist_k: candidates re-ranked per query (0 = E′·F′ only);
     # sim_weight: re-ranking score = ITM score + sim_weight · cos(E′, F′) (ALBEF's; 0 = ITM alone);
     # pwcl_weight: auxiliary PwCL on E′, F′ (0 = off); temperature: its τ and that of negative sampling
@@ -138,17 +125,9 @@ class TirTask(Task):
     # -- data -----------------------------------------------------------------------------------
 
     def prepare(self, train, options):
+        """The task's options (validated by the config schema) over their defaults."""
         state = {**self.options, **options}
-        if state["retrieval"] not in MODES:
-            raise ValueError(f"{self.name}: retrieval must be one of {MODES}, got {state['retrieval']!r}")
-        if int(state["shortlist_k"]) < 0:
-            raise ValueError(f"{self.name}: shortlist_k must be >= 0")
-        if float(state.get("temperature", 1.0)) <= 0:
-            raise ValueError(f"{self.name}: temperature must be > 0")
         return {k: state[k] for k in self.options}
-
-    def region_source(self, index_path, data) -> RegionSource:
-        return RegionSource(index_path, data.max_regions, skip_given=True)
 
     def sequences(self, example, item, state):
         return [TextImage(str(example["caption"]).split(), example["image_id"])]
@@ -263,10 +242,8 @@ class TirTask(Task):
             pos, ni, nt = (predictions[c].to_numpy() for c in ("match_score", "neg_image_score", "neg_text_score"))
             right = np.concatenate([pos > 0, ni[~np.isnan(ni)] <= 0, nt[~np.isnan(nt)] <= 0])
             return {"itm_accuracy": 100.0 * float(right.mean())}
-        out = {}
-        for direction in ("i2t", "t2i"):
-            ranks = predictions.loc[predictions["direction"] == direction, "rank"].to_numpy()
-            out.update({f"{direction}_r@{k}": v for k, v in recall_at_k(ranks, KS).items()})
+        ranks = {d: predictions.loc[predictions["direction"] == d, "rank"].to_numpy() for d in ("i2t", "t2i")}
+        out = {f"{d}_r@{k}": v for d in ranks for k, v in recall_at_k(ranks[d], KS).items()}
         out["rsum"] = sum(out.values())
         return out
 

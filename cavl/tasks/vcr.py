@@ -21,13 +21,11 @@ import json
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from cavl.adapters import TaskHead
 from cavl.metrics.chance import vcr_chance
 from cavl.metrics.significance import binomial_test
 from cavl.metrics.vcr import vcr_accuracy
-from cavl.tasks.base import Encoded, Mlp, Task, TaskLoss, TextImage
+from cavl.tasks.base import Encoded, MlpHead, Task, TextImage, cross_entropy_loss
 
 Q2A, QA2R = 0, 1  # item modes
 
@@ -54,11 +52,7 @@ def render(tokens: list, objects: list) -> tuple[list, list]:
     return words, links
 
 
-class VcrHead(TaskHead):
-    def __init__(self, hidden: int, eps: float, dropout: float):
-        super().__init__()
-        self.mlp = Mlp(hidden, hidden, 1, eps, dropout)
-
+class VcrHead(MlpHead):
     def forward(self, enc: Encoded):
         return self.mlp(enc.pooled).squeeze(-1)  # (B, 4): one score per candidate
 
@@ -67,8 +61,6 @@ class VcrTask(Task):
     name = "vcr"
     num_candidates = 4
     main_metric = "q2ar"
-    image_columns = ("image_id",)
-    label_columns = ("answer_label", "rationale_label")
 
     def labelled_mask(self, examples):
         return ((examples["answer_label"] >= 0) & (examples["rationale_label"] >= 0)).to_numpy()
@@ -94,21 +86,17 @@ class VcrTask(Task):
         return {"vcr_labels": labels.astype(np.int64)}
 
     def make_head(self, hidden, state, eps, dropout):
-        return VcrHead(hidden, eps, dropout)
+        return VcrHead(hidden, hidden, 1, eps, dropout)
 
     def loss(self, out, batch, state):
-        loss = F.cross_entropy(out.logits.float(), batch["vcr_labels"])
-        return TaskLoss(loss, {"vcr_loss": loss})
+        return cross_entropy_loss(out, batch["vcr_labels"], "vcr_loss")
 
     def decode(self, out, batch):
         return {"scores": torch.softmax(out.logits.float(), dim=1).cpu().numpy()}  # (B, 4)
 
     def predictions(self, examples, items, outputs, state):
-        scores = outputs["scores"]
-        by_mode = {}
-        for mode in (Q2A, QA2R):
-            sel = items["mode"].to_numpy() == mode
-            by_mode[mode] = pd.Series(list(scores[sel]), index=items["example"].to_numpy()[sel])
+        scores, mode, example = outputs["scores"], items["mode"].to_numpy(), items["example"].to_numpy()
+        by_mode = {m: pd.Series(list(scores[mode == m]), index=example[mode == m]) for m in (Q2A, QA2R)}
         rows = sorted(set(by_mode[Q2A].index) & set(by_mode[QA2R].index))
         a, r = np.stack(by_mode[Q2A].loc[rows].to_numpy()), np.stack(by_mode[QA2R].loc[rows].to_numpy())
         ex = examples.iloc[rows]
@@ -119,7 +107,7 @@ class VcrTask(Task):
         })
 
     def metrics(self, predictions, examples, state):
-        gold = examples.set_index("annot_id").loc[predictions["annot_id"]]
+        gold = self.gold(examples, predictions, "annot_id")
         return vcr_accuracy(predictions["answer_pred"].to_numpy(), gold["answer_label"].to_numpy(),
                             predictions["rationale_pred"].to_numpy(), gold["rationale_label"].to_numpy())
 
@@ -129,7 +117,7 @@ class VcrTask(Task):
     def report(self, predictions, examples, state, train=None):
         """`significance`: q2ar (the headline), q2a and qa2r, each question right or wrong, against
         a uniform random choice of the 4 answers (and 4 rationales): exact one-sided binomials."""
-        gold = examples.set_index("annot_id").loc[predictions["annot_id"]]
+        gold = self.gold(examples, predictions, "annot_id")
         answer = predictions["answer_pred"].to_numpy() == gold["answer_label"].to_numpy()
         rationale = predictions["rationale_pred"].to_numpy() == gold["rationale_label"].to_numpy()
         rates = vcr_chance(4, 4)

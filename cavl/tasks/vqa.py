@@ -17,19 +17,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from cavl.adapters import TaskHead
 from cavl.metrics.chance import vqa_majority_chance, vqa_question_type_prior
 from cavl.metrics.significance import sign_test
 from cavl.metrics.vqa import build_answer_vocab, encode_soft_targets, surface_forms, vqa_accuracy, vqa_scores
 from cavl.settings import task_options
-from cavl.tasks.base import Encoded, Mlp, Task, TaskLoss, TextImage
+from cavl.tasks.base import Encoded, MlpHead, Task, TaskLoss, TextImage
 
 
-class VqaHead(TaskHead):
-    def __init__(self, hidden: int, num_answers: int, eps: float, dropout: float):
-        super().__init__()
-        self.mlp = Mlp(hidden, hidden, num_answers, eps, dropout)
-
+class VqaHead(MlpHead):
     def forward(self, enc: Encoded):
         return self.mlp(enc.pooled[:, 0])  # (B, A)
 
@@ -40,9 +35,6 @@ def _answers(values) -> list:
 
 class VqaTask(Task):
     name = "vqa"
-    num_candidates = 1
-    main_metric = "accuracy"
-    image_columns = ("image_id",)
     label_columns = ("answers",)
     options = task_options("vqa")  # answer_vocab_size: answer classes (paper 3,129)
 
@@ -59,7 +51,7 @@ class VqaTask(Task):
         return {"vqa_targets": encode_soft_targets(_answers(examples["answers"]), state["answers"])}
 
     def make_head(self, hidden, state, eps, dropout):
-        return VqaHead(hidden, len(state["answers"]), eps, dropout)
+        return VqaHead(hidden, hidden, len(state["answers"]), eps, dropout)
 
     def loss(self, out, batch, state):
         logits = out.logits  # (B, A)
@@ -83,7 +75,7 @@ class VqaTask(Task):
         })
 
     def metrics(self, predictions, examples, state):
-        gold = examples.set_index("question_id").loc[predictions["question_id"]]
+        gold = self.gold(examples, predictions, "question_id")
         return vqa_accuracy(predictions["answer"].tolist(), _answers(gold["answers"]), gold["answer_type"].tolist())
 
     def chance(self, train, examples, state):
@@ -96,7 +88,7 @@ class VqaTask(Task):
         in `baselines` and as the accuracy's `significance` record (needs `train`)."""
         if train is None:
             return {}
-        gold = examples.set_index("question_id").loc[predictions["question_id"]]
+        gold = self.gold(examples, predictions, "question_id")
         answers = _answers(gold["answers"])
         labelled = train.dropna(subset=["multiple_choice_answer"])
         prior = vqa_question_type_prior(labelled["question_type"].astype(str).tolist(),

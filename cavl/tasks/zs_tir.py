@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cavl.adapters import AdapterSettings, count_parameters
+from cavl.finetune_model import FinetuneModel
 from cavl.io import file_sha256
+from cavl.model import WEIGHTS_NAME, CavlModel
 from cavl.settings import task_options
 from cavl.tasks.tir import TirTask, pretrained_itm_head
 
@@ -27,19 +30,16 @@ class ZsTirTask(TirTask):
     def zero_shot_model(self, backbone_dir, settings: dict):
         """(model, its config record) of the pretrained folder `backbone_dir`, given the resolved
         finetune settings of zs_tir (as cavl.finetune_model.settings_from_config gives them)."""
-        from cavl.adapters import AdapterSettings, count_parameters
-        from cavl.finetune_model import FinetuneModel
-        from cavl.model import WEIGHTS_NAME, CavlModel
-
         if backbone_dir is None:
             raise ValueError("zs_tir needs the pretrained model folder (--backbone)")
         path = Path(backbone_dir)
         state = super().prepare(None, settings.get("options", {}))
         model = FinetuneModel(CavlModel.from_pretrained(path), self, state, "linear", AdapterSettings())
-        if pretrained_itm_head(path) is None:
+        head = pretrained_itm_head(path)
+        if head is None:
             raise ValueError(f"{path / WEIGHTS_NAME} has no ITM head (itm_head.*): zero-shot retrieval needs "
                              "the pretraining stage's model folder")
-        self.init_from_pretrained(model, path)
+        model.head.load_state_dict(head, strict=True)
         for p in model.parameters():
             p.requires_grad_(False)
         _, total = count_parameters(model)
