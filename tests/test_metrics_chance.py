@@ -9,8 +9,7 @@ import pytest
 
 from cavl.metrics.chance import (majority_answer, nlvr2_majority_chance, prob_any_in_top_k,
                                  question_type_majorities, retrieval_chance, rpg_chance,
-                                 vcr_chance, vqa_majority_chance, vqa_question_type_prior,
-                                 vqa_question_type_prior_accuracy)
+                                 vcr_chance, vqa_majority_chance, vqa_question_type_prior)
 from cavl.metrics.grounding import rpg_recall
 from cavl.metrics.retrieval import retrieval_recall
 from cavl.metrics.vcr import vcr_accuracy
@@ -116,8 +115,6 @@ def test_vqa_question_type_prior_hand_computed():
     scores = vqa_question_type_prior(train_types, train, eval_types, answers)
     assert scores.dtype == np.float64
     np.testing.assert_allclose(scores, [1.0, 0.9, 1.0, 0.0, 0.3])
-    assert vqa_question_type_prior_accuracy(train_types, train, eval_types, answers) \
-        == pytest.approx(100 * 3.2 / 5)
     # the overall majority ("2") alone: 1.0, 0, 0, 0, 0.3
     overall_only = vqa_majority_chance(train, answers, ["number", "yes/no", "other", "other",
                                                          "number"])
@@ -129,5 +126,3 @@ def test_vqa_question_type_prior_checks_lengths():
         vqa_question_type_prior(["how many"], ["2", "3"], ["how many"], [["2"] * 10])
     with pytest.raises(ValueError):
         vqa_question_type_prior(["how many"], ["2"], ["how many", "is the"], [["2"] * 10])
-    with pytest.raises(ValueError):
-        vqa_question_type_prior_accuracy(["how many"], ["2"], [], [])

@@ -5,7 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from cavl.metrics.significance import paired_sign_test, sign_test_p_value
+from cavl.metrics.significance import (binomial_log_sf, paired_sign_test, poisson_binomial_log_sf,
+                                       sign_test_p_value)
+
+
+def binomial_p_value(successes, trials, chance):
+    return math.exp(binomial_log_sf(successes, trials, chance))
+
+
+def poisson_binomial_p_value(successes, probabilities):
+    return math.exp(poisson_binomial_log_sf(successes, probabilities))
 
 
 def _scores(wins, losses, ties):
@@ -61,7 +70,6 @@ def test_accepts_arrays_and_checks_shapes():
 
 
 def test_binomial_p_value_hand_computed():
-    from cavl.metrics.significance import binomial_p_value
 
     assert binomial_p_value(0, 5, 0.3) == pytest.approx(1.0)
     assert binomial_p_value(3, 3, 0.5) == pytest.approx(1 / 8)
@@ -102,7 +110,6 @@ def _reference_tail(successes, probabilities):
 
 @pytest.mark.parametrize("seed, n", [(0, 1), (1, 5), (2, 9), (3, 12)])
 def test_poisson_binomial_matches_brute_force(seed, n):
-    from cavl.metrics.significance import poisson_binomial_p_value
 
     rng = np.random.default_rng(seed)
     probs = rng.uniform(0, 1, n)
@@ -114,7 +121,6 @@ def test_poisson_binomial_matches_brute_force(seed, n):
 
 
 def test_poisson_binomial_hand_computed():
-    from cavl.metrics.significance import poisson_binomial_p_value
 
     # rates 1/2, 2/3, 1/4: P(S >= 2) = 1/4 + 1/24 + 1/12 + 1/12 = 11/24; P(S = 3) = 1/12
     assert poisson_binomial_p_value(2, [0.5, 2 / 3, 0.25]) == pytest.approx(11 / 24, rel=1e-14)
@@ -124,7 +130,6 @@ def test_poisson_binomial_hand_computed():
 
 def test_poisson_binomial_matches_the_full_dp_on_hundreds_of_items():
     """Every count of 300 items of varied rates: the windowed log-space DP is the plain one."""
-    from cavl.metrics.significance import poisson_binomial_p_value
 
     rng = np.random.default_rng(7)
     probs = np.concatenate([rng.uniform(0, 0.2, 150), rng.uniform(0.5, 1, 100), rng.uniform(0, 1, 50)])
@@ -136,7 +141,6 @@ def test_poisson_binomial_matches_the_full_dp_on_hundreds_of_items():
 
 @pytest.mark.parametrize("n, chance", [(10, 0.5), (40, 0.25), (300, 1 / 16), (1000, 0.02)])
 def test_poisson_binomial_with_equal_rates_is_the_binomial(n, chance):
-    from cavl.metrics.significance import binomial_p_value, poisson_binomial_p_value
 
     for s in sorted({0, 1, n // 10, int(n * chance), int(n * chance) + 3, n // 2, n - 1, n}):
         pb = poisson_binomial_p_value(s, np.full(n, chance))
@@ -146,7 +150,6 @@ def test_poisson_binomial_with_equal_rates_is_the_binomial(n, chance):
 
 def test_binomial_and_poisson_binomial_match_scipy():
     stats = pytest.importorskip("scipy.stats")
-    from cavl.metrics.significance import binomial_p_value, poisson_binomial_p_value
 
     for s, n, c in ((9, 10, 0.5), (30, 100, 0.25), (12, 100, 1 / 16), (400, 5000, 1 / 16),
                     (700, 2000, 0.3), (3300, 5000, 0.62)):
@@ -156,8 +159,6 @@ def test_binomial_and_poisson_binomial_match_scipy():
 
 
 def test_extreme_counts():
-    from cavl.metrics.significance import (binomial_log_sf, binomial_p_value, poisson_binomial_log_sf,
-                                           poisson_binomial_p_value)
 
     rng = np.random.default_rng(1)
     probs = rng.uniform(0.05, 0.95, 50)
@@ -182,7 +183,6 @@ def test_extreme_counts():
 
 def test_large_binomial_does_not_overflow():
     """C(n, k) beyond the float range (n ≈ 14,000 phrases): the log-space sum still works."""
-    from cavl.metrics.significance import binomial_p_value
 
     p = binomial_p_value(3600, 14000, 0.25)  # mean 3500, sd ≈ 51: about 2 sd above
     assert 0.01 < p < 0.05
@@ -190,13 +190,13 @@ def test_large_binomial_does_not_overflow():
 
 
 @pytest.mark.parametrize("call", [
-    lambda f: f.poisson_binomial_p_value(4, [0.5, 0.5, 0.5]),      # more successes than items
-    lambda f: f.poisson_binomial_p_value(-1, [0.5]),
-    lambda f: f.poisson_binomial_p_value(1, [0.5, 1.5]),           # not a probability
-    lambda f: f.poisson_binomial_p_value(1, [0.5, float("nan")]),
-    lambda f: f.poisson_binomial_p_value(1, [[0.5, 0.5]]),         # not 1-D
-    lambda f: f.poisson_binomial_p_value(1.5, [0.5, 0.5]),         # not a count
-    lambda f: f.binomial_p_value(2, 3, 1.2),
+    lambda f: f.poisson_binomial_log_sf(4, [0.5, 0.5, 0.5]),      # more successes than items
+    lambda f: f.poisson_binomial_log_sf(-1, [0.5]),
+    lambda f: f.poisson_binomial_log_sf(1, [0.5, 1.5]),           # not a probability
+    lambda f: f.poisson_binomial_log_sf(1, [0.5, float("nan")]),
+    lambda f: f.poisson_binomial_log_sf(1, [[0.5, 0.5]]),         # not 1-D
+    lambda f: f.poisson_binomial_log_sf(1.5, [0.5, 0.5]),         # not a count
+    lambda f: f.binomial_log_sf(2, 3, 1.2),
     lambda f: f.poisson_binomial_test(0, [], "nothing"),
 ])
 def test_bad_inputs_are_rejected(call):

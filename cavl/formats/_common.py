@@ -16,13 +16,10 @@ def _type_name(types):
 
 
 def _matches(value, types):
-    if not isinstance(types, tuple):
-        types = (types,)
+    types = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool) and bool not in types:
         return False  # JSON true/false is not a number here
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        return True
-    return isinstance(value, types)
+    return isinstance(value, types) or (float in types and isinstance(value, int))
 
 
 def check_type(value, types, path, record, what):
@@ -100,12 +97,9 @@ def read_text_lines(path):
 
 
 def missing_image(on_missing, path, record, image_path, image_id=None, message=None):
-    """Report an image file that is not on disk: one place for every reader.
-
-    `on_missing` None → raise MissingImageError (a FormatError naming the annotation file,
-    the record and the expected image); otherwise call ``on_missing(error)`` and return None,
-    and the caller leaves the image out (``datasets.<dataset>.missing_images: skip``).
-    """
+    """Report an image file that is not on disk: `on_missing` None → raise MissingImageError;
+    else call ``on_missing(error)`` and return None, and the caller leaves the image out
+    (``datasets.<dataset>.missing_images: skip``)."""
     error = MissingImageError(path, record, message or f"image file missing: {image_path}",
                               image_id=image_id, image_path=image_path)
     if on_missing is None:
@@ -115,19 +109,15 @@ def missing_image(on_missing, path, record, image_path, image_id=None, message=N
 
 
 def require_image(image_path, path, record, image_id=None, on_missing=None):
-    """`image_path` if the image file exists; else reported through :func:`missing_image`
-    (raises MissingImageError naming the annotation file and record, or → None)."""
+    """`image_path` if the image file exists; else :func:`missing_image`."""
     if not os.path.isfile(image_path):
         return missing_image(on_missing, path, record, image_path, image_id)
     return image_path
 
 
 def image_size(image_path, path=None, record=None, image_id=None, on_missing=None):
-    """(width, height) from the image header (PIL opens lazily; pixels are not decoded).
-
-    A file that is gone → :func:`missing_image` (None when `on_missing` takes it); an
-    unreadable header is a FormatError either way (not a missing image).
-    """
+    """(width, height) from the image header (pixels are not decoded). A file that is gone →
+    :func:`missing_image`; an unreadable header is a FormatError either way."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -141,11 +131,15 @@ def image_size(image_path, path=None, record=None, image_id=None, on_missing=Non
     return int(width), int(height)
 
 
-def positive_int(value, path, record, what):
-    check_type(value, int, path, record, what)
-    if value <= 0:
-        raise FormatError(path, record, f"{what} must be positive, got {value}")
-    return value
+def size_keys(obj, path, record):
+    """{"width", "height"} of `obj`, each a positive integer."""
+    out = {}
+    for key in ("width", "height"):
+        value = get(obj, key, int, path, record)
+        if value <= 0:
+            raise FormatError(path, record, f"{key} must be positive, got {value}")
+        out[key] = value
+    return out
 
 
 def spec_get(spec, key, where, types=None):
@@ -167,8 +161,7 @@ def stem(filename):
 
 
 def tables_per_split_file(spec, splits, where, task_rows):
-    """{split: task_rows(file)} for a dataset with one annotation file per split
-    (`spec["splits"][split]`); a value that is not a path → SpecError naming `where`."""
+    """{split: task_rows(spec["splits"][split])} for a dataset with one file per split."""
     out = {}
     for split in splits:
         path = spec["splits"][split]

@@ -9,17 +9,13 @@ Official structure: ``{"info", "licenses", "images": [{"id", "file_name", "width
 
 import os
 
-from ._common import check_type, get, load_json, positive_int, require_image
+from ._common import check_type, get, load_json, require_image, size_keys
 from .errors import FormatError
 
 
 def read_captions(path):
-    """Parse one captions file → (images, annotations).
-
-    images: list of dicts {id:int, file_name:str, width:int, height:int} in file order;
-    annotations: list of dicts {id:int, image_id:int, caption:str (stripped)}.
-    Every annotation's image_id must name an image of the file.
-    """
+    """Parse one captions file → (images [{id, file_name, width, height}], annotations [{id,
+    image_id, caption (stripped)}]), in file order."""
     data = load_json(path)
     if not isinstance(data, dict):
         raise FormatError(path, None, "top level must be a JSON object")
@@ -34,9 +30,7 @@ def read_captions(path):
             raise FormatError(path, rec, f"duplicate image id {image_id}")
         images.append({
             "id": image_id,
-            "file_name": get(im, "file_name", str, path, rec),
-            "width": positive_int(get(im, "width", int, path, rec), path, rec, "width"),
-            "height": positive_int(get(im, "height", int, path, rec), path, rec, "height"),
+            "file_name": get(im, "file_name", str, path, rec), **size_keys(im, path, rec),
         })
         known.add(image_id)
 
@@ -55,17 +49,14 @@ def read_captions(path):
 
 
 def read_instances(path):
-    """Parse one instances file → {image_id: ([[x1, y1, x2, y2], …], [category name, …])}.
-
-    Boxes keep the file's annotation order. Crowd regions (``iscrowd`` 1) and boxes without
-    area (COCO has a few with w or h 0) are not objects a region token could stand for: skipped.
-    """
+    """Parse one instances file → {image_id: ([[x1, y1, x2, y2], …], [category name, …])} in
+    file order; crowd regions and boxes without area (not objects a region token could stand
+    for) are skipped."""
     data = load_json(path)
     if not isinstance(data, dict):
         raise FormatError(path, None, "top level must be a JSON object")
-    names = {}
-    for i, cat in enumerate(get(data, "categories", list, path, None)):
-        names[get(cat, "id", int, path, f"categories[{i}]")] = get(cat, "name", str, path, f"categories[{i}]")
+    names = {get(cat, "id", int, path, f"categories[{i}]"): get(cat, "name", str, path, f"categories[{i}]")
+             for i, cat in enumerate(get(data, "categories", list, path, None))}
     known = {get(im, "id", int, path, f"images[{i}]")
              for i, im in enumerate(get(data, "images", list, path, None))}
     boxes = {}
@@ -90,13 +81,9 @@ def read_instances(path):
 
 
 def manifest_rows(splits, on_missing=None):
-    """Manifest rows for every image of every split (first occurrence of an id wins).
-
-    splits: iterable of (captions json path, image folder, instances json path or None) triples;
-    with an instances file, its boxes are the images' ground-truth boxes.
-    on_missing: None → a listed image whose file is missing raises MissingImageError;
-    else it is called with that error and the image is left out.
-    """
+    """Manifest rows for every image of `splits` (first occurrence of an id wins): (captions
+    json, image folder, instances json or None) triples; the instances' boxes are the gt boxes.
+    `on_missing`: as :func:`_common.missing_image`."""
     rows, seen = [], set()
     for ann_path, image_dir, instances_path in splits:
         images, _ = read_captions(ann_path)

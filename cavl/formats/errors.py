@@ -4,12 +4,8 @@ import os
 
 
 class FormatError(ValueError):
-    """A dataset file does not have the official structure.
-
-    `path`: the offending file; `record`: where in it (``annotations[3]``, ``line 7``,
-    ``object 2``…), or None for the file as a whole; `message`: what is wrong.
-    ``str(error)`` reads ``{path}: {record}: {message}``.
-    """
+    """A dataset file does not have the official structure: ``{path}: {record}: {message}``
+    (`record`: where in the file, e.g. ``line 7``, or None for the whole file)."""
 
     def __init__(self, path, record, message):
         self.path = os.fspath(path) if path is not None else None
@@ -27,12 +23,8 @@ class FormatError(ValueError):
 
 
 class MissingImageError(FormatError):
-    """An image file that a dataset's annotations list is not on disk.
-
-    Besides `path` (the annotation file) and `record`, it carries `image_id` and
-    `image_path` (the file that was expected) so a manifest built with
-    ``missing_images: skip`` can list it (cavl.manifest).
-    """
+    """An image file that a dataset's annotations list is not on disk; `image_id` and
+    `image_path` (the expected file) let ``missing_images: skip`` list it (cavl.manifest)."""
 
     def __init__(self, path, record, message, image_id=None, image_path=None):
         self.image_id = None if image_id is None else str(image_id)

@@ -17,12 +17,12 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
-from ._common import (check_type, get, image_size, load_json, missing_image, read_text_lines, spec_get,
-                      stem)
+from ._common import (check_type, get, image_size, load_json, missing_image, read_text_lines,
+                      require_image, spec_get, stem)
 from .errors import FormatError
 
 KARPATHY_SPLITS = ("train", "val", "test")
-# Karpathy's json for COCO also has "restval" (used for training); map it for robustness.
+# Karpathy's json for COCO also has "restval" (used for training).
 _SPLIT_ALIASES = {"restval": "train"}
 
 _HEADER = re.compile(r"^\[/EN#(\d+)((?:/[^/\s\[\]]+)+)$")
@@ -56,11 +56,9 @@ def read_karpathy(path):
 
 # ---------------------------------------------------------------- Entities sentences
 def parse_sentence(line, path=None, record=None):
-    """Parse one annotated caption as the official ``get_sentence_data`` does.
-
-    → (plain sentence, phrases) where each phrase is {phrase, entity_id (str), phrase_types
-    (list of str), first_word_index (index of its first word in the plain sentence's
-    whitespace-split words)}. Bracket syntax errors raise FormatError.
+    """Parse one annotated caption as the official ``get_sentence_data`` does → (plain sentence,
+    phrases [{phrase, entity_id, phrase_types, first_word_index (in the plain sentence's
+    words)}]). Bracket syntax errors raise FormatError.
     """
     words, phrases = [], []
     current = None  # the phrase being read
@@ -70,17 +68,13 @@ def parse_sentence(line, path=None, record=None):
                 raise FormatError(path, record, f"'[' inside the phrase opened at word "
                                                 f"{current['first_word_index']} "
                                                 f"(missing ']')")
-            closing = token.endswith("]")
-            if closing:
-                token = token[:-1]
-                if "]" in token:
-                    raise FormatError(path, record, f"unexpected ']' in {token + ']'!r}")
-            elif "]" in token:
+            word = token.removesuffix("]")
+            if "]" in word:
                 raise FormatError(path, record, f"unexpected ']' in {token!r}")
-            current["words"].append(token)
-            words.append(token)
-            if closing:
-                current["phrase"] = " ".join(current.pop("words"))
+            phrase_words.append(word)
+            words.append(word)
+            if word != token:
+                current["phrase"] = " ".join(phrase_words)
                 phrases.append(current)
                 current = None
         elif token.startswith("["):
@@ -88,8 +82,9 @@ def parse_sentence(line, path=None, record=None):
             if not m:
                 raise FormatError(path, record, f"malformed phrase header {token!r} "
                                                 f"(expected '[/EN#<id>/<type>')")
-            current = {"entity_id": m.group(1), "phrase_types": m.group(2).split("/")[1:],
-                       "first_word_index": len(words), "words": []}
+            current = {"phrase": None, "entity_id": m.group(1),
+                       "phrase_types": m.group(2).split("/")[1:], "first_word_index": len(words)}
+            phrase_words = []
         elif "]" in token or "[" in token:
             raise FormatError(path, record, f"unexpected bracket in {token!r} outside a phrase")
         else:
@@ -97,21 +92,13 @@ def parse_sentence(line, path=None, record=None):
     if current is not None:
         raise FormatError(path, record, f"phrase [/EN#{current['entity_id']}/… opened at word "
                                         f"{current['first_word_index']} is never closed")
-    return " ".join(words), [
-        {"phrase": p["phrase"], "entity_id": p["entity_id"],
-         "phrase_types": p["phrase_types"], "first_word_index": p["first_word_index"]}
-        for p in phrases]
+    return " ".join(words), phrases
 
 
 def read_sentences(path):
-    """Parse ``Sentences/{id}.txt`` → list (one per non-empty line, as the official parser
-    numbers them) of (plain sentence, phrases)."""
-    out = []
-    for lineno, line in enumerate(read_text_lines(path), start=1):
-        if not line.strip():
-            continue
-        out.append(parse_sentence(line, path, f"line {lineno}"))
-    return out
+    """Parse ``Sentences/{id}.txt`` → [(plain sentence, phrases)], one per non-empty line."""
+    return [parse_sentence(line, path, f"line {lineno}")
+            for lineno, line in enumerate(read_text_lines(path), start=1) if line.strip()]
 
 
 # ---------------------------------------------------------------- Entities annotations
@@ -127,12 +114,9 @@ def _int_text(elem, tag, path, rec):
 
 def read_annotation(path):
     """Parse ``Annotations/{id}.xml`` → {width, height, boxes: [(entity_id, [x1,y1,x2,y2])]
-    in document order, nobox: [entity ids], scene: [entity ids]}.
-
-    Box corners are converted from the file's 1-based pixels to 0-based by subtracting 1,
-    exactly as the official ``get_annotations``; an object with several <name> elements
-    gives its box to each of those entities.
-    """
+    in document order, nobox: [entity ids], scene: [entity ids]}. Corners are made 0-based
+    (minus 1) as the official ``get_annotations``; an object with several <name>s gives its box
+    to each."""
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
@@ -174,22 +158,15 @@ def read_split_list(path):
 
 
 def _find_image(image_root, image_id):
-    for ext in (".jpg", ".jpeg", ".png", ".JPG"):
-        p = os.path.join(image_root, image_id + ext)
-        if os.path.isfile(p):
-            return p
-    return None
+    paths = (os.path.join(image_root, image_id + ext) for ext in (".jpg", ".jpeg", ".png", ".JPG"))
+    return next((p for p in paths if os.path.isfile(p)), None)
 
 
 # ---------------------------------------------------------------- outputs
 def manifest_rows(karpathy_path, image_root, entities_root, on_missing=None):
-    """One row per Karpathy image, then per image of the Entities split lists not in it.
-
-    gt boxes (labelled with their entity id) and size come from the Entities xml where one
-    exists; without one, no boxes and the size is read from the image header.
-    on_missing: None → an image whose file is missing raises MissingImageError; else it is
-    called with that error and the image is left out.
-    """
+    """One row per Karpathy image, then per image of the Entities split lists not in it; gt
+    boxes (labelled with their entity id) and size from the Entities xml where one exists, else
+    no boxes and the header's size. `on_missing`: as :func:`_common.missing_image`."""
     entries = [(im["image_id"], im["filename"], karpathy_path, f"images[{i}]")
                for i, im in enumerate(read_karpathy(karpathy_path))]
     seen = {e[0] for e in entries}
@@ -205,9 +182,8 @@ def manifest_rows(karpathy_path, image_root, entities_root, on_missing=None):
     rows = []
     for image_id, filename, src, rec in entries:
         if filename is not None:
-            image_path = os.path.join(image_root, filename)
-            if not os.path.isfile(image_path):
-                missing_image(on_missing, src, rec, image_path, image_id)
+            image_path = require_image(os.path.join(image_root, filename), src, rec, image_id, on_missing)
+            if image_path is None:
                 continue
         else:
             image_path = _find_image(image_root, image_id)
@@ -233,11 +209,8 @@ def manifest_rows(karpathy_path, image_root, entities_root, on_missing=None):
 
 
 def rpg_rows(entities_root, split):
-    """Phrase-grounding rows of one Entities split: one row per annotated phrase.
-
-    gt_boxes: every box of the phrase's entity in that image (empty for entity 0, notvisual
-    phrases and entities with no box).
-    """
+    """Phrase-grounding rows of one Entities split, one per annotated phrase; gt_boxes: every box
+    of the phrase's entity in that image (empty for entity 0 and entities with no box)."""
     list_path = os.path.join(entities_root, f"{split}.txt")
     rows = []
     for image_id in read_split_list(list_path):

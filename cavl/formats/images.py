@@ -1,28 +1,19 @@
 """Own images: the manifest of a folder of the user's images (config ``datasets.images.NAME``).
 
-An entry names a folder and which files in it to take, one of:
+An entry names a ``root`` folder and which files in it to take, one of:
 
-- ``glob``: a pattern relative to ``root`` (``**`` crosses folders, e.g. ``"**/*.jpg"``); left out,
-  every file under ``root`` (recursively) whose extension is one of :data:`IMAGE_EXTENSIONS`, in
-  any letter case. Hidden files and folders (name starting with ``.``) are passed over, as
-  Python's glob does.
-- ``list``: a text file, one image path per line relative to ``root`` (blank lines and lines
-  starting with ``#`` are ignored). A listed file that is not on disk is a missing image:
-  ``missing_images: error`` (the default) fails the build naming the list file and line,
-  ``skip`` leaves it out and lists it in the manifest's missing table (cavl.manifest).
+- ``glob``: a pattern relative to ``root`` (``**`` crosses folders); left out, every file under
+  ``root`` with an extension of :data:`IMAGE_EXTENSIONS` (any letter case). Hidden files and
+  folders are passed over, as Python's glob does.
+- ``list``: a text file, one image path relative to ``root`` per line (blank lines and ``#``
+  lines ignored). A listed file not on disk is a missing image (``missing_images``).
 
-Manifest rows: ``image_id`` = the path relative to ``root`` in POSIX form with its extension
-(``trips/2023/beach.jpg``: unique and readable), ``path`` = ``root`` joined with it, ``width`` /
-``height`` from the image header with the EXIF orientation applied (as the extraction reports
-sizes, extract/images.py), no ground-truth boxes. Rows are sorted by image_id.
-
-A matched file whose header cannot be read (not an image, a broken or truncated file, no read
-permission) is NOT an error here and is not a missing image: it stays in the manifest with
-width = height = 0 (and a warning in the log), so that extraction tries it like every other
-image and records it with the reason in the shard's failures table
-(``resources/features/NAME/shard-k.failures.parquet``), the one place where every image that
-cannot be used ends up (a file with a readable header but broken pixel data is only found
-there). Zero matched files is an error naming the key (``datasets.images.NAME.glob`` / ``.list``).
+Rows: ``image_id`` = the POSIX path relative to ``root`` with its extension, ``path``,
+``width`` / ``height`` from the header with the EXIF orientation applied (as extract/images.py),
+no gt boxes; sorted by image_id. A file whose header cannot be read is NOT an error here: it
+stays with width = height = 0 (and a warning), so that extraction records it with the reason
+in the shard's failures table, where every unusable image ends up. Zero matched files is an
+error naming the key.
 """
 
 import glob as globlib
@@ -34,11 +25,10 @@ import re
 from ._common import missing_image, read_text_lines, spec_get
 from .errors import FormatError, SpecError
 
-# What the default listing (no `glob`, no `list`) takes, compared in lower case.
+# What the default listing takes, compared in lower case.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-# The official datasets: their names are not available to own images (files and wildcards of
-# resources/manifests/{name}.parquet and resources/features/{name}/ would collide).
+# Names of the official datasets, not available to own images (their files would collide).
 RESERVED_NAMES = ("coco", "vg", "vqa", "vcr", "nlvr2", "flickr30k")
 
 # A name is one path component and one Snakemake wildcard value: letters, digits, _ and -, not
@@ -65,23 +55,19 @@ def name_problem(name, others=()):
     return None
 
 
-def _where(name):
-    return f"datasets.images.{name}"
-
-
 def _relative(path):
     """`path` (relative to root) in POSIX form, or None when it is absolute or leaves root."""
     if os.path.isabs(path) or path.startswith(("/", "\\")):
         return None
     rel = posixpath.normpath(path.replace(os.sep, "/"))
-    if rel == "." or rel == ".." or rel.startswith("../"):
+    if rel in (".", "..") or rel.startswith("../"):
         return None
     return rel
 
 
 def spec_options(name, spec):
     """(root, glob or None, list file or None) of a spec; SpecError naming the key."""
-    where = _where(name)
+    where = f"datasets.images.{name}"
     root = spec_get(spec, "root", where, str)
     pattern, list_file = spec.get("glob"), spec.get("list")
     if pattern is not None and list_file is not None:
@@ -97,12 +83,9 @@ def spec_options(name, spec):
 
 
 def list_files(name, spec, on_missing=None):
-    """The images a spec names: sorted [(image_id, path)], before any file is opened.
-
-    SpecError for a bad spec, a missing root or zero files; FormatError for a bad list file.
-    A listed file not on disk → MissingImageError, or `on_missing(error)` and left out.
-    """
-    where = _where(name)
+    """The images a spec names: sorted [(image_id, path)], before any file is opened. A listed
+    file not on disk → MissingImageError, or `on_missing(error)` and left out."""
+    where = f"datasets.images.{name}"
     root, pattern, list_file = spec_options(name, spec)
     if not os.path.isdir(root):
         raise SpecError(f"{where}.root: image folder not found: {root}")
@@ -147,7 +130,7 @@ def _listed(name, root, list_file, on_missing):
         else:
             missing_image(on_missing, list_file, record, path, rel)
     if not listed:
-        raise SpecError(f"{_where(name)}.list: {list_file} lists no files")
+        raise SpecError(f"datasets.images.{name}.list: {list_file} lists no files")
     return sorted(files.items())
 
 
@@ -168,11 +151,8 @@ def oriented_size(path):
 
 
 def manifest_rows(name, spec, on_missing=None, on_unreadable=None):
-    """Rows (dicts, manifest schema) of the own-images dataset `name` (module doc).
-
-    on_unreadable: called with (path, reason) for each file whose header cannot be read (it is
-    listed with width/height 0 all the same).
-    """
+    """Rows (dicts, manifest schema) of the own-images dataset `name`; `on_unreadable(path,
+    reason)` is called for each file whose header cannot be read (listed with size 0 × 0)."""
     rows = []
     for image_id, path in list_files(name, spec, on_missing):
         size, reason = oriented_size(path)
@@ -186,10 +166,9 @@ def manifest_rows(name, spec, on_missing=None, on_unreadable=None):
 
 
 def listing_digest(name, spec):
-    """A short digest of the files a spec names now (path, size, modification time; a listed
-    file that is missing counts too): the Snakemake param that reruns the manifest when a file is
-    added, removed or replaced. Never raises: an unusable spec gets a digest of its error, and the
-    manifest job reports the error itself."""
+    """A short digest of the files a spec names now (path, size, mtime; missing listed files
+    too): the Snakemake param that reruns the manifest when they change. Never raises: an
+    unusable spec gets a digest of its error (the manifest job reports the error itself)."""
     digest = hashlib.sha256()
 
     def missing(error):

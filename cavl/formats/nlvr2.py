@@ -1,17 +1,11 @@
 """NLVR2 (``{train,dev,test1}.json``: JSON lines; images ``{stem}.png`` in one folder per split).
 
-Official structure of a line: ``identifier`` (``{split}-{set}-{pair}-{sentence}``),
-``sentence``, ``label`` (the string ``"True"``/``"False"``), ``left_url``, ``right_url``,
-``writer``, ``synset``, ``query``, ``validation``, ``extra_validations`` and, in train,
-``directory`` (the numbered subfolder 0–99 holding the pair's images). The two images of
-an example are ``{split}-{set}-{pair}-img0.png`` and ``…-img1.png`` (identifier without its
-last part, plus ``-img0``/``-img1``).
-
-Image folders: each split's images sit in one folder, directly or in numbered subfolders
-(train: ``{directory}/``). The release unpacks train under ``images/train/{0..99}/`` but dev
-and test1 beside ``images/`` (``nlvr2/dev/``, ``nlvr2/test1/``), so ``image_root`` is either
-a mapping split → folder (that released layout) or one folder holding ``{split}/`` per split
-(the flat layout); see :func:`split_image_folders`.
+A line has ``identifier`` (``{split}-{set}-{pair}-{sentence}``), ``sentence``, ``label``
+(``"True"``/``"False"``), bookkeeping keys and, in train, ``directory`` (the numbered subfolder
+0–99 of the pair's images). An example's images are ``{split}-{set}-{pair}-img0.png`` and
+``…-img1.png``. The release unpacks train under ``images/train/{0..99}/`` but dev and test1
+beside ``images/``, so ``image_root`` is a mapping split → folder or one folder holding
+``{split}/`` per split (:func:`split_image_folders`).
 """
 
 import os
@@ -62,8 +56,7 @@ def read_split(path):
 
 
 def index_images(folder):
-    """{file stem: path} of every image under `folder`, searched recursively (the train
-    images sit in numbered subfolders). Sorted walk, so the first path of a stem wins."""
+    """{stem: path} of every image under `folder`, recursively; sorted walk, first path wins."""
     index = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
@@ -84,13 +77,8 @@ def _locate(split_folder, directory, stem, index):
 
 
 def split_image_folders(splits, image_root, where="datasets.nlvr2.image_root"):
-    """{split: folder of its images} for every split of `splits`.
-
-    image_root: a folder holding one ``{split}/`` folder per split (flat layout), or a
-    mapping split → folder (released layout: ``{train: nlvr2/images/train, dev: nlvr2/dev,
-    test1: nlvr2/test1}``; splits it names beyond `splits` are ignored). A split without a
-    folder in the mapping → SpecError naming `where`. → {split: (folder, its config key)}.
-    """
+    """{split: (folder of its images, its config key)} for every split of `splits`, from
+    `image_root`: one folder holding ``{split}/`` per split, or a mapping split → folder."""
     if isinstance(image_root, (str, os.PathLike)):
         folders = {split: (os.path.join(image_root, split), where) for split in splits}
     elif isinstance(image_root, dict):
@@ -111,11 +99,8 @@ def split_image_folders(splits, image_root, where="datasets.nlvr2.image_root"):
 
 
 def manifest_rows(splits, image_root, on_missing=None):
-    """splits: {split name: json-lines path}; image_root: see :func:`split_image_folders`.
-
-    One row per distinct image (left before right, in file order); width and height come
-    from the image header. on_missing: None → an image whose file is missing raises
-    MissingImageError; else it is called with that error and the image is left out.
+    """One row per distinct image (left before right, in file order) of `splits` ({split:
+    json-lines path}); size from the image header. `on_missing`: as :func:`_common.missing_image`.
     """
     folders = split_image_folders(splits, image_root)
     rows, seen = [], set()

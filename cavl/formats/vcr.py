@@ -12,7 +12,7 @@ Official structure (README of the release):
 import json
 import os
 
-from ._common import (check_type, get, iter_json_lines, load_json, positive_int, require_image,
+from ._common import (check_type, get, iter_json_lines, load_json, require_image, size_keys,
                       tables_per_split_file)
 from .errors import FormatError
 
@@ -32,7 +32,6 @@ def _check_tokens(tokens, path, rec, what, n_objects):
 
 
 def _check_choices(choices, path, rec, what, n_objects):
-    check_type(choices, list, path, rec, f"key {what!r}")
     for k, c in enumerate(choices):
         _check_tokens(c, path, rec, f"{what}[{k}]", n_objects)
     return choices
@@ -87,11 +86,8 @@ def image_id_of(img_fn):
 
 
 def read_metadata(path):
-    """Per-image metadata json → {boxes: [[x1,y1,x2,y2]] (score dropped), names, width, height}.
-
-    ``names`` falls back to None when the file has none (the caller then uses the
-    annotation's ``objects``).
-    """
+    """Per-image metadata json → {boxes: [[x1,y1,x2,y2]] (score dropped), names (None when
+    the file has none), width, height}."""
     meta = check_type(load_json(path), dict, path, None, "top level")
     boxes = []
     for k, box in enumerate(get(meta, "boxes", list, path, None)):
@@ -109,18 +105,12 @@ def read_metadata(path):
             check_type(n, str, path, f"names[{k}]", "name")
         if len(names) != len(boxes):
             raise FormatError(path, None, f"{len(names)} names for {len(boxes)} boxes")
-    return {"boxes": boxes, "names": names,
-            "width": positive_int(get(meta, "width", int, path, None), path, None, "width"),
-            "height": positive_int(get(meta, "height", int, path, None), path, None, "height")}
+    return {"boxes": boxes, "names": names, **size_keys(meta, path, None)}
 
 
 def manifest_rows(split_paths, image_root, on_missing=None):
     """One row per distinct img_fn over the given jsonl files (first occurrence order).
-
-    on_missing: None → an image whose file is missing raises MissingImageError; else it is
-    called with that error and the image is left out. A missing metadata json of a present
-    image is a FormatError either way (it is annotation, not image).
-    """
+    `on_missing`: as :func:`_common.missing_image`; a missing metadata json is a FormatError."""
     rows, seen = [], set()
     for jsonl in split_paths:
         for r in read_split(jsonl):

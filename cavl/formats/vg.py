@@ -1,34 +1,28 @@
 """Visual Genome (``image_data.json``, ``region_descriptions.json``; images in VG_100K[_2]/).
 
-Official structure:
-- image_data.json: ``[{"image_id", "url", "width", "height", "coco_id", "flickr_id"}, …]``
-  (the older v1.0/1.2 dumps name the id ``id``; both are accepted). The url ends in
-  ``…/VG_100K/{image_id}.jpg`` or ``…/VG_100K_2/{image_id}.jpg``: the release folder.
+Official structure (older v1.0/1.2 dumps name the image id ``id``; both are accepted):
+- image_data.json: ``[{"image_id", "url", "width", "height", "coco_id", "flickr_id"}, …]``; the
+  url ends in ``…/VG_100K/{image_id}.jpg`` or ``…/VG_100K_2/{image_id}.jpg``.
 - region_descriptions.json: ``[{"id": image_id, "regions": [{"region_id", "image_id",
   "phrase", "x", "y", "width", "height"}, …]}, …]``.
-- objects.json (optional; its boxes become the manifest's ground-truth boxes):
-  ``[{"image_id" (older dumps: "id"), "objects": [{"object_id", "x", "y", "w", "h",
-  "names": [...], "synsets": [...]}, …]}, …]``.
-- attributes.json (optional; the detector's attribute labels, extract/vocab.py): the same as
-  objects.json with ``"attributes"`` for ``"objects"``, and each object may carry
-  ``"attributes": ["green", "tall", …]`` (missing or null: none).
+- objects.json (optional; its boxes become the manifest's gt boxes): ``[{"image_id",
+  "objects": [{"object_id", "x", "y", "w", "h", "names": [...], "synsets": [...]}, …]}, …]``.
+- attributes.json (optional; the detector's attribute labels): as objects.json with
+  ``"attributes"`` for ``"objects"``; each object may carry ``"attributes": ["green", …]``.
 """
 
 import os
 from urllib.parse import urlparse
 
-from ._common import check_type, get, load_json, missing_image, positive_int
+from ._common import check_type, get, load_json, missing_image, size_keys
 from .errors import FormatError
 
 IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
 
 
 def _image_id(entry, path, rec):
-    if isinstance(entry, dict) and "image_id" in entry:
-        return get(entry, "image_id", int, path, rec)
-    if isinstance(entry, dict) and "id" in entry:
-        return get(entry, "id", int, path, rec)
-    get(entry, "image_id", int, path, rec)  # raises the right error
+    older = isinstance(entry, dict) and "image_id" not in entry and "id" in entry
+    return get(entry, "id" if older else "image_id", int, path, rec)
 
 
 def read_image_data(path):
@@ -41,8 +35,7 @@ def read_image_data(path):
         out.append({
             "image_id": _image_id(entry, path, rec),
             "url": get(entry, "url", (str, type(None)), path, rec, default=None),
-            "width": positive_int(get(entry, "width", int, path, rec), path, rec, "width"),
-            "height": positive_int(get(entry, "height", int, path, rec), path, rec, "height"),
+            **size_keys(entry, path, rec),
             "coco_id": get(entry, "coco_id", (int, type(None)), path, rec, default=None),
             "flickr_id": get(entry, "flickr_id", (int, type(None)), path, rec, default=None),
         })
@@ -69,14 +62,6 @@ def image_candidates(image_root, image_id, url):
             candidates.extend(os.path.join(image_root, d, parts[-1]) for d in IMAGE_FOLDERS)
     candidates.extend(os.path.join(image_root, d, f"{image_id}.jpg") for d in IMAGE_FOLDERS)
     return list(dict.fromkeys(candidates))
-
-
-def find_image(image_root, image_id, url):
-    """Path of an image in the release layout (see :func:`image_candidates`), or None."""
-    for c in image_candidates(image_root, image_id, url):
-        if os.path.isfile(c):
-            return c
-    return None
 
 
 def read_objects(path):
@@ -134,13 +119,10 @@ def _object_records(path, list_key):
 
 def read_attributes(path):
     """Parse attributes.json → {image_id: [{"object_id": int | None, "box": [x1, y1, x2, y2],
-    "names": [str, …], "attributes": [str, …]}, …]} in file order.
+    "names": [str, …], "attributes": [str, …]}, …]} in file order, entries of one image merged.
 
-    The strings are as annotated (not cleaned: extract/vocab.py does that). An object without
-    an ``attributes`` key (or with null) has ``[]``; older dumps' ``id`` (image) and ``name``
-    (one object name) are accepted. Unlike :func:`read_objects`, objects without area are kept
-    (callers that need a box drop ``x2 <= x1 or y2 <= y1``). Entries repeating an image id
-    are merged."""
+    Strings as annotated (extract/vocab.py cleans them); older dumps' ``id`` and ``name`` are
+    accepted. Unlike :func:`read_objects`, objects without area are kept."""
     return _object_records(path, "attributes")
 
 
@@ -152,10 +134,7 @@ def read_object_records(path):
 
 def manifest_rows(image_data_path, image_root, objects_path=None, on_missing=None):
     """Manifest rows of image_data.json; with objects.json, its boxes are the gt boxes.
-
-    on_missing: None → an image whose file is in no release folder raises
-    MissingImageError; else it is called with that error and the image is left out.
-    """
+    `on_missing`: as :func:`_common.missing_image`."""
     objects = read_objects(objects_path) if objects_path else {}
     rows, seen = [], set()
     for i, im in enumerate(read_image_data(image_data_path)):
@@ -163,10 +142,10 @@ def manifest_rows(image_data_path, image_root, objects_path=None, on_missing=Non
         if image_id in seen:
             raise FormatError(image_data_path, f"[{i}]", f"duplicate image_id {image_id}")
         seen.add(image_id)
-        image_path = find_image(image_root, im["image_id"], im["url"])
+        candidates = image_candidates(image_root, im["image_id"], im["url"])
+        image_path = next((c for c in candidates if os.path.isfile(c)), None)
         if image_path is None:
-            missing_image(on_missing, image_data_path, f"[{i}]",
-                          image_candidates(image_root, im["image_id"], im["url"])[0], image_id,
+            missing_image(on_missing, image_data_path, f"[{i}]", candidates[0], image_id,
                           f"image file missing: no {im['image_id']}.jpg under "
                           f"{image_root}/{{{','.join(IMAGE_FOLDERS)}}}")
             continue
@@ -177,12 +156,8 @@ def manifest_rows(image_data_path, image_root, objects_path=None, on_missing=Non
 
 
 def read_region_descriptions(path):
-    """Parse region_descriptions.json → list of {region_id, image_id, phrase}.
-
-    (The region box x/y/width/height is not needed downstream and is not kept.)
-
-    A region's image is its own ``image_id``, else the enclosing entry's ``id``.
-    """
+    """Parse region_descriptions.json → list of {region_id, image_id (the region's own, else
+    the entry's), phrase}; the region box is not needed downstream."""
     data = check_type(load_json(path), list, path, None, "top level")
     out = []
     for i, entry in enumerate(data):

@@ -1,18 +1,14 @@
 """Label vocabulary files (the detector's object / attribute classes) and the cleaning of Visual
-Genome strings they are matched with.
+Genome strings they are matched with (shared by cavl.demo.vg and extract.vocab).
 
-A vocabulary file (BUTD's published ``objects_vocab.txt`` / ``attributes_vocab.txt`` format) has
-one class per line, aliases separated by commas. Class ids are **0-based line indices** (BUTD's
-Caffe numbering minus one: Caffe's 0 is the background / "no attribute").
+A vocabulary file (BUTD's ``objects_vocab.txt`` / ``attributes_vocab.txt``) has one class per
+line, aliases separated by commas. Class ids are **0-based line indices** (BUTD's Caffe numbering
+minus one: Caffe's 0 is the background / "no attribute").
 
-Strings are cleaned as BUTD's ``data/genome/setup_vg.py`` did:
-lower-cased, stripped, a trailing period dropped; an attribute is split on " and " except
-"black and white"; an object name whose leading words are all in :data:`COMMON_ADJECTIVES` is
-split into the object (its last word) and those words as attributes ("white shirt" → "shirt"
-plus "white").
-
-A format shared by the demo's data writer (cavl.demo.vg writes its vocabularies) and the
-extraction stage (extract.vocab builds, validates and maps with them).
+Strings are cleaned as BUTD's ``data/genome/setup_vg.py`` did: lower-cased, stripped, a trailing
+period dropped; an attribute is split on " and " except "black and white"; an object name whose
+leading words are all :data:`COMMON_ADJECTIVES` is split into the object (its last word) and
+those words as attributes ("white shirt" → "shirt" plus "white").
 """
 
 import hashlib
@@ -57,7 +53,7 @@ def clean_attributes(s):
 
 
 def unique(items):
-    """The items without repeats, in first-seen order (a list)."""
+    """The items without repeats, in first-seen order."""
     return list(dict.fromkeys(items))
 
 
@@ -71,12 +67,9 @@ def object_strings(names, attributes):
 
 # ---------------------------------------------------------------- vocabulary
 class Vocabulary:
-    """Classes, each a tuple of aliases (the first is its name). Class ids are 0-based line
-    indices of the vocabulary file; ``id(alias)`` of any alias gives its class's id.
-
-    `sha256` is the hash of the canonical file text (:meth:`text`), so it equals the sha256 of
-    a file written by :func:`write_vocab` and does not depend on how a read file ended.
-    """
+    """Classes, each a tuple of aliases (the first is its name); ``id(alias)`` gives the 0-based
+    class id. `sha256` hashes the canonical file text (:meth:`text`), as :func:`write_vocab`
+    writes it."""
 
     def __init__(self, classes):
         """`classes`: per class, its aliases (a sequence of strings, or one string)."""
@@ -95,7 +88,6 @@ class Vocabulary:
         return len(self._classes)
 
     def __getitem__(self, class_id):
-        """Aliases of class `class_id` (a tuple)."""
         return self._classes[class_id]
 
     def __iter__(self):
@@ -109,11 +101,6 @@ class Vocabulary:
 
     def __repr__(self):
         return f"Vocabulary({len(self)} classes, sha256 {self.sha256[:12]}…)"
-
-    @property
-    def classes(self):
-        """All classes: a tuple of alias tuples."""
-        return self._classes
 
     @property
     def names(self):
@@ -155,9 +142,8 @@ def _class_problem(aliases, index):
 
 
 def read_vocab(path):
-    """Read a vocabulary file (one class per line, aliases separated by commas; a final line
-    end optional) → :class:`Vocabulary`. A blank line, an empty alias or an alias of two
-    classes is a FormatError naming the file and line."""
+    """Read a vocabulary file → :class:`Vocabulary` (final line end optional); FormatError naming
+    the file and line for a bad class."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8", newline="") as f:

@@ -36,9 +36,8 @@ def read_annotations(path):
         qid = get(a, "question_id", int, path, rec)
         if qid in out:
             raise FormatError(path, rec, f"duplicate question_id {qid}")
-        answers = []
-        for j, ans in enumerate(get(a, "answers", list, path, rec)):
-            answers.append(get(ans, "answer", str, path, f"{rec}.answers[{j}]"))
+        answers = [get(ans, "answer", str, path, f"{rec}.answers[{j}]")
+                   for j, ans in enumerate(get(a, "answers", list, path, rec))]
         out[qid] = {
             "index": i,
             "image_id": get(a, "image_id", int, path, rec),

@@ -3,26 +3,19 @@
 Each figure is what a trivial predictor scores with the *same* metric on the *same* split,
 computed exactly (analytically or as an expectation), so it is deterministic:
 
-- VQA: the majority answer — the most frequent normalised ``multiple_choice_answer`` of the
-  *train* split ("yes" on VQA v2), predicted for every question and scored with the official
-  metric. ``per_answer_type=True`` instead predicts the train majority of each question's
-  annotated answer type ("yes" / "2" / ...), which peeks at the gt answer type and is therefore
-  not the default. :func:`vqa_question_type_prior` predicts the train majority of each
-  question's annotated ``question_type`` (the question's first words, "how many", "is there
-  a", ...): a language-only prior, the bar a model must clear to show it uses the image.
+- VQA: the train split's majority normalised ``multiple_choice_answer`` ("yes" on VQA v2) for
+  every question (``per_answer_type=True``: the majority of the question's annotated answer
+  type, which peeks at the gt and is not the default); :func:`vqa_question_type_prior`: the
+  train majority of each question's ``question_type``, a language-only prior.
 - VCR: a uniform random choice among the 4 answers and 4 rationales: 25 / 25 / 6.25.
-- NLVR2: the majority label (of the train labels when given, else of the evaluated split)
-  predicted for every example: its accuracy and its consistency.
-- Retrieval: a uniformly random ranking. With N candidates of which m are right, the chance
-  that some right one is in the top K is 1 − C(N−m, K) / C(N, K) (hypergeometric);
-  i2t averages that over images (m = the image's caption count, N = all captions), t2i is
-  K / num_images.
-- RPG: a uniformly random ranking of each phrase's candidate regions, same formula with m =
-  the candidates reaching IoU 0.5; ``upper_bound`` does not depend on the ranking, so it is
-  the metric's own.
+- NLVR2: the majority label (of the train labels when given, else of the evaluated split).
+- Retrieval: a uniformly random ranking. With N candidates of which m are right, P(some right
+  one in the top K) = 1 − C(N−m, K) / C(N, K); i2t averages it over images (m = the image's
+  captions, N = all captions), t2i is K / num_images.
+- RPG: the same formula per phrase with m = the candidates reaching IoU 0.5; ``upper_bound``
+  does not depend on the ranking, so it is the metric's own.
 """
 
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,15 +25,12 @@ from .nlvr2 import nlvr2_accuracy
 from .vqa import aggregate_scores, build_answer_vocab, vqa_question_score, vqa_scores
 
 
-# ----------------------------------------------------------------------------- shared formula
-
 def prob_any_in_top_k(num_candidates, num_right, k: int) -> np.ndarray:
     """P(at least one of `num_right` right candidates is in the top `k` of a uniformly random
     ranking of `num_candidates`) = 1 − C(N−m, K)/C(N, K), elementwise over arrays of N, m.
     Zero where N = 0 or m = 0."""
-    n = np.asarray(num_candidates, dtype=np.float64)
-    m = np.asarray(num_right, dtype=np.float64)
-    n, m = np.broadcast_arrays(n, m)
+    n, m = np.broadcast_arrays(np.asarray(num_candidates, dtype=np.float64),
+                               np.asarray(num_right, dtype=np.float64))
     if (m > n).any() or (m < 0).any():
         raise ValueError("num_right must lie in 0..num_candidates")
     none_in_top = np.ones(n.shape)
@@ -53,8 +43,6 @@ def prob_any_in_top_k(num_candidates, num_right, k: int) -> np.ndarray:
         none_in_top = none_in_top * factor
     return np.where(m > 0, 1.0 - none_in_top, 0.0)
 
-
-# ----------------------------------------------------------------------------- VQA
 
 def majority_answer(train_answers: Sequence[str]) -> str:
     """Most frequent normalised answer (ties: alphabetical) of a list of answers."""
@@ -69,11 +57,9 @@ def vqa_majority_chance(train_answers: Sequence[str], answers: Sequence[Sequence
                         per_answer_type: bool = False) -> dict:
     """VQA metric keys for the majority-answer predictor.
 
-    `train_answers`: the train split's ``multiple_choice_answer`` (one per question);
-    `answers`, `answer_types`: the evaluated split's human answers and answer types.
-    With ``per_answer_type=True`` `train_answer_types` is required and each evaluated question
-    gets the train majority of its own answer type (the overall majority for a type unseen in
-    train).
+    `train_answers`: the train split's ``multiple_choice_answer``; `answers`, `answer_types`: the
+    evaluated split's. ``per_answer_type=True`` (needs `train_answer_types`): the train majority
+    of each question's answer type (the overall majority for a type unseen in train).
     """
     overall = majority_answer(train_answers)
     if not per_answer_type:
@@ -81,10 +67,7 @@ def vqa_majority_chance(train_answers: Sequence[str], answers: Sequence[Sequence
     else:
         if train_answer_types is None or len(train_answer_types) != len(train_answers):
             raise ValueError("per_answer_type needs one train answer type per train answer")
-        by_type: dict[str, list[str]] = {}
-        for a, t in zip(train_answers, train_answer_types):
-            by_type.setdefault(t, []).append(a)
-        best = {t: majority_answer(v) for t, v in by_type.items()}
+        best = {t: majority_answer(v) for t, v in _grouped(train_answer_types, train_answers).items()}
         predictions = [best.get(t, overall) for t in answer_types]
     return aggregate_scores(vqa_scores(predictions, answers), answer_types)
 
@@ -96,28 +79,25 @@ def question_type_majorities(train_question_types: Sequence[str],
     if len(train_question_types) != len(train_answers):
         raise ValueError(f"{len(train_question_types)} train question types for "
                          f"{len(train_answers)} train answers")
-    by_type: dict[str, list[str]] = {}
-    for t, a in zip(train_question_types, train_answers):
-        by_type.setdefault(t, []).append(a)
-    best = {}
-    for t, answers in by_type.items():
-        if build_answer_vocab(answers, top_k=1):  # a type with only empty answers: no prior
-            best[t] = majority_answer(answers)
+    best = {t: majority_answer(answers)
+            for t, answers in _grouped(train_question_types, train_answers).items()
+            if build_answer_vocab(answers, top_k=1)}  # a type with only empty answers: no prior
     return best, majority_answer(train_answers)
+
+
+def _grouped(keys, values) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for k, v in zip(keys, values):
+        groups.setdefault(k, []).append(v)
+    return groups
 
 
 def vqa_question_type_prior(train_question_types: Sequence[str], train_answers: Sequence[str],
                             eval_question_types: Sequence[str],
                             eval_answers: Sequence[Sequence[str]]) -> np.ndarray:
-    """Per-question official accuracies (0–1, float64 array) of the question-type prior: each
-    evaluated question is answered with the most frequent normalised train
-    ``multiple_choice_answer`` of its ``question_type`` (the overall train majority for a type
-    unseen in train), scored by :func:`cavl.metrics.vqa.vqa_question_score` against its human
-    answers.
-
-    `train_question_types`, `train_answers`: the train split's ``question_type`` and
-    ``multiple_choice_answer`` per question; `eval_question_types`, `eval_answers`: the
-    evaluated split's ``question_type`` and (ten) human answers per question.
+    """Per-question official accuracies (0–1, float64 array) of the question-type prior: the
+    most frequent normalised train ``multiple_choice_answer`` of the question's ``question_type``
+    (the overall train majority for a type unseen in train).
     """
     if len(eval_question_types) != len(eval_answers):
         raise ValueError(f"{len(eval_question_types)} question types for {len(eval_answers)} "
@@ -126,20 +106,6 @@ def vqa_question_type_prior(train_question_types: Sequence[str], train_answers: 
     return np.array([vqa_question_score(best.get(t, overall), humans)
                      for t, humans in zip(eval_question_types, eval_answers)], dtype=np.float64)
 
-
-def vqa_question_type_prior_accuracy(train_question_types: Sequence[str],
-                                     train_answers: Sequence[str],
-                                     eval_question_types: Sequence[str],
-                                     eval_answers: Sequence[Sequence[str]]) -> float:
-    """Accuracy in percent (mean of :func:`vqa_question_type_prior`'s per-question scores)."""
-    scores = vqa_question_type_prior(train_question_types, train_answers, eval_question_types,
-                                     eval_answers)
-    if scores.size == 0:
-        raise ValueError("no questions to evaluate")
-    return 100.0 * float(scores.mean())
-
-
-# ----------------------------------------------------------------------------- VCR
 
 def vcr_chance(num_answer_choices: int = 4, num_rationale_choices: int = 4) -> dict:
     """Uniform random choice: ``q2a`` = 1/A, ``qa2r`` = 1/R, ``q2ar`` = 1/(A·R), in percent."""
@@ -150,31 +116,20 @@ def vcr_chance(num_answer_choices: int = 4, num_rationale_choices: int = 4) -> d
             "q2ar": 100.0 / (num_answer_choices * num_rationale_choices)}
 
 
-# ----------------------------------------------------------------------------- NLVR2
-
 def nlvr2_majority_chance(identifiers: Sequence[str], labels, train_labels=None) -> dict:
-    """``accuracy`` and ``consistency`` of predicting the majority label everywhere.
-
-    The majority is taken from `train_labels` when given (the honest baseline), else from the
-    evaluated `labels`; an exact tie goes to True.
-    """
+    """``accuracy`` and ``consistency`` of predicting the majority label (of `train_labels` when
+    given, else of `labels`; a tie goes to True) everywhere."""
     labels = np.asarray(labels)
     source = labels if train_labels is None else np.asarray(train_labels)
     if source.dtype != bool or len(source) == 0:
         raise ValueError("labels must be a non-empty boolean array")
-    counts = Counter(source.tolist())
-    majority = counts[True] >= counts[False]
+    majority = 2 * int(source.sum()) >= len(source)
     return nlvr2_accuracy(identifiers, np.full(len(labels), majority), labels)
 
 
-# ----------------------------------------------------------------------------- retrieval
-
 def retrieval_chance(caption_to_image, num_images: int = None, ks=retrieval.KS) -> dict:
     """Expected ``i2t_r@K``, ``t2i_r@K`` and ``rsum`` of a uniformly random ranking, in percent.
-
-    `caption_to_image`: image index per caption; `num_images`: number of images (default
-    max index + 1). Every image must have at least one caption, as for the metric.
-    """
+    `num_images` defaults to the largest index in `caption_to_image` + 1."""
     cap2img = np.asarray(caption_to_image, dtype=np.int64)
     if cap2img.ndim != 1 or cap2img.size == 0:
         raise ValueError("caption_to_image must be a non-empty 1-D array")
@@ -185,17 +140,12 @@ def retrieval_chance(caption_to_image, num_images: int = None, ks=retrieval.KS) 
     per_image = np.bincount(cap2img, minlength=num_images)
     if (per_image == 0).any():
         raise ValueError("images without any caption cannot be queried")
-    num_captions = len(cap2img)
-    out = {}
-    for k in ks:
-        out[f"i2t_r@{k}"] = 100.0 * float(prob_any_in_top_k(num_captions, per_image, k).mean())
-    for k in ks:
-        out[f"t2i_r@{k}"] = 100.0 * min(k, num_images) / num_images
+    out = {f"i2t_r@{k}": 100.0 * float(prob_any_in_top_k(len(cap2img), per_image, k).mean())
+           for k in ks}
+    out.update({f"t2i_r@{k}": 100.0 * min(k, num_images) / num_images for k in ks})
     out["rsum"] = sum(out.values())
     return out
 
-
-# ----------------------------------------------------------------------------- grounding
 
 def rpg_chance(candidate_boxes: Sequence, gt_boxes: Sequence, ks=grounding.KS,
                iou_threshold: float = grounding.IOU_THRESHOLD,

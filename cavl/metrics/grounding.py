@@ -1,21 +1,15 @@
 """Box IoU and region-to-phrase grounding (RPG) recall on Flickr30k Entities, in percent.
 
-Protocol (Plummer et al. 2015, as used by BAN / VisualBERT with detector proposals): each
-phrase of a test sentence whose entity has at least one ground-truth box is a query; the model
-ranks the image's candidate regions (detector boxes) for it. The phrase is right at K when any
-of the top-K candidates has IoU ≥ 0.5 with *any* gt box of its entity. ``upper_bound`` is the
-share of phrases for which *some* candidate reaches IoU 0.5 — the best any ranking of these
-proposals can do. Phrases whose entity has no box are not queries; they are counted apart.
+Protocol (Plummer et al. 2015, as BAN / VisualBERT with detector proposals): each phrase whose
+entity has a ground-truth box is a query ranking the image's candidate regions; it is right at
+K when any of the top-K candidates has IoU ≥ 0.5 with *any* gt box of its entity.
+``upper_bound``: the share of phrases for which *some* candidate reaches IoU 0.5. Phrases whose
+entity has no box are counted apart.
 
-Box convention: ``x1, y1, x2, y2`` in pixels of the original image, treated as continuous
-coordinates: width = x2 − x1, area = (x2 − x1)(y2 − y1), no "+1". Detector boxes are
-continuous, and our gt boxes (Flickr30k Entities, converted to 0-based by the format reader)
-differ from the continuous extent by at most one pixel per side, which moves IoU by < 1% for
-boxes wider than ~100 px. The PASCAL-VOC convention (inclusive integer pixels, +1 in widths)
-is available with ``pixel_inclusive=True``.
-
-Tie rule: as for retrieval — pessimistic: a wrong candidate scored equal to the best right one
-ranks above it.
+Boxes are ``x1, y1, x2, y2`` pixels treated as continuous coordinates (width = x2 − x1, no
+"+1"): our 0-based gt boxes differ from the continuous extent by at most a pixel per side (IoU
+moves < 1% for boxes wider than ~100 px). ``pixel_inclusive=True``: the PASCAL-VOC convention.
+Ties are pessimistic, as for retrieval.
 """
 
 from collections.abc import Sequence
@@ -40,11 +34,8 @@ def as_boxes(name, boxes):
 
 
 def box_iou(boxes_a, boxes_b, pixel_inclusive: bool = False) -> np.ndarray:
-    """Pairwise IoU matrix [len(a), len(b)] of x1y1x2y2 boxes.
-
-    Degenerate boxes (x2 ≤ x1 or y2 ≤ y1, continuous convention) have zero area; a pair whose
-    union is zero gets IoU 0.
-    """
+    """Pairwise IoU matrix [len(a), len(b)] of x1y1x2y2 boxes (degenerate boxes have zero area;
+    a zero union gives IoU 0)."""
     a, b = as_boxes("boxes_a", boxes_a), as_boxes("boxes_b", boxes_b)
     one = 1.0 if pixel_inclusive else 0.0
     wa = np.clip(a[:, 2] - a[:, 0] + one, 0, None)
@@ -56,8 +47,7 @@ def box_iou(boxes_a, boxes_b, pixel_inclusive: bool = False) -> np.ndarray:
     inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)             # (A, B)
     union = (wa * ha)[:, None] + (wb * hb)[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-    return iou
+        return np.where(union > 0, inter / union, 0.0)
 
 
 def candidate_hits(candidate_boxes, gt_boxes, iou_threshold: float = IOU_THRESHOLD,
@@ -89,11 +79,9 @@ def rpg_recall(candidate_boxes: Sequence, candidate_scores: Sequence, gt_boxes: 
                pixel_inclusive: bool = False) -> tuple[dict, int]:
     """RPG recall over phrases → (``{"r@K"..., "upper_bound"}`` in percent, number excluded).
 
-    One entry per phrase in each sequence: `candidate_boxes` (N_i×4, the image's regions),
-    `candidate_scores` (N_i, the model's score per region, higher = better; to evaluate a
-    ranking, pass e.g. ``-rank``), `gt_boxes` (M_i×4, all gt boxes of the phrase's entity).
-    Phrases with M_i = 0 are excluded and counted in the second return value; a phrase with no
-    candidates counts as a miss.
+    One entry per phrase in each sequence: `candidate_boxes` (N_i×4), `candidate_scores` (N_i,
+    higher = better), `gt_boxes` (M_i×4, all gt boxes of the phrase's entity). Phrases with
+    M_i = 0 are excluded and counted; a phrase with no candidates is a miss.
     """
     if not (len(candidate_boxes) == len(candidate_scores) == len(gt_boxes)):
         raise ValueError("candidate_boxes, candidate_scores and gt_boxes differ in length")

@@ -3,12 +3,10 @@
 Definitions of the official ``nlvr2/eval/metrics.py`` (lil-lab/nlvr):
 
 - ``accuracy``: share of examples whose predicted label equals the gold label.
-- ``consistency``: share of *unique sentences* all of whose examples are right. An identifier
-  is ``{split}-{set_id}-{pair_id}-{sentence_id}``; one sentence was written for an eight-image
-  set and is paired with several of its image pairs, so the examples sharing a sentence are
-  those with the same identifier once the **pair_id** (third field) is blanked out:
-  ``dev-850-0-1`` and ``dev-850-3-1`` share a sentence, ``dev-850-0-0`` and ``dev-850-0-1`` do
-  not. (Dropping the last field instead would pool the two different sentences of one pair.)
+- ``consistency``: share of *unique sentences* all of whose examples are right. Identifiers are
+  ``{split}-{set_id}-{pair_id}-{sentence_id}``; a sentence is paired with several image pairs
+  of its set, so examples share a sentence when their identifiers agree once the **pair_id**
+  is blanked (``dev-850-0-1`` and ``dev-850-3-1`` do, ``dev-850-0-0`` and ``dev-850-0-1`` not).
 """
 
 import numpy as np
@@ -33,29 +31,19 @@ def _bools(name, values):
     return arr
 
 
-def nlvr2_correct_groups(identifiers, correct) -> np.ndarray:
-    """Per unique sentence (in order of first appearance): whether all its examples are right."""
-    keys = [sentence_key(i) for i in identifiers]
-    correct = _bools("correct", correct)
-    if len(keys) != len(correct):
-        raise ValueError(f"{len(keys)} identifiers for {len(correct)} results")
-    consistent: dict[str, bool] = {}
-    for k, ok in zip(keys, correct):
-        consistent[k] = consistent.get(k, True) and bool(ok)
-    return np.fromiter(consistent.values(), dtype=bool, count=len(consistent))
-
-
 def nlvr2_accuracy(identifiers, predictions, labels) -> dict:
-    """``{"accuracy", "consistency"}`` in percent.
-
-    `identifiers`: official example identifiers; `predictions`, `labels`: boolean arrays.
-    """
+    """``{"accuracy", "consistency"}`` in percent of boolean `predictions` against `labels`."""
     pred, gold = _bools("predictions", predictions), _bools("labels", labels)
     if len(pred) != len(gold):
         raise ValueError(f"{len(pred)} predictions for {len(gold)} labels")
     if len(gold) == 0:
         raise ValueError("no examples to evaluate")
     correct = pred == gold
-    groups = nlvr2_correct_groups(identifiers, correct)
+    keys = [sentence_key(i) for i in identifiers]
+    if len(keys) != len(correct):
+        raise ValueError(f"{len(keys)} identifiers for {len(correct)} results")
+    consistent: dict[str, bool] = {}  # per unique sentence: all its examples right
+    for k, ok in zip(keys, correct):
+        consistent[k] = consistent.get(k, True) and bool(ok)
     return {"accuracy": 100.0 * float(correct.mean()),
-            "consistency": 100.0 * float(groups.mean())}
+            "consistency": 100.0 * float(np.mean(list(consistent.values())))}

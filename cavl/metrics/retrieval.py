@@ -1,22 +1,15 @@
 """Image↔text retrieval Recall@K (Flickr30k TIR and zero-shot TIR), in percent.
 
 The standard Flickr30k protocol (Karpathy test split: 1,000 images × 5,000 captions, as in
-VSE++ / SCAN / UNITER): one score for every (image, caption) pair, higher = more similar.
+VSE++ / SCAN / UNITER), over one score per (image, caption) pair, higher = more similar:
+``i2t_r@K``: an image is right when *any* of its captions is among the K best-scored captions;
+``t2i_r@K``: a caption is right when its image is among the K best-scored images; ``rsum``: the
+sum of the six recalls (0–600).
 
-- image → text (``i2t_r@K``): each image queries all captions; it is right at K when *any* of
-  its own captions is among the K best-scored captions (the rank of its best caption < K).
-- text → image (``t2i_r@K``): each caption queries all images; it is right at K when its image
-  is among the K best-scored images.
-- ``rsum``: the sum of the six recalls (0–600).
-
-Tie rule — **pessimistic**: a wrong candidate scored *equal* to the best right candidate is
-ranked above it. So the (0-based) rank of a query's answer is the number of wrong candidates
-scored ≥ its best right candidate; a model that gives every pair the same score gets no credit
-beyond what the number of candidates forces (rank = #wrong candidates). Right candidates that
-tie with each other do not push each other down. NaN scores are rejected.
-
-Memory: the score matrix is read in blocks of rows/columns, so beyond the matrix itself only a
-block of booleans is held (1k × 5k float32 = 20 MB; the work space is ~ chunk × 5k bytes).
+Ties are **pessimistic**: the 0-based rank of a query's answer is the number of wrong candidates
+scored ≥ its best right candidate, so constant scores get no credit beyond what the number of
+candidates forces. NaN scores are rejected. The matrix is read in blocks of rows/columns, so
+the work space is ~ chunk × 5k booleans.
 """
 
 import numpy as np
@@ -87,12 +80,8 @@ def recall_at_k(ranks, ks=KS) -> dict[int, float]:
 
 
 def retrieval_recall(scores, caption_to_image, ks=KS) -> dict:
-    """``i2t_r@K``, ``t2i_r@K`` (for K in `ks`, default 1, 5, 10) and ``rsum``, in percent.
-
-    `scores`: [num_images, num_captions] similarity matrix (numpy, any float or int dtype);
-    `caption_to_image`: for each caption (column), the index of its image (row). Any number
-    (≥ 1) of captions per image is allowed.
-    """
+    """``i2t_r@K``, ``t2i_r@K`` and ``rsum``, in percent, of a [num_images, num_captions] score
+    matrix (any float or int dtype); `caption_to_image`: each caption's image (row) index."""
     i2t = recall_at_k(i2t_ranks(scores, caption_to_image), ks)
     t2i = recall_at_k(t2i_ranks(scores, caption_to_image), ks)
     out = {f"i2t_r@{k}": v for k, v in i2t.items()}

@@ -1,31 +1,21 @@
 """Significance of a model's results against a chance predictor: exact one-sided p-values.
 
-"Beats chance" here is a statistic computed from counts, never a threshold on the metric: each
-task's ``metrics.json`` carries a ``significance`` block (:func:`binomial_test`,
-:func:`poisson_binomial_test`, :func:`sign_test`; keys documented at :data:`RECORD_KEYS`) with the
-counts, the chance predictor and the one-sided p-value of the model's headline metric(s).
+"Beats chance" is a statistic computed from counts, never a threshold on the metric: each task's
+``metrics.json`` carries a ``significance`` block (:func:`binomial_test`,
+:func:`poisson_binomial_test`, :func:`sign_test`; keys at :data:`RECORD_KEYS`).
 
-- Binomial (:func:`binomial_p_value`): each of ``n`` items right or wrong, the chance predictor
-  right on each with the same probability ``c`` (VCR 1/4 or 1/16, NLVR2 ≥ 1/2, TIR t2i 1/#images):
-  ``p = P(X >= successes)``, ``X ~ Binomial(n, c)``.
-- Poisson-binomial (:func:`poisson_binomial_p_value`): the chance predictor right on item ``i``
-  with its own probability ``c_i`` (RPG R@1: hit candidates / candidates of the phrase; TIR i2t:
-  the image's captions / all captions): ``p = P(S >= successes)``, ``S = Σ Bernoulli(c_i)``
-  independent, by an exact dynamic programme over the items.
-- Sign test (:func:`paired_sign_test`): the exact one-sided sign test: over the questions where
-  the two per-question scores differ, the model wins ``w`` and loses ``l``; under the null
-  hypothesis (the model is no better) each of these ``n = w + l`` questions is a win with
-  probability 1/2, so ``p = P(X >= w)`` with ``X ~ Binomial(n, 1/2)`` = sum_{k=w..n} C(n, k) / 2^n,
-  computed exactly with integers (no approximation, no dependency). Ties (equal scores, e.g. both
-  0 or both 1 on a VQA question) carry no information about which is better and are left out;
-  with no differing question at all, p = 1. VQA uses it (soft answer scores: no binomial).
+- Binomial: the chance predictor right on each of ``n`` items with the same probability ``c``
+  (VCR 1/4 or 1/16, NLVR2 ≥ 1/2, TIR t2i 1/#images): ``p = P(X >= successes)``, X ~ Bin(n, c).
+- Poisson-binomial: right on item ``i`` with its own probability ``c_i`` (RPG R@1: hit
+  candidates / candidates of the phrase; TIR i2t: the image's captions / all captions), by an
+  exact dynamic programme over the items.
+- Sign test (VQA: soft scores, no binomial): over the questions where model and baseline scores
+  differ, the model wins ``w`` of ``n``; ``p = P(X >= w)``, X ~ Bin(n, 1/2), exactly with
+  integers. Ties carry no information and are left out; with none differing, p = 1.
 
-Range: the binomial and Poisson-binomial tails are summed in log space (log-sum-exp of exact
-log terms; the DP works on log probabilities), so nothing underflows on the way: the returned
-p-value is the exact tail rounded to a float, and it is 0.0 only when the tail itself is below
-the smallest positive float (~5e-324; e.g. 2000 of 2000 right at chance 1/2). The records also
-carry ``log10_p_value``, finite in that case too (null only for an impossible result, one the
-chance predictor can never reach: p exactly 0).
+The binomial and Poisson-binomial tails are summed in log space, so nothing underflows: p is
+0.0 only when the exact tail is below the smallest positive float (~5e-324), and the records'
+``log10_p_value`` stays finite then (null only for p exactly 0: a result chance cannot reach).
 """
 
 import math
@@ -47,12 +37,6 @@ def sign_test_p_value(wins: int, losses: int) -> float:
     return float(Fraction(tail, 2 ** n))
 
 
-def binomial_p_value(successes: int, trials: int, chance: float) -> float:
-    """Exact one-sided p = P(X >= successes), X ~ Binomial(trials, chance): how often a predictor
-    right with probability `chance` on each of `trials` items gets at least `successes` right."""
-    return math.exp(binomial_log_sf(successes, trials, chance))
-
-
 def binomial_log_sf(successes: int, trials: int, chance: float) -> float:
     """Natural log of P(X >= successes), X ~ Binomial(trials, chance): the log-sum-exp of the
     exact log terms log C(n, k) + k log c + (n - k) log(1 - c), k = successes..trials (no
@@ -71,14 +55,8 @@ def binomial_log_sf(successes: int, trials: int, chance: float) -> float:
 
 
 def paired_sign_test(model_scores, baseline_scores) -> dict:
-    """One-sided exact sign test that the model scores higher than the baseline per question.
-
-    `model_scores`, `baseline_scores`: per-question scores on the same questions in the same
-    order (e.g. :func:`cavl.metrics.vqa.vqa_scores` of the model and of a chance baseline such
-    as :func:`cavl.metrics.chance.vqa_question_type_prior`). → ``{"wins", "losses", "ties",
-    "p_value"}``: questions where the model scores higher / lower / the same, and
-    P(X >= wins) for X ~ Binomial(wins + losses, 1/2).
-    """
+    """One-sided exact sign test that the model scores higher than the baseline per question
+    (two 1-D arrays, same questions, same order) → ``{"wins", "losses", "ties", "p_value"}``."""
     model = np.asarray(model_scores, dtype=np.float64)
     baseline = np.asarray(baseline_scores, dtype=np.float64)
     if model.ndim != 1 or model.shape != baseline.shape:
@@ -95,14 +73,11 @@ def paired_sign_test(model_scores, baseline_scores) -> dict:
 
 def poisson_binomial_log_sf(successes: int, probabilities) -> float:
     """Natural log of P(S >= successes), S = the number of successes of independent items, item i
-    a success with probability ``probabilities[i]`` (a Poisson-binomial). 0.0 for P = 1, -inf
-    for P = 0.
+    a success with probability ``probabilities[i]``. 0.0 for P = 1, -inf for P = 0.
 
-    Exact dynamic programme on log probabilities: after each item, log P(k successes so far) for
-    k < s = `successes`, and log P(>= s so far) in an absorbing state; states that can no longer
-    reach s with the items left are dropped, so the cost is O(n · min(s, n - s)) (a few seconds
-    at most for tens of thousands of items). Items with probability 1 are certain successes and
-    items with probability 0 certain failures; they are counted, not iterated.
+    Exact dynamic programme on log probabilities, with an absorbing state for ">= s so far";
+    states that can no longer reach s are dropped, so the cost is O(n · min(s, n - s)). Items
+    with probability 0 or 1 are counted, not iterated.
     """
     p = _probabilities(probabilities)
     successes = _count("successes", successes)
@@ -129,51 +104,36 @@ def poisson_binomial_log_sf(successes: int, probabilities) -> float:
     return min(0.0, float(f[s]))
 
 
-def poisson_binomial_p_value(successes: int, probabilities) -> float:
-    """Exact one-sided p = P(S >= successes) of a Poisson-binomial: how often a predictor right on
-    item i with probability ``probabilities[i]`` (independently) gets at least `successes` of the
-    items right. With equal probabilities it is :func:`binomial_p_value`. A float in [0, 1]: 0.0
-    only when the tail is below the float range (see :func:`poisson_binomial_log_sf`)."""
-    return math.exp(poisson_binomial_log_sf(successes, probabilities))
-
-
 # ---------------------------------------------------------------------------------------------
 # The `significance` records of metrics.json
 # ---------------------------------------------------------------------------------------------
 
-RECORD_KEYS = ("successes", "trials", "chance_predictor", "chance_value", "chance_rate", "chance_rate_range",
-               "expected_successes", "test", "p_value", "log10_p_value")
-"""Keys of one record of the ``significance`` block of metrics.json (the block maps each tested
-metric, under its name in ``metrics``, to its record):
+RECORD_KEYS = ("successes", "trials", "chance_predictor", "chance_value", "chance_rate",
+               "chance_rate_range", "expected_successes", "test", "p_value", "log10_p_value")
+"""Keys of one record of the ``significance`` block of metrics.json (metric name → record):
 
-- ``successes``, ``trials``: the counts the test is computed from (items right / items scored;
-  for the sign test: questions the model wins / questions where model and baseline differ, and
-  ``ties``, the questions left out, as an extra key);
-- ``chance_predictor``: which chance predictor the model is tested against, in words;
-- ``chance_value``: that predictor's value of the metric, in percent (as ``metrics``);
-- ``chance_rate``: the success probability of one trial under the null hypothesis (0–1), the
-  mean over trials where it differs per trial; ``chance_rate_range``: [min, max] over trials;
-- ``expected_successes``: the null hypothesis' expected successes (sum of the per-trial rates);
-- ``test``: ``binomial`` (one rate), ``poisson_binomial`` (a rate per trial) or ``sign_test``
-  (paired, against a baseline's per-item scores), all exact and one-sided;
-- ``p_value``: P(X >= successes) under the null hypothesis (0.0 only below the float range);
-  ``log10_p_value``: its base-10 logarithm, finite down to any size (null when p is exactly 0,
-  a result the chance predictor cannot reach; JSON has no -inf).
+- ``successes``, ``trials``: the counts tested (sign test: wins / questions that differ, plus
+  ``ties``); ``chance_predictor``: the chance predictor, in words; ``chance_value``: its value
+  of the metric, in percent;
+- ``chance_rate``: a trial's success probability under the null hypothesis (0–1; the mean where
+  it differs per trial), ``chance_rate_range``: [min, max]; ``expected_successes``: their sum;
+- ``test``: ``binomial``, ``poisson_binomial`` or ``sign_test`` (exact, one-sided);
+- ``p_value``: P(X >= successes) under the null hypothesis; ``log10_p_value``: its base-10 log
+  (null when p is exactly 0; JSON has no -inf).
 """
 
 
 def binomial_test(successes: int, trials: int, chance: float, predictor: str) -> dict:
-    """The significance record of `successes` right of `trials` items against `predictor`, right
-    on each item with probability `chance` (0–1): an exact one-sided binomial test."""
+    """Binomial-test record: `successes` of `trials` items right against `predictor`, right on
+    each with probability `chance` (0–1)."""
     log_p = binomial_log_sf(successes, trials, chance)
     return _record(successes, trials, predictor, 100.0 * chance, chance, [chance, chance], trials * chance,
                    "binomial", log_p)
 
 
 def poisson_binomial_test(successes: int, probabilities, predictor: str) -> dict:
-    """The significance record of `successes` right of ``len(probabilities)`` items against
-    `predictor`, right on item i with probability ``probabilities[i]``: an exact one-sided
-    Poisson-binomial test."""
+    """Poisson-binomial-test record: `successes` items right against `predictor`, right on item i
+    with probability ``probabilities[i]``."""
     p = _probabilities(probabilities)
     if len(p) == 0:
         raise ValueError("no items to test")
@@ -184,10 +144,8 @@ def poisson_binomial_test(successes: int, probabilities, predictor: str) -> dict
 
 
 def sign_test(model_scores, baseline_scores, predictor: str) -> dict:
-    """The significance record of the paired sign test of the model against a baseline's
-    per-item scores (:func:`paired_sign_test`): successes = wins, trials = wins + losses (ties
-    left out, reported as ``ties``), chance rate 1/2; ``chance_value``: the baseline's mean
-    score in percent."""
+    """Sign-test record (:func:`paired_sign_test`) of the model against a baseline's per-item
+    scores; ``chance_value``: the baseline's mean score in percent."""
     out = paired_sign_test(model_scores, baseline_scores)
     wins, n = out["wins"], out["wins"] + out["losses"]
     baseline = 100.0 * float(np.mean(np.asarray(baseline_scores, dtype=np.float64))) if len(baseline_scores) else 0.0

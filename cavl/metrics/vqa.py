@@ -1,27 +1,19 @@
 """VQA v2 accuracy, answer normalisation, soft-score targets and the answer vocabulary.
 
-The metric follows the current official evaluation (``VQAEval.evaluate`` in
-``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of GT-Vision-Lab/VQA, commit a013f00),
-reimplemented here from its definitions. Per question:
+The metric reimplements the official evaluation (``VQAEval.evaluate`` in
+``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of GT-Vision-Lab/VQA, commit a013f00). Per
+question:
 
-1. Whitespace clean-up, for the predicted answer *and* every human answer: newlines and tabs →
-   spaces, then strip leading/trailing whitespace.
-2. The ten cleaned human answers decide the rest. If they are **not all the same string**, the
-   prediction and every human answer get the same full normalisation — :func:`process_punctuation`
-   then :func:`process_digit_article` (together with step 1: :func:`normalize_answer`). If they
-   **are all identical**, nothing more is done to either side: the cleaned prediction is compared
-   to the cleaned human answer as it stands (case, punctuation, articles and number words
-   included), so "t-shirt" scores 100 against ten "t-shirt" but "T-shirt", "t shirt" or
-   "the t-shirt" score 0 there. (The official authors' rationale: unanimous answers are typically
-   text read off the image, which must not be rewritten.)
-3. Exact string match. The accuracy is the average, over the 10 leave-one-annotator-out subsets
-   of 9 humans, of ``min(#humans in the subset giving the answer / 3, 1)``. With ``c`` of 10
-   humans agreeing with the prediction this is 0, 0.3, 0.6, 0.9 for c = 0..3 and 1.0 for c ≥ 4.
+1. Whitespace clean-up of the prediction and every human answer (:func:`clean_whitespace`).
+2. Only if the ten cleaned human answers are **not all the same string**, the prediction and
+   every human answer are fully normalised (:func:`normalize_answer`). Unanimous answers (text
+   read off the image, say the official authors) are compared as they stand: "t-shirt" scores
+   100 against ten "t-shirt" but "T-shirt" or "the t-shirt" score 0 there.
+3. Exact string match, averaged over the 10 leave-one-annotator-out subsets of 9 humans of
+   ``min(#matches / 3, 1)``: 0, 0.3, 0.6, 0.9 for c = 0..3 of 10 humans agreeing, 1.0 for c ≥ 4.
 
-Aggregates
-    ``accuracy`` over all questions and one figure per answer type (``yes/no``, ``number``,
-    ``other``), each the mean of the per-question accuracies, in percent (not rounded; the
-    official script rounds to 2 decimals only for printing).
+``accuracy`` over all questions and one figure per answer type (``yes/no``, ``number``,
+``other``) are means of the per-question accuracies, in percent (not rounded).
 
 Training targets and the answer vocabulary (:func:`soft_targets`, :func:`build_answer_vocab`) are
 not part of the official script: they always use the full :func:`normalize_answer`.
@@ -58,11 +50,9 @@ NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", 
 
 ARTICLES = frozenset({"a", "an", "the"})
 
-# Contractions written without their apostrophe, and the official spelling they map to, one
-# "written spelling" pair per line. Matching is per whitespace-separated word after lower-casing,
-# so the entries with capitals (Im, Ive, Id've, I'dve) can never match; they are listed because
-# the official table has them. "somebody'd → somebodyd" is reproduced as the official table has
-# it (it removes the apostrophe).
+# The official contraction table, "written spelling" pairs, kept verbatim: words are matched
+# after lower-casing, so the capitalised entries never match; "somebody'd → somebodyd" is as
+# the official table has it.
 _CONTRACTION_TABLE = """
 aint ain't                 arent aren't               cant can't
 couldve could've           couldnt couldn't           couldn'tve couldn't've
@@ -107,20 +97,14 @@ youll you'll               youre you're               youve you've
 """
 
 
-def _parse_pairs(table):
-    words = table.split()
-    assert len(words) % 2 == 0, "contraction table must hold pairs"
-    return dict(zip(words[0::2], words[1::2]))
-
-
-CONTRACTIONS = _parse_pairs(_CONTRACTION_TABLE)
+_WORDS = _CONTRACTION_TABLE.split()
+CONTRACTIONS = dict(zip(_WORDS[0::2], _WORDS[1::2]))
 
 
 # ----------------------------------------------------------------------------- normalisation
 
 def process_punctuation(text: str) -> str:
-    """The official punctuation step (applied, with :func:`process_digit_article` after it, to
-    the prediction and the human answers of questions whose human answers differ).
+    """The official punctuation step.
 
     For each mark of :data:`PUNCTUATION`: delete it if the *input* has the mark followed or
     preceded by a space, or contains a digit-comma-digit group; otherwise replace it by a space
@@ -153,19 +137,13 @@ def clean_whitespace(text: str) -> str:
 
 def normalize_answer(text: str) -> str:
     """The full official normalisation: :func:`clean_whitespace`, :func:`process_punctuation`,
-    :func:`process_digit_article`. The metric applies it (to the prediction and to the human
-    answers alike) only to questions whose human answers differ; see :func:`official_match_forms`."""
+    :func:`process_digit_article` (the metric applies it only where human answers differ)."""
     return process_digit_article(process_punctuation(clean_whitespace(text)))
 
 
 def official_match_forms(prediction: str, human_answers: Sequence[str]) -> tuple[str, list[str]]:
-    """The prediction and the human answers in the form the official evaluation compares them.
-
-    All are whitespace-cleaned; then, only if the cleaned human answers are not all identical,
-    every one of them (prediction included) is fully normalised. Unanimous human answers and the
-    prediction against them stay as cleaned, so matching there is exact (case-sensitive) string
-    equality.
-    """
+    """The prediction and the human answers in the form the official evaluation compares them
+    (steps 1 and 2 of the module doc)."""
     prediction = clean_whitespace(prediction)
     humans = [clean_whitespace(a) for a in human_answers]
     if len(set(humans)) > 1:
@@ -177,10 +155,7 @@ def official_match_forms(prediction: str, human_answers: Sequence[str]) -> tuple
 
 def leave_one_out_score(count: int, num_answers: int = 10) -> float:
     """Accuracy of an answer that ``count`` of ``num_answers`` humans gave: the mean over the
-    leave-one-annotator-out subsets of ``min(matches in the subset / 3, 1)``.
-
-    For 10 humans: 0 → 0.0, 1 → 0.3, 2 → 0.6, 3 → 0.9, ≥4 → 1.0.
-    """
+    leave-one-annotator-out subsets of ``min(matches in the subset / 3, 1)``."""
     if num_answers <= 0:
         raise ValueError("a question needs at least one human answer")
     if not 0 <= count <= num_answers:
@@ -212,12 +187,10 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]],
     """VQA v2 accuracy in percent: ``accuracy`` over all questions, and ``yes/no``, ``number``,
     ``other`` over the questions of that answer type (``None`` where the split has none).
 
-    `predictions`: predicted answer strings; `answers`: the (10) human answers per question;
-    `answer_types`: the annotation's ``answer_type`` per question. Answer types other than the
-    three standard ones count in ``accuracy`` only.
+    `answers`: the (10) human answers per question; `answer_types`: the annotation's
+    ``answer_type`` per question (other types count in ``accuracy`` only).
     """
-    scores = vqa_scores(predictions, answers)
-    return aggregate_scores(scores, answer_types)
+    return aggregate_scores(vqa_scores(predictions, answers), answer_types)
 
 
 def aggregate_scores(scores: np.ndarray, answer_types: Sequence[str]) -> dict:
@@ -239,13 +212,9 @@ def aggregate_scores(scores: np.ndarray, answer_types: Sequence[str]) -> dict:
 def soft_targets(human_answers: Sequence[str]) -> dict[str, float]:
     """Soft-score target per distinct answer of one question, for BCE training.
 
-    Each human answer is fully normalised with :func:`normalize_answer` (the common practice
-    of the bottom-up-attention / BAN / LXMERT preprocessing, so that "Two" and "2" pool), then
-    each distinct answer scores :func:`leave_one_out_score` of its count (0.3 / 0.6 / 0.9 / 1.0
-    for 1 / 2 / 3 / ≥4 of 10 humans) — the official accuracy a prediction of that answer gets
-    whenever the question's human answers differ. (Where all ten are identical the official
-    metric compares raw strings, so e.g. ten "t-shirt" give the target "t shirt", which the
-    official metric scores 0 there.) Empty answers are dropped.
+    Human answers are fully normalised (as the BUTD / BAN / LXMERT preprocessing: "Two" and "2"
+    pool), each distinct answer scoring :func:`leave_one_out_score` of its count. Empty answers
+    are dropped.
     """
     normalised = [normalize_answer(a) for a in human_answers]
     counts = Counter(a for a in normalised if a)
@@ -253,13 +222,9 @@ def soft_targets(human_answers: Sequence[str]) -> dict[str, float]:
 
 
 def build_answer_vocab(answers: Iterable[str], top_k: int, min_count: int = 1) -> list[str]:
-    """The ``top_k`` most frequent normalised answers, most frequent first (ties: alphabetical).
-
-    `answers`: a flat iterable of answer strings — pass the train split's
-    ``multiple_choice_answer`` (one per question, the usual choice) or its flattened human
-    answers. Answers are normalised with :func:`normalize_answer`; empty ones and those seen
-    fewer than `min_count` times are left out.
-    """
+    """The ``top_k`` most frequent normalised answers of a flat iterable of answers (e.g. the
+    train split's ``multiple_choice_answer``), most frequent first (ties: alphabetical); empty
+    ones and those seen fewer than `min_count` times are left out."""
     if top_k <= 0:
         raise ValueError("top_k must be positive")
     counts = Counter(a for a in (normalize_answer(x) for x in answers) if a)
@@ -269,9 +234,8 @@ def build_answer_vocab(answers: Iterable[str], top_k: int, min_count: int = 1) -
 
 def surface_forms(answers: Iterable[str], vocab: Sequence[str]) -> list[str]:
     """For each vocabulary answer, its most frequent written form among `answers` (cleaned of
-    whitespace only; ties: the class name itself, then alphabetical). Predicting that form scores as the annotators wrote it:
-    where all ten humans agree, the official metric compares unnormalised strings, so "t-shirt",
-    not the class name "t shirt", matches ten "t-shirt"."""
+    whitespace only; ties: the class name itself, then alphabetical): where all ten humans
+    agree the metric compares unnormalised strings, so "t-shirt", not "t shirt", matches."""
     counts = {a: Counter() for a in vocab}
     for written in answers:
         key = normalize_answer(written)
