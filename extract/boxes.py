@@ -10,14 +10,9 @@ best-scoring class it survived in. Survivors are ranked by that score and the to
 - ``adaptive``: every survivor scoring at least `score_threshold`, clamped to
   [`min_boxes`, `max_boxes`].
 
-Two kept regions with the same class therefore never overlap above `nms_threshold`. When an image
-has fewer survivors than its quota (rare: tiny images, few proposals), the quota is filled with the
-best suppressed proposals, reported with score 0 (they passed no NMS; bottom-up's ``max_conf`` is 0
-for them too) so the scores stay sorted. Only when the RPN returns fewer proposals than the quota
-does an image get fewer boxes.
-
-Everything is batched over the images of a forward pass: one sort, one NMS call, no Python loop
-over images except in the rare fill-up path.
+When an image has fewer survivors than its quota (rare: tiny images, few proposals), the quota is
+filled with the best suppressed proposals, reported with score 0 (as bottom-up's ``max_conf``) so
+the scores stay sorted. Everything is batched over the images of a forward pass.
 """
 
 from dataclasses import dataclass
@@ -75,6 +70,9 @@ class Selection:
     score: torch.Tensor  # (S,) score of its class (0 for fill-up regions)
     label: torch.Tensor  # (S,) foreground class id, 0-based
 
+    def take(self, rows):
+        return Selection(self.index[rows], self.image[rows], self.score[rows], self.label[rows])
+
 
 def select_regions(boxes, probs, owner, num_images, min_count, max_count, cfg, min_candidates=2048):
     """Keep the regions of every image of a batch.
@@ -118,7 +116,7 @@ def select_regions(boxes, probs, owner, num_images, min_count, max_count, cfg, m
     else:
         target = max_count
     keep = rank < target[sel.image]
-    sel = Selection(sel.index[keep], sel.image[keep], sel.score[keep], sel.label[keep])
+    sel = sel.take(keep)
 
     short = torch.nonzero(n_surv < target).flatten().tolist()
     if short:
@@ -147,12 +145,11 @@ def _nms_survivors(boxes, dense, start, K, m, iou):
     order = torch.arange(len(index), device=index.device)
     for key, descending in ((label, False), (index, False), (score, True), (img, False)):
         order = order[torch.sort(key[order], descending=descending, stable=True).indices]
-    index, img, score, label = index[order], img[order], score[order], label[order]
-    uniq, inverse = torch.unique(index, return_inverse=True)
-    first = torch.full((len(uniq),), len(index), dtype=torch.long, device=index.device)
-    first = first.scatter_reduce(0, inverse, torch.arange(len(index), device=index.device), "amin")
-    first = first.sort().values  # back to (image, -score, proposal) order
-    return Selection(index[first], img[first], score[first], label[first])
+    sel = Selection(index, img, score, label).take(order)
+    uniq, inverse = torch.unique(sel.index, return_inverse=True)
+    first = torch.full((len(uniq),), len(order), dtype=torch.long, device=order.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(order), device=order.device), "amin")
+    return sel.take(first.sort().values)  # back to (image, -score, proposal) order
 
 
 def _fill_up(sel, probs, start, counts, target, short):
@@ -169,8 +166,7 @@ def _fill_up(sel, probs, start, counts, target, short):
         extra = torch.sort(best, descending=True, stable=True).indices[:need]
         parts.append(Selection(lo + extra, torch.full_like(extra, b), torch.zeros_like(best[extra]),
                                label[extra]))
-    index = torch.cat([p.index for p in parts])
-    image = torch.cat([p.image for p in parts])
-    order = torch.sort(image, stable=True).indices  # fill-ups land after the survivors of their image
-    return Selection(index[order], image[order], torch.cat([p.score for p in parts])[order],
-                     torch.cat([p.label for p in parts])[order])
+    fields = ("index", "image", "score", "label")
+    merged = Selection(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
+    # fill-ups land after the survivors of their image
+    return merged.take(torch.sort(merged.image, stable=True).indices)

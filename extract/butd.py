@@ -1,21 +1,13 @@
 """The bottom-up-attention (BUTD) detector and the attribute head, built through Detectron2's registries.
 
-Importing this module registers:
+Importing this module registers the backbone ``build_butd_resnet_backbone`` (ResNet with Caffe's
+max-pool stem) and the ROI heads ``BUTDRes5ROIHeads`` (res5 with stride 1 and dilated 3×3 convs,
+so 14×14 ROIs stay 14×14), ``AttributeRes5ROIHeads`` and ``AttributeStandardROIHeads`` (the stock
+C4 and FPN heads); all three add the attribute head when ``MODEL.ATTRIBUTE_HEAD.ENABLED``.
 
-- backbone ``build_butd_resnet_backbone``: Detectron2's ResNet with the Caffe max-pool stem
-  (kernel 3, stride 2, padding 0, ceil mode);
-- ROI heads ``BUTDRes5ROIHeads``: the C4 res5 head with stride 1 and dilation
-  ``MODEL.RESNETS.RES5_DILATION`` in every 3×3 conv (14×14 ROIs stay 14×14);
-- ROI heads ``AttributeRes5ROIHeads`` and ``AttributeStandardROIHeads``: the stock C4 and FPN
-  heads, whose box predictor gains the attribute head when ``MODEL.ATTRIBUTE_HEAD.ENABLED``
-  (``BUTDRes5ROIHeads`` does the same).
-
-The attribute head (:class:`AttributeOutputLayers`) sits in the box predictor, as in the
-Detectron2 port of BUTD, so its keys are ``roi_heads.box_predictor.{cls_embedding, fc_attr,
-attr_score}``: the box feature and an embedding of the object class go through
-Linear(D + 256 → 512) + ReLU and Linear(512 → A + 1), output 0 meaning "no attribute".
+The attribute head sits in the box predictor, as in the Detectron2 port of BUTD, so its keys are
+``roi_heads.box_predictor.{cls_embedding, fc_attr, attr_score}``; output 0 means "no attribute".
 Training embeds each foreground ROI's ground-truth class; inference the predicted one.
-
 ``extract/configs/butd_R101_C4_attr.yaml`` selects the whole BUTD architecture
 (``../shared/notes/butd.md``).
 """
@@ -37,8 +29,6 @@ ATTRIBUTE_ROI_HEADS = {"Res5ROIHeads": "AttributeRes5ROIHeads", "StandardROIHead
 
 def add_attribute_config(cfg):
     """Add ``MODEL.ATTRIBUTE_HEAD`` (off by default) to a Detectron2 config."""
-    if "ATTRIBUTE_HEAD" in cfg.MODEL:
-        return cfg
     cfg.MODEL.ATTRIBUTE_HEAD = CfgNode({
         "ENABLED": False,
         "NUM_ATTRIBUTES": 400,  # attribute classes, without "no attribute"
@@ -60,7 +50,6 @@ class CaffeMaxPoolStem(BasicStem):
 @BACKBONE_REGISTRY.register()
 def build_butd_resnet_backbone(cfg, input_shape):
     backbone = build_resnet_backbone(cfg, input_shape)
-    # Same conv and norm (and so the same state-dict keys); only the pooling differs.
     backbone.stem = CaffeMaxPoolStem(input_shape.channels, cfg.MODEL.RESNETS.STEM_OUT_CHANNELS,
                                      cfg.MODEL.RESNETS.NORM)
     if cfg.MODEL.BACKBONE.FREEZE_AT >= 1:

@@ -1,16 +1,9 @@
 """The detector: a Detectron2 Faster R-CNN and a batched forward that returns region features.
 
-`RegionExtractor(DetectorConfig(...), BoxConfig(...))` builds the model from a model-zoo config
-or a yaml path (e.g. extract/configs/butd_R101_C4_attr.yaml, whose parts extract/butd.py
-registers), loads its checkpoint without running pickled code, and maps a padded uint8 batch to,
-per image, the kept boxes, their best class and score, the pooled feature of each box (the
-box-head output: 1024-d for R50-FPN; mean-pooled res5: 2048-d for R101-C4) and, with an
-attribute head, each box's best attribute and its score.
-
-Random weights (`weights=None`) are for the demo and tests only: the model is seeded, the
-RPN's box-delta layer is zero-initialised so proposals are the (clipped) anchors themselves —
-random deltas would push almost every anchor outside the image and leave no proposals — and
-the choice is recorded in the shard metadata and logged loudly.
+Pooled features are the box-head output (1024-d for R50-FPN) or mean-pooled res5 (2048-d for
+R101-C4). Random weights (`weights=None`) are for the demo and tests only: the model is seeded
+and the RPN's box-delta layer zeroed, so proposals are the (clipped) anchors themselves (random
+deltas push almost every anchor outside the image and leave no proposals).
 """
 
 import hashlib
@@ -21,6 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from detectron2 import model_zoo
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, ImageList
 
 from cavl.io import file_sha256
 from extract.boxes import BoxConfig, select_regions
@@ -50,9 +49,6 @@ class DetectorConfig:
 
 def build_cfg(dcfg):
     """The Detectron2 CfgNode for `dcfg` (model-zoo configs ship inside the detectron2 package)."""
-    from detectron2 import model_zoo
-    from detectron2.config import get_cfg
-
     cfg = add_attribute_config(get_cfg())
     path = dcfg.config if os.path.isfile(dcfg.config) else model_zoo.get_config_file(dcfg.config)
     cfg.merge_from_file(path)
@@ -75,15 +71,10 @@ def build_cfg(dcfg):
     if dcfg.proposals is not None:
         cfg.MODEL.RPN.POST_NMS_TOPK_TEST = int(dcfg.proposals)
     cfg.MODEL.WEIGHTS = dcfg.weights or ""
-    cfg.MODEL.DEVICE = resolve_device(dcfg.device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.MODEL.DEVICE = auto if dcfg.device == "auto" else dcfg.device
     cfg.freeze()
     return cfg
-
-
-def resolve_device(device):
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def state_dict_sha256(model):
@@ -96,11 +87,7 @@ def state_dict_sha256(model):
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler for Detectron2 model-zoo .pkl files: dicts of numpy arrays and nothing else.
-
-    detectron2's own checkpointer calls `pickle.load`, which runs whatever code a file names;
-    this one refuses every global except what numpy arrays need.
-    """
+    """Unpickles numpy arrays and nothing else (detectron2's `pickle.load` runs any code a file names)."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -119,11 +106,10 @@ class _ArrayUnpickler(pickle.Unpickler):
 def read_checkpoint(path):
     """A Detectron2 checkpoint as the dict `DetectionCheckpointer._load_model` expects.
 
-    `.pkl`: restricted unpickling, numpy arrays only. Keys in Detectron2 names (the model zoo's
-    ``{"model": ..., "__author__": ...}``, or a plain dict of dotted names like the BUTD port's
-    files) load by exact name; Caffe2 / Detectron1 blob names (``res2_0_branch2a_w``) through
-    Detectron2's name-matching heuristics.
-    `.pth`/`.pt` (Detectron2 training output, torch.save): `torch.load(weights_only=True)`.
+    `.pkl`: numpy arrays only; Detectron2 names (the model zoo's ``{"model": ...}``, or a plain
+    dict of dotted names like the BUTD port's) load by exact name, Caffe2 / Detectron1 blob names
+    (``res2_0_branch2a_w``) through Detectron2's matching heuristics. `.pth`/`.pt` (torch.save):
+    `torch.load(weights_only=True)`.
     """
     ext = os.path.splitext(path)[1].lower()
     if ext == ".pkl":
@@ -151,8 +137,6 @@ def read_checkpoint(path):
 def load_checkpoint(model, path):
     """Load `path` into `model` as Detectron2's checkpointer does (exact names, or its heuristics
     for Caffe2 blob names); → (missing keys, unexpected keys, [(key, file shape, model shape)])."""
-    from detectron2.checkpoint import DetectionCheckpointer
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"detector weights not found: {path}")
     incompatible = DetectionCheckpointer(model)._load_model(read_checkpoint(path))
@@ -178,8 +162,6 @@ class RegionExtractor:
     """A Detectron2 Faster R-CNN that returns region boxes, classes, scores and pooled features."""
 
     def __init__(self, dcfg, box_cfg=BoxConfig()):
-        from detectron2.modeling import build_model
-
         self.dcfg, self.box_cfg = dcfg, box_cfg
         self.cfg = build_cfg(dcfg)
         self.device = torch.device(self.cfg.MODEL.DEVICE)
@@ -189,7 +171,12 @@ class RegionExtractor:
             load_weights(model, dcfg.weights)
             self.weights_checksum = "sha256:" + file_sha256(dcfg.weights)
         else:
-            _zero_rpn_deltas(model)
+            deltas = getattr(model.proposal_generator.rpn_head, "anchor_deltas", None)
+            if deltas is None:
+                raise ValueError(f"cannot zero the box deltas of RPN head "
+                                 f"{type(model.proposal_generator.rpn_head).__name__}")
+            torch.nn.init.zeros_(deltas.weight)
+            torch.nn.init.zeros_(deltas.bias)
             self.weights_checksum = "random-init:seed=%d:sha256:%s" % (dcfg.seed, state_dict_sha256(model))
             log.warning("!" * 78)
             log.warning("RANDOM DETECTOR WEIGHTS (weights: null): features are meaningless; demo/tests only")
@@ -205,23 +192,10 @@ class RegionExtractor:
         self.attribute_head = heads.box_predictor if hasattr(heads.box_predictor, "predict_attributes") else None
         self.pixel_mean = self.model.pixel_mean.view(1, -1, 1, 1)
         self.pixel_std = self.model.pixel_std.view(1, -1, 1, 1)
-
-    # Preprocessing parameters the image loader must follow.
-    @property
-    def input_format(self):
-        return self.cfg.INPUT.FORMAT  # "BGR" for the model zoo
-
-    @property
-    def min_size(self):
-        return int(self.cfg.INPUT.MIN_SIZE_TEST)
-
-    @property
-    def max_size(self):
-        return int(self.cfg.INPUT.MAX_SIZE_TEST)
-
-    @property
-    def size_divisibility(self):
-        return int(self.model.backbone.size_divisibility) or 1
+        # Preprocessing parameters the image loader must follow.
+        self.input_format = self.cfg.INPUT.FORMAT  # "BGR" for the model zoo
+        self.min_size, self.max_size = int(self.cfg.INPUT.MIN_SIZE_TEST), int(self.cfg.INPUT.MAX_SIZE_TEST)
+        self.size_divisibility = int(self.model.backbone.size_divisibility) or 1
 
     def vocabularies(self):
         """The vocabulary files that name the classes and attributes (shard metadata), or None."""
@@ -235,13 +209,8 @@ class RegionExtractor:
     def describe(self):
         """What the shard metadata records about the detector."""
         class_names = read_vocab(self.dcfg.objects_vocab).names if self.dcfg.objects_vocab else None
-        try:
-            from detectron2.data import MetadataCatalog
-
-            if class_names is None and len(self.cfg.DATASETS.TEST):
-                class_names = list(MetadataCatalog.get(self.cfg.DATASETS.TEST[0]).get("thing_classes", []))
-        except (ImportError, KeyError):
-            pass
+        if class_names is None and len(self.cfg.DATASETS.TEST):
+            class_names = list(MetadataCatalog.get(self.cfg.DATASETS.TEST[0]).get("thing_classes", []))
         portable = self.cfg.clone()  # what defines the model, not where it ran
         portable.defrost()
         portable.MODEL.DEVICE = ""
@@ -270,34 +239,30 @@ class RegionExtractor:
     def __call__(self, images, image_sizes, given=None):
         """Regions of a batch.
 
-        images: (B, 3, H, W) uint8 (or float) tensor, channels in `input_format`, each image in
-            the top-left corner of the padded canvas; image_sizes: (B, 2) int (h, w) per image;
-        given: optional list of B float tensors (n_i, 4), boxes in input pixels, used according
-            to `box_cfg.given`.
+        images: (B, 3, H, W) uint8 (or float), channels in `input_format`, each image top-left in
+            the padded canvas; image_sizes: (B, 2) (h, w); given: optional B float tensors (n_i, 4)
+            in input pixels, used according to `box_cfg.given`.
 
-        Returns a dict of flat tensors on the CPU, image by image: `counts` (B,), `num_given`
-        (B,), `boxes` (S, 4) in input pixels, `scores` (S,), `classes` (S,) int64, `features`
-        (S, D) float32, and with an attribute head `attributes` (S,) int64 (0-based attribute
-        vocabulary id, predicted given the box's class) and `attribute_scores` (S,). Per image:
-        the given boxes in their order, then the detected ones by descending score.
+        → dict of flat CPU tensors, image by image (given boxes in their order, then the detected
+        ones by descending score): `counts` (B,), `num_given` (B,), `boxes` (S, 4) in input pixels,
+        `scores` (S,), `classes` (S,) int64, `features` (S, D) float32, and with an attribute head
+        `attributes` (S,) int64 (0-based vocabulary id, given the box's class), `attribute_scores` (S,).
         """
         B = images.shape[0]
         sizes = torch.as_tensor(image_sizes, dtype=torch.long).view(B, 2)
         x = self._normalize(images.to(self.device, non_blocking=True), sizes)
         size_list = [tuple(s) for s in sizes.tolist()]
-        use_given = self.box_cfg.given != "none" and given is not None
-        num_given = torch.tensor([len(g) for g in given] if use_given else [0] * B, dtype=torch.long)
+        if self.box_cfg.given == "none" or given is None:
+            given = [torch.zeros(0, 4)] * B
+        num_given = torch.tensor([len(g) for g in given], dtype=torch.long)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             features = self.model.backbone(x)
             if self.box_cfg.given == "given":
                 proposals = [torch.zeros(0, 4, device=self.device) for _ in range(B)]
             else:
-                from detectron2.structures import ImageList
-
                 found, _ = self.model.proposal_generator(ImageList(x, size_list), features, None)
                 proposals = [p.proposal_boxes.tensor.float() for p in found]
-            given_boxes = [self._clip(g, s) for g, s in zip(given, size_list)] if use_given else None
-            rois = [torch.cat([g, p]) for g, p in zip(given_boxes, proposals)] if use_given else proposals
+            rois = [torch.cat([self._clip(g, s), p]) for g, s, p in zip(given, size_list, proposals)]
             roi_feats, probs = self._roi_forward(features, rois)  # (R, D), (R, K)
 
         # Flat layout of the rois: image b holds [given_b..., proposals_b...].
@@ -347,21 +312,15 @@ class RegionExtractor:
         cols = torch.arange(W, device=x.device).view(1, 1, W) < sizes[:, 1].to(x.device).view(B, 1, 1)
         x = x * (rows & cols).unsqueeze(1)  # detectron2 pads after normalising: padding is 0
         d = self.size_divisibility
-        pad_h, pad_w = (-H) % d, (-W) % d
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        return x
+        return F.pad(x, (0, (-W) % d, 0, (-H) % d))
 
     def _clip(self, boxes, size):
         boxes = torch.as_tensor(boxes, dtype=torch.float32, device=self.device).view(-1, 4)
         h, w = size
-        return torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                            boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
+        return boxes.clamp(min=0).minimum(torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device))
 
     def _roi_forward(self, features, rois):
         """Pooled feature and foreground class probabilities of every roi."""
-        from detectron2.structures import Boxes
-
         heads = self.model.roi_heads
         box_lists = [Boxes(r) for r in rois]
         if hasattr(heads, "res5"):  # C4: res5 on the pooled res4 crop, then mean over space
@@ -373,12 +332,3 @@ class RegionExtractor:
         logits = heads.box_predictor.cls_score(feats).float()  # (R, K+1), background last
         probs = torch.sigmoid(logits) if self.sigmoid else F.softmax(logits, dim=-1)
         return feats, probs[:, :-1]
-
-
-def _zero_rpn_deltas(model):
-    head = model.proposal_generator.rpn_head
-    deltas = getattr(head, "anchor_deltas", None)
-    if deltas is None:
-        raise ValueError(f"cannot zero the box deltas of RPN head {type(head).__name__}")
-    torch.nn.init.zeros_(deltas.weight)
-    torch.nn.init.zeros_(deltas.bias)

@@ -3,13 +3,9 @@
     python -m extract.gather --shards resources/features/coco/shard-*.parquet \\
         --out resources/features/coco/index.parquet
 
-Reads only each shard's footer and image_id column. Refuses shards extracted with different
-detectors, weights, box settings or feature layouts (mixing them would silently corrupt training)
-and duplicate image ids; a different code version is only warned about. The shards must also
-agree on their label vocabularies (`vocabularies`: the same files by sha256, or all none). The
-index's metadata repeats the shards' common metadata (`vocabularies` included: null for shards
-without one, e.g. those written before shards had attribute columns) plus the shard file names
-and failure counts. The index format and its builder are `cavl.shards`' (:func:`build_index`).
+Refuses shards of different detectors, weights, box settings, feature layouts or vocabularies
+(mixing them would silently corrupt training) and duplicate image ids; a different code version
+is only warned about. The index format and its builder are `cavl.shards`' (:func:`build_index`).
 """
 
 import argparse

@@ -17,9 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 MAX_IMAGE_PIXELS = 250_000_000  # default cap on width×height read from the header (~16k×16k)
-
-# EXIF orientations that swap width and height.
-_TRANSPOSED = {5, 6, 7, 8}
+_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
 class ImageError(Exception):
@@ -42,11 +40,8 @@ class Resize:
 
 
 def load_image(path, resize, channel_order="BGR", max_pixels=MAX_IMAGE_PIXELS):
-    """Decode, orient, convert and resize one image.
-
-    Returns (array (h, w, 3) uint8 in `channel_order`, (H, W) of the oriented original image).
-    Raises ImageError with the reason when the file cannot be used.
-    """
+    """Decode, orient, convert and resize one image → (array (h, w, 3) uint8 in `channel_order`,
+    (H, W) of the oriented original image); ImageError with the reason when it cannot be used."""
     if not os.path.exists(path):
         raise ImageError("missing file")
     if os.path.getsize(path) == 0:
@@ -66,8 +61,6 @@ def load_image(path, resize, channel_order="BGR", max_pixels=MAX_IMAGE_PIXELS):
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb(im)
         rgb = rgb.resize((new_w, new_h), Image.BILINEAR)
-    except ImageError:
-        raise
     except Image.DecompressionBombError as e:
         raise ImageError(f"too large: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -123,9 +116,7 @@ class Item:
 
 class ImageDataset(torch.utils.data.Dataset):
     """The images of one shard, decoded and resized in DataLoader workers.
-
-    rows: sequence of (image_id, path, gt_boxes) — gt_boxes (n, 4) in original pixels or None.
-    """
+    rows: sequence of (image_id, path, gt_boxes) — gt_boxes (n, 4) in original pixels or None."""
 
     def __init__(self, rows, resize, channel_order="BGR", max_pixels=MAX_IMAGE_PIXELS):
         self.rows, self.resize = rows, resize
@@ -169,15 +160,12 @@ def collate(items, size_divisibility=32):
     """Pad a list of Items into a Batch (runs in the worker process)."""
     ok = [it for it in items if it.error is None]
     failures = [(it.row, it.image_id, it.path, it.error) for it in items if it.error is not None]
-    if ok:
-        d = size_divisibility
-        hp = -(-max(it.image.shape[1] for it in ok) // d) * d
-        wp = -(-max(it.image.shape[2] for it in ok) // d) * d
-        images = torch.zeros((len(ok), 3, hp, wp), dtype=torch.uint8)
-        for k, it in enumerate(ok):
-            images[k, :, : it.image.shape[1], : it.image.shape[2]] = it.image
-    else:
-        images = torch.zeros((0, 3, 0, 0), dtype=torch.uint8)
+    d = size_divisibility
+    hp = -(-max((it.image.shape[1] for it in ok), default=0) // d) * d
+    wp = -(-max((it.image.shape[2] for it in ok), default=0) // d) * d
+    images = torch.zeros((len(ok), 3, hp, wp), dtype=torch.uint8)
+    for k, it in enumerate(ok):
+        images[k, :, : it.image.shape[1], : it.image.shape[2]] = it.image
     has_given = any(it.given is not None for it in ok)
     return Batch(
         images=images,

@@ -19,24 +19,26 @@ import os
 import resource
 import sys
 import time
+from dataclasses import asdict
 from functools import partial
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
 
 from cavl import shards as shard_format
 from cavl.shards import FEATURE_DTYPES, ShardWriter, failures_path_for
 from extract.boxes import BoxConfig
 from extract.detector import DetectorConfig, RegionExtractor
-from extract.images import MAX_IMAGE_PIXELS, ImageDataset, Resize, collate, configure_pil, worker_init
+from extract.images import MAX_IMAGE_PIXELS, Batch, ImageDataset, Resize, collate, configure_pil, worker_init
 
 log = logging.getLogger("extract")
 
 
 def code_version():
-    """Package version + a checksum of the sources that produced a shard: extract/*.py and the
-    shard format's writer (cavl/shards.py)."""
+    """Package version + a checksum of extract/*.py and the shard writer (cavl/shards.py)."""
     digest = hashlib.sha256()
     for path in [*sorted(glob.glob(os.path.join(os.path.dirname(__file__), "*.py"))), shard_format.__file__]:
         with open(path, "rb") as f:
@@ -101,20 +103,14 @@ def to_original_pixels(boxes, counts, input_sizes, orig_sizes):
 
 
 class PerImagePredictor:
-    """One image at a time, the way Detectron2's DefaultPredictor runs: `read_image` (EXIF applied,
-    model channel order), `ResizeShortestEdge`, a batch of one, in the calling process. The
-    reference the batched pipeline (:func:`run_shard`) is checked against (tests) and timed
-    against (benchmarks/extraction.py)."""
+    """One image at a time, as Detectron2's DefaultPredictor runs (`read_image`, `ResizeShortestEdge`,
+    a batch of one): the reference the batched pipeline is checked (tests) and timed against."""
 
     def __init__(self, extractor):
-        from detectron2.data import transforms as T
-
         self.extractor = extractor
         self.aug = T.ResizeShortestEdge([extractor.min_size, extractor.min_size], extractor.max_size)
 
     def __call__(self, path, gt_boxes=None):
-        from detectron2.data.detection_utils import read_image
-
         image = read_image(path, format=self.extractor.input_format)  # (H, W, 3) uint8
         H, W = image.shape[:2]
         transform = self.aug.get_transform(image)
@@ -133,11 +129,8 @@ class PerImagePredictor:
 def run_shard(manifest, shard, out, dcfg, box_cfg, *, shard_size=None, num_shards=None,
               feature_dtype="float16", batch_size=4, num_workers=2, threads=None, row_group_size=64,
               max_image_pixels=MAX_IMAGE_PIXELS, failures_out=None, extractor=None):
-    """Extract one shard; returns a summary dict. The shard file appears only on success.
-
-    `extractor`: an already built RegionExtractor to use instead of building one from
-    `dcfg`/`box_cfg` (the benchmark times several paths with one model).
-    """
+    """Extract one shard → a summary dict. The shard file appears only on success. `extractor`: a
+    built RegionExtractor to use instead of `dcfg`/`box_cfg` (the benchmark reuses one model)."""
     t0 = time.time()
     if threads:
         torch.set_num_threads(int(threads))
@@ -167,9 +160,7 @@ def run_shard(manifest, shard, out, dcfg, box_cfg, *, shard_size=None, num_shard
         "vocabularies": extractor.vocabularies(),
         "weights_checksum": extractor.weights_checksum,
         "nms_threshold": box_cfg.nms_threshold,
-        "boxes": {"mode": box_cfg.mode, "max_boxes": box_cfg.max_boxes, "min_boxes": box_cfg.min_boxes,
-                  "score_threshold": box_cfg.score_threshold, "nms_threshold": box_cfg.nms_threshold,
-                  "given": box_cfg.given, "coordinates": "x1 y1 x2 y2, original image pixels"},
+        "boxes": {**asdict(box_cfg), "coordinates": "x1 y1 x2 y2, original image pixels"},
         "code_version": code_version(),
         "manifest": os.path.basename(manifest),
         "shard": shard,
@@ -183,18 +174,17 @@ def run_shard(manifest, shard, out, dcfg, box_cfg, *, shard_size=None, num_shard
                      failures_out) as writer:
         for step, batch in enumerate(loader):
             writer.add_failures((image_id, path, reason) for _, image_id, path, reason in batch.failures)
-            for part, regions in _extract(extractor, batch) if batch.image_ids else ():
+            for part, regions, error in _extract(extractor, batch) if batch.image_ids else ():
                 if regions is None:
                     model_failures += 1
-                    writer.add_failures([(part.image_ids[0], rows[part.rows[0]][1], part.error)])
+                    writer.add_failures([(part.image_ids[0], rows[part.rows[0]][1], error)])
                     continue
                 boxes = to_original_pixels(regions["boxes"], regions["counts"], part.input_sizes,
                                            part.orig_sizes)
-                writer.add(part.image_ids, part.orig_sizes.numpy(), regions["counts"].numpy(),
-                           regions["num_given"].numpy(), boxes.numpy(), regions["scores"].numpy(),
-                           regions["classes"].numpy(), regions["features"].numpy(),
-                           attributes=_numpy_or_none(regions.get("attributes")),
-                           attribute_scores=_numpy_or_none(regions.get("attribute_scores")))
+                regions = {k: v.numpy() for k, v in regions.items()}
+                writer.add(part.image_ids, part.orig_sizes.numpy(), regions["counts"], regions["num_given"],
+                           boxes.numpy(), regions["scores"], regions["classes"], regions["features"],
+                           regions.get("attributes"), regions.get("attribute_scores"))
             done += len(batch.image_ids) + len(batch.failures)
             rss_first = rss_first or rss_mb()
             if step % 10 == 0 or done == len(rows):
@@ -212,42 +202,27 @@ def run_shard(manifest, shard, out, dcfg, box_cfg, *, shard_size=None, num_shard
     return summary
 
 
-class _Part:
-    """A sub-batch of one image, for the retry path."""
-
-    def __init__(self, batch, k, error=None):
-        self.image_ids, self.rows = [batch.image_ids[k]], [batch.rows[k]]
-        self.input_sizes, self.orig_sizes = batch.input_sizes[k:k + 1], batch.orig_sizes[k:k + 1]
-        h, w = batch.input_sizes[k].tolist()
-        self.images = batch.images[k:k + 1, :, :h, :w]
-        self.given = batch.given[k:k + 1] if batch.given is not None else None
-        self.error = error
-
-
 def _extract(extractor, batch):
-    """Yield (part, regions) for a batch; if the batch fails, retry its images one by one so that
-    one image the model cannot handle becomes a failure record instead of ending the shard."""
+    """Yield (batch or one-image part, regions or None, error); if the batch fails, retry its
+    images one by one: an image the model cannot handle becomes a failure, not the end of the shard."""
+    errors = (RuntimeError, ValueError, AssertionError, IndexError)
     try:
-        yield batch, extractor(batch.images, batch.input_sizes, batch.given)
+        yield batch, extractor(batch.images, batch.input_sizes, batch.given), None
         return
-    except (RuntimeError, ValueError, AssertionError, IndexError) as e:
+    except errors as e:
         if len(batch.image_ids) == 1:
             log.exception("detector failed on %s", batch.image_ids[0])
-            yield _Part(batch, 0, f"detector error: {type(e).__name__}: {e}"), None
+            yield batch, None, f"detector error: {type(e).__name__}: {e}"
             return
         log.warning("detector failed on a batch (%s: %s); retrying its images one by one", type(e).__name__, e)
-    for k in range(len(batch.image_ids)):
-        part = _Part(batch, k)
+    for k, (h, w) in enumerate(batch.input_sizes.tolist()):
+        part = Batch(batch.images[k:k + 1, :, :h, :w], batch.input_sizes[k:k + 1], batch.orig_sizes[k:k + 1],
+                     batch.rows[k:k + 1], batch.image_ids[k:k + 1], batch.given and batch.given[k:k + 1], [])
         try:
-            yield part, extractor(part.images, part.input_sizes, part.given)
-        except (RuntimeError, ValueError, AssertionError, IndexError) as e:
+            yield part, extractor(part.images, part.input_sizes, part.given), None
+        except errors as e:
             log.exception("detector failed on %s", part.image_ids[0])
-            part.error = f"detector error: {type(e).__name__}: {e}"
-            yield part, None
-
-
-def _numpy_or_none(tensor):
-    return None if tensor is None else tensor.numpy()
+            yield part, None, f"detector error: {type(e).__name__}: {e}"
 
 
 # The keys of --settings besides `detector` and `boxes` (run_shard's keyword arguments).

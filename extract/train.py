@@ -9,20 +9,14 @@ own machinery: DefaultTrainer, its hooks and checkpointer, `launch` for several 
         --out resources/detector --checkpoints resources/detector/checkpoints
 
 Training images: every manifest image with at least one box whose name the objects vocabulary
-knows (VG: attributes.json's objects, names and attributes cleaned and mapped as
-extract/vocab.py does; COCO: the manifest's instance boxes and category names). A fixed share of
-the images (by a hash of source and image id) is held out for validation.
+knows (VG objects mapped as extract/vocab.py does; COCO: the manifest's boxes and category names),
+less a share held out for validation by a hash of source and image id.
 
-Writes into --out: `model.pth` (the trained weights), `config.yaml` (the resolved Detectron2
-config), `metrics.json` (validation: object recall at IoU >= 0.5 in the top N detected boxes,
-AP50 from Detectron2's COCO evaluator, object and attribute accuracy and attribute recall on the
-ground-truth boxes),
-`log.jsonl` (Detectron2's JSONWriter: losses, lr, time) and `loss.png`. Checkpoints (model,
-optimizer, scheduler, iteration, RNG states) go to --checkpoints every `checkpoint_every`
-iterations; a rerun resumes from the newest readable one and says so in the log. Checkpoints of
-another configuration (config, training images, settings) are deleted first. With one
-process and no decoding workers the resumed run repeats an uninterrupted one exactly: the data
-order skips the batches already seen and the RNG states are restored.
+Writes into --out: `model.pth`, `config.yaml` (the resolved Detectron2 config), `metrics.json`
+(validation, see :func:`evaluate`), `log.jsonl` (Detectron2's JSONWriter) and `loss.png`.
+Checkpoints go to --checkpoints every `checkpoint_every` iterations; a rerun resumes from the
+newest readable one (those of another configuration are deleted first). With one process and
+no decoding workers a resumed run repeats an uninterrupted one exactly (data order and RNG states).
 """
 
 import argparse
@@ -40,20 +34,34 @@ import random
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
+from detectron2.data import (DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader,
+                             build_detection_train_loader)
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import DefaultTrainer, hooks, launch
+from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
+from cavl.formats import vg
 from cavl.io import atomic_path, write_json_atomic
 from cavl.settings import DetectorTrain, operational_keys, without
-from extract.detector import DetectorConfig, build_cfg
+from extract.boxes import BoxConfig
+from extract.detector import DetectorConfig, RegionExtractor, build_cfg
+from extract.vocab import VocabCounts, map_object, read_vocab
 
 log = logging.getLogger("extract.train")
 
 TRAIN_DATASET, VAL_DATASET = "cavl_detector_train", "cavl_detector_val"
 
 
-# ---------------------------------------------------------------- data
 def held_out(source, image_id, fraction):
     """Whether an image is in the validation share (a hash: stable across runs and machines)."""
     digest = hashlib.sha256(f"{source}/{image_id}".encode()).digest()
@@ -66,16 +74,13 @@ def training_records(sources, objects_vocab, attributes_vocab, counts=None):
     sources: {name: {"manifest": path, "attributes": VG attributes.json or None}}. Annotations
     carry `attributes`: the attribute head's indices (vocabulary id + 1) of the object.
     """
-    import pyarrow.parquet as pq
-    from detectron2.structures import BoxMode
-
-    from extract.vocab import map_object
-
     records = []
     for source, spec in sorted(sources.items()):
         rows = pq.read_table(spec["manifest"], columns=["image_id", "path", "width", "height", "gt_boxes",
                                                         "gt_box_labels"]).to_pylist()
-        objects = _vg_objects(spec["attributes"]) if spec.get("attributes") else None
+        objects = None
+        if spec.get("attributes"):
+            objects = {str(k): v for k, v in vg.read_attributes(spec["attributes"]).items()}
         for row in rows:
             if objects is not None:
                 found = [(o["box"], *map_object(o["names"], o["attributes"], objects_vocab, attributes_vocab,
@@ -93,40 +98,26 @@ def training_records(sources, objects_vocab, attributes_vocab, counts=None):
     return records
 
 
-def _vg_objects(path):
-    from cavl.formats import vg
-
-    return {str(k): v for k, v in vg.read_attributes(path).items()}
-
-
 def split_records(records, fraction):
     """(training records, held-out records)."""
-    split = {True: [], False: []}
-    for r in records:
-        split[held_out(r["source"], r["image_id"], fraction)].append(r)
-    return split[False], split[True]
+    val = [held_out(r["source"], r["image_id"], fraction) for r in records]
+    return [r for r, v in zip(records, val) if not v], [r for r, v in zip(records, val) if v]
 
 
-def _attribute_mapper_class():
-    from detectron2.data import DatasetMapper
-    from detectron2.data import detection_utils as utils
+class AttributeMapper(DatasetMapper):
+    """Detectron2's DatasetMapper, whose instances also carry `gt_attributes` (N, M): each
+    object's attribute head indices, -1 padded."""
 
-    class AttributeMapper(DatasetMapper):
-        """Detectron2's DatasetMapper, whose instances also carry `gt_attributes` (N, M): each
-        object's attribute head indices, -1 padded."""
-
-        def _transform_annotations(self, dataset_dict, transforms, image_shape):
-            annos = [utils.transform_instance_annotations(obj, transforms, image_shape)
-                     for obj in dataset_dict.pop("annotations") if obj.get("iscrowd", 0) == 0]
-            instances = utils.annotations_to_instances(annos, image_shape)
-            width = max([len(a["attributes"]) for a in annos], default=0) or 1
-            table = torch.full((len(annos), width), -1, dtype=torch.long)
-            for k, anno in enumerate(annos):
-                table[k, :len(anno["attributes"])] = torch.tensor(anno["attributes"], dtype=torch.long)
-            instances.gt_attributes = table
-            dataset_dict["instances"] = utils.filter_empty_instances(instances)  # keeps the rows aligned
-
-    return AttributeMapper
+    def _transform_annotations(self, dataset_dict, transforms, image_shape):
+        annos = [utils.transform_instance_annotations(obj, transforms, image_shape)
+                 for obj in dataset_dict.pop("annotations") if obj.get("iscrowd", 0) == 0]
+        instances = utils.annotations_to_instances(annos, image_shape)
+        width = max([len(a["attributes"]) for a in annos], default=0) or 1
+        table = torch.full((len(annos), width), -1, dtype=torch.long)
+        for k, anno in enumerate(annos):
+            table[k, :len(anno["attributes"])] = torch.tensor(anno["attributes"], dtype=torch.long)
+        instances.gt_attributes = table
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)  # keeps the rows aligned
 
 
 class ResumableSampler(torch.utils.data.Sampler):
@@ -134,8 +125,6 @@ class ResumableSampler(torch.utils.data.Sampler):
     images a resumed run has already seen)."""
 
     def __init__(self, size, seed):
-        from detectron2.data.samplers import TrainingSampler
-
         self.base, self.skip = TrainingSampler(size, shuffle=True, seed=seed), 0
 
     def __iter__(self):
@@ -159,7 +148,6 @@ class RngState:
         random.setstate((version, tuple(internal), gauss_next))
 
 
-# ---------------------------------------------------------------- training
 def build_train_cfg(detector, train, vocab, checkpoints):
     """The Detectron2 config: the extraction's architecture plus the solver settings."""
     dcfg = DetectorConfig(config=detector["config"], weights=None, opts=tuple(map(str, detector["opts"])),
@@ -177,8 +165,7 @@ def build_train_cfg(detector, train, vocab, checkpoints):
     cfg.DATALOADER.ASPECT_RATIO_GROUPING = False  # batches in sampler order (exact resume)
     cfg.SOLVER.IMS_PER_BATCH = int(train["batch_size"])
     cfg.SOLVER.BASE_LR = float(train["lr"])
-    cfg.SOLVER.MAX_ITER = int(train["iterations"])
-    iterations = int(train["iterations"])
+    cfg.SOLVER.MAX_ITER = iterations = int(train["iterations"])
     cfg.SOLVER.STEPS = tuple(sorted({int(f * iterations) for f in train["lr_steps"]} - {0, iterations}))
     cfg.SOLVER.WARMUP_ITERS = int(train["warmup_iterations"])
     cfg.SOLVER.CHECKPOINT_PERIOD = int(train["checkpoint_every"])
@@ -188,41 +175,32 @@ def build_train_cfg(detector, train, vocab, checkpoints):
     return cfg
 
 
-def _trainer_class():
-    from detectron2.data import build_detection_train_loader
-    from detectron2.engine import DefaultTrainer, hooks
-    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+class DetectorTrainer(DefaultTrainer):
+    """DefaultTrainer with the attribute mapper, a resumable sampler, the RNG states in the
+    checkpoints and the log written where the pipeline wants it."""
 
-    class DetectorTrainer(DefaultTrainer):
-        """DefaultTrainer with the attribute mapper, a resumable sampler, the RNG states in the
-        checkpoints and the log written where the pipeline wants it."""
+    log_every = 20
+    train_records = ()
 
-        log_every = 20
-        train_records = ()
+    @classmethod
+    def build_train_loader(cls, cfg):
+        cls.sampler = ResumableSampler(len(cls.train_records), cfg.SEED)
+        return build_detection_train_loader(
+            list(cls.train_records), mapper=AttributeMapper(cfg, is_train=True), sampler=cls.sampler,
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False,
+            num_workers=cfg.DATALOADER.NUM_WORKERS)
 
-        @classmethod
-        def build_train_loader(cls, cfg):
-            cls.sampler = ResumableSampler(len(cls.train_records), cfg.SEED)
-            return build_detection_train_loader(
-                list(cls.train_records), mapper=_attribute_mapper_class()(cfg, is_train=True), sampler=cls.sampler,
-                total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False,
-                num_workers=cfg.DATALOADER.NUM_WORKERS)
+    def build_hooks(self):
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                                                  max_to_keep=3))
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.log_every))
+        return ret
 
-        def build_hooks(self):
-            ret = [hooks.IterationTimer(), hooks.LRScheduler()]
-            from detectron2.utils import comm
-
-            if comm.is_main_process():
-                ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
-                                                      max_to_keep=3))
-                ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.log_every))
-            return ret
-
-        def build_writers(self):
-            return [CommonMetricPrinter(self.max_iter),
-                    JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "log.jsonl"))]
-
-    return DetectorTrainer
+    def build_writers(self):
+        return [CommonMetricPrinter(self.max_iter),
+                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "log.jsonl"))]
 
 
 def newest_readable_checkpoint(folder):
@@ -239,10 +217,9 @@ def newest_readable_checkpoint(folder):
 
 
 def fingerprint(cfg, records, settings):
-    """SHA-256 of what the trained weights depend on: the resolved Detectron2 config, the training
-    records and the settings that enter neither (threads), less the operational ones, which change
-    where or how fast a run goes, not the weights it reaches (cavl.settings.DetectorTrain); not
-    where the checkpoints lie."""
+    """SHA-256 of what the trained weights depend on: the resolved Detectron2 config (not where the
+    checkpoints lie), the training records and the settings, less the operational ones
+    (cavl.settings.DetectorTrain), which change where or how fast a run goes, not its weights."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = ""
@@ -256,10 +233,7 @@ def discard_other_checkpoints(folder, digest):
     with a warning, then record `digest` as the folder's configuration."""
     os.makedirs(folder, exist_ok=True)
     mark = os.path.join(folder, "fingerprint.txt")
-    previous = None
-    if os.path.exists(mark):
-        with open(mark) as f:
-            previous = f.read().strip()
+    previous = Path(mark).read_text().strip() if os.path.exists(mark) else None
     if previous != digest:
         stale = glob.glob(os.path.join(folder, "model_*.pth")) + glob.glob(os.path.join(folder, "last_checkpoint"))
         if stale:
@@ -274,11 +248,10 @@ def discard_other_checkpoints(folder, digest):
 
 def train(cfg, records, log_every):
     """Train (resuming from the newest readable checkpoint in cfg.OUTPUT_DIR) → the model."""
-    Trainer = _trainer_class()
-    Trainer.train_records, Trainer.log_every = records, log_every
+    DetectorTrainer.train_records, DetectorTrainer.log_every = records, log_every
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     torch.manual_seed(cfg.SEED), np.random.seed(cfg.SEED), random.seed(cfg.SEED)
-    trainer = Trainer(cfg)
+    trainer = DetectorTrainer(cfg)
     rng = trainer.checkpointer.checkpointables["rng"] = RngState()
     newest = newest_readable_checkpoint(cfg.OUTPUT_DIR)
     if newest:
@@ -299,22 +272,13 @@ def train(cfg, records, log_every):
     return trainer.model
 
 
-# ---------------------------------------------------------------- evaluation
 def evaluate(out, records, top_n, device, workdir, attribute_names):
-    """Validation figures on held-out records, from the written model.pth and config.yaml
-    through the extraction's own RegionExtractor (see the module docstring).
-
-    Attributes, on the ground-truth boxes given each box's predicted class: accuracy (the top
-    attribute is one of the object's), recall (of the (object, attribute) pairs, the share whose
-    attribute is among the object's k best, k = the object's number of attributes) and that
+    """Validation figures on held-out records, from the written model.pth and config.yaml through
+    the extraction's RegionExtractor: object recall at IoU >= 0.5 in the top N detected boxes, AP50,
+    and on the ground-truth boxes class accuracy and, given each box's predicted class, attribute
+    accuracy (the top attribute is one of the object's), recall (of the (object, attribute) pairs,
+    the share whose attribute is among the object's k best, k = its number of attributes) and that
     recall per attribute name (right / total)."""
-    from detectron2.data import transforms as T
-    from detectron2.data.detection_utils import read_image
-    from detectron2.structures import Boxes, pairwise_iou
-
-    from extract.boxes import BoxConfig
-    from extract.detector import RegionExtractor
-
     dcfg = DetectorConfig(config=os.path.join(out, "config.yaml"), weights=os.path.join(out, "model.pth"),
                           device=device)
     detect = RegionExtractor(dcfg, BoxConfig(mode="fixed", max_boxes=top_n))
@@ -325,7 +289,7 @@ def evaluate(out, records, top_n, device, workdir, attribute_names):
     found = objects = right_class = attr_right = attr_total = 0
     by_attribute = collections.defaultdict(lambda: [0, 0])  # attribute id -> [in the top k, objects]
     for record in records:
-        image = read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+        image = utils.read_image(record["file_name"], format=cfg.INPUT.FORMAT)
         transform = resize.get_transform(image)
         x = torch.as_tensor(np.ascontiguousarray(transform.apply_image(image).transpose(2, 0, 1)))[None]
         size = torch.tensor([list(x.shape[2:])])
@@ -357,8 +321,8 @@ def evaluate(out, records, top_n, device, workdir, attribute_names):
                "class_accuracy_given_boxes": right_class / objects if objects else None,
                "objects_with_attributes": attr_total,
                "attribute_accuracy_given_boxes": attr_right / attr_total if attr_total else None}
-    pairs = [sum(c[0] for c in by_attribute.values()), sum(c[1] for c in by_attribute.values())]
-    metrics["attribute_recall_given_boxes"] = pairs[0] / pairs[1] if pairs[1] else None
+    right, total = (sum(c[k] for c in by_attribute.values()) for k in (0, 1))
+    metrics["attribute_recall_given_boxes"] = right / total if total else None
     metrics["attribute_recall_by_name"] = {attribute_names[a]: {"right": c[0], "total": c[1]}
                                            for a, c in sorted(by_attribute.items())}
     metrics["AP50"] = coco_ap50(cfg, detect.model, records, workdir) if records else None
@@ -366,15 +330,7 @@ def evaluate(out, records, top_n, device, workdir, attribute_names):
 
 
 def coco_ap50(cfg, model, records, workdir):
-    """AP at IoU 0.5 from Detectron2's COCO evaluator (pycocotools), or None when it is missing."""
-    try:
-        import pycocotools  # noqa: F401
-    except ImportError:
-        log.warning("pycocotools is not installed: no AP50")
-        return None
-    from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
-
+    """AP at IoU 0.5 from Detectron2's COCO evaluator (pycocotools)."""
     if VAL_DATASET in DatasetCatalog.list():
         DatasetCatalog.remove(VAL_DATASET)
         MetadataCatalog.remove(VAL_DATASET)
@@ -387,7 +343,6 @@ def coco_ap50(cfg, model, records, workdir):
     return None if math.isnan(ap50) else ap50 / 100.0  # NaN: no detection scored above threshold
 
 
-# ---------------------------------------------------------------- outputs
 def loss_curve(log_jsonl, out_png):
     import matplotlib
 
@@ -430,19 +385,13 @@ def write_model(cfg, model, out):
 
 def run(args):
     """Train (in each process under `launch`), then write and evaluate the model (main process)."""
-    from detectron2.utils import comm
-
-    from extract.vocab import VocabCounts, read_vocab
-
     config = json.loads(args.config)
     detector, settings = config["detector"], config["train"]
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
     objects_vocab, attributes_vocab = read_vocab(args.objects_vocab), read_vocab(args.attributes_vocab)
-    sources = {}
-    for item in args.source:
-        name, manifest = item.split("=", 1)
-        sources[name] = {"manifest": manifest, "attributes": args.vg_attributes if name == "vg" else None}
+    sources = {name: {"manifest": manifest, "attributes": args.vg_attributes if name == "vg" else None}
+               for name, manifest in (item.split("=", 1) for item in args.source)}
     counts = VocabCounts()
     records = training_records(sources, objects_vocab, attributes_vocab, counts)
     train_records, val_records = split_records(records, settings["val_fraction"])
@@ -483,8 +432,6 @@ def main(argv=None):
                         stream=sys.stderr)
     gpus = int(json.loads(args.config)["train"]["gpus"])
     if gpus > 1:
-        from detectron2.engine import launch
-
         launch(run, gpus, dist_url="auto", args=(args,))
     else:
         run(args)

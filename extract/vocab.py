@@ -5,21 +5,15 @@
          --attributes-vocab extract/vocabularies/butd_vg/attributes_vocab.txt] \\
         [--num-objects 1600 --num-attributes 400] --out-dir resources/detector
 
-writes ``objects_vocab.txt``, ``attributes_vocab.txt`` (the published files' format: one class
-per line, aliases separated by commas) and ``vocab_report.json`` (how many VG strings each
-vocabulary covers, the most frequent ones outside it, the sha256 of each file written), each
-atomically. A vocabulary file given is validated and used (and written out in canonical form);
-one not given is built from the VG files as the top N strings by frequency (ties: by string).
-With both vocabulary files given, the VG files may be left out: nothing is counted then.
+writes ``objects_vocab.txt``, ``attributes_vocab.txt`` (one class per line, aliases separated by
+commas; format and VG string cleaning: :mod:`cavl.formats.vocab`) and ``vocab_report.json`` (how
+many VG strings each vocabulary covers, the most frequent ones outside it, each file's sha256).
+A vocabulary file given is validated and rewritten in canonical form; one not given is built from
+the VG files as the top N strings by frequency (ties: by string). With both files given, the VG
+files may be left out: nothing is counted then.
 
 Class ids are **0-based line indices** (BUTD's Caffe numbering minus one: Caffe's 0 is the
-background / "no attribute"). The detector puts the background class last for objects, and its
-attribute head's output 0 means "no attribute", so the head index of attribute id i is i + 1.
-
-The file format (:class:`~cavl.formats.vocab.Vocabulary`, ``read_vocab``, ``write_vocab``) and the
-cleaning of VG strings as BUTD's ``data/genome/setup_vg.py`` did are :mod:`cavl.formats.vocab`'s
-(the demo writes its vocabularies with them). Strings outside a vocabulary are counted and
-reported, never silently dropped.
+background / "no attribute"); the attribute head's index of attribute id i is i + 1.
 """
 
 import argparse
@@ -29,11 +23,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cavl.formats import vg
 from cavl.formats.errors import FormatError
 from cavl.formats.vocab import Vocabulary, object_strings, read_vocab, unique, write_vocab
 from cavl.io import file_sha256, write_json_atomic
 
-VOCAB_DIR = Path(__file__).resolve().parent / "vocabularies" / "butd_vg"
 OBJECTS_FILE = "objects_vocab.txt"
 ATTRIBUTES_FILE = "attributes_vocab.txt"
 REPORT_FILE = "vocab_report.json"
@@ -45,10 +39,10 @@ TOP_UNKNOWN = 50
 def published_vocab_paths():
     """(objects_vocab.txt, attributes_vocab.txt) of the published BUTD vocabularies shipped
     with the package (extract/vocabularies/butd_vg/, MIT licence beside them)."""
-    return VOCAB_DIR / OBJECTS_FILE, VOCAB_DIR / ATTRIBUTES_FILE
+    folder = Path(__file__).resolve().parent / "vocabularies" / "butd_vg"
+    return folder / OBJECTS_FILE, folder / ATTRIBUTES_FILE
 
 
-# ---------------------------------------------------------------- vocabulary
 def build_vocab(counts, n):
     """The `n` most frequent strings of `counts` (string → count) as one-alias classes, most
     frequent first; ties by string. Strings that cannot be a class (empty, holding a comma or a
@@ -57,19 +51,12 @@ def build_vocab(counts, n):
         raise ValueError(f"a vocabulary needs at least one class, asked for {n}")
     usable = [(s, c) for s, c in counts.items()
               if c > 0 and s and s == s.strip() and not any(ch in s for ch in ",\n\r")]
-    usable.sort(key=lambda sc: (-sc[1], sc[0]))
+    usable.sort(key=_by_count)
     if not usable:
         raise ValueError("no strings to build a vocabulary from")
     return Vocabulary([(s,) for s, _ in usable[:n]])
 
 
-def load_published():
-    """(objects, attributes) :class:`Vocabulary` of the shipped BUTD files."""
-    objects_path, attributes_path = published_vocab_paths()
-    return read_vocab(objects_path), read_vocab(attributes_path)
-
-
-# ---------------------------------------------------------------- mapping and counting
 @dataclass
 class VocabCounts:
     """What :func:`map_object` saw: objects (records) and strings, in and outside the
@@ -90,7 +77,7 @@ class VocabCounts:
             total, outside = sum(seen.values()), sum(unknown.values())
             return {"strings": total, "mapped": total - outside, "outside": outside,
                     "distinct": len(seen), "distinct_outside": len(unknown),
-                    "top_outside": [[s, c] for s, c in _most_common(unknown, top)]}
+                    "top_outside": [[s, c] for s, c in sorted(unknown.items(), key=_by_count)[:top]]}
         return {
             "objects": {"records": self.objects, "records_mapped": self.objects_mapped,
                         "records_unmapped": self.objects - self.objects_mapped,
@@ -102,9 +89,9 @@ class VocabCounts:
         }
 
 
-def _most_common(counter, top):
-    """Most frequent first, ties by string (Counter.most_common keeps insertion order)."""
-    return sorted(counter.items(), key=lambda sc: (-sc[1], sc[0]))[:top]
+def _by_count(item):
+    """Sort key: most frequent first, ties by string (Counter.most_common keeps insertion order)."""
+    return -item[1], item[0]
 
 
 def map_object(names, attributes, objects_vocab, attributes_vocab, counts=None):
@@ -127,14 +114,10 @@ def map_object(names, attributes, objects_vocab, attributes_vocab, counts=None):
         counts.objects_without_name += not cleaned
         counts.objects_with_attributes += bool(attr_strings)
         counts.objects_with_attribute_ids += bool(attr_ids)
-        for (o, _), i in zip(cleaned, ids):
-            counts.object_seen[o] += 1
-            if i is None:
-                counts.object_unknown[o] += 1
-        for a in attr_strings:
-            counts.attribute_seen[a] += 1
-            if attributes_vocab.id(a) is None:
-                counts.attribute_unknown[a] += 1
+        counts.object_seen.update(o for o, _ in cleaned)
+        counts.object_unknown.update(o for (o, _), i in zip(cleaned, ids) if i is None)
+        counts.attribute_seen.update(attr_strings)
+        counts.attribute_unknown.update(a for a in attr_strings if attributes_vocab.id(a) is None)
     return object_id, attr_ids
 
 
@@ -156,8 +139,6 @@ def vg_records(attributes_path=None, objects_path=None):
     objects.json → (records, {"images", "objects_json_only"}). Objects of objects.json are added
     only when attributes.json does not hold them (same image and object id; without an id, same
     box and names), with no attributes."""
-    from cavl.formats import vg
-
     by_image = vg.read_attributes(attributes_path) if attributes_path else {}
     records = [r for objs in by_image.values() for r in objs]
     only = 0
@@ -175,15 +156,11 @@ def vg_records(attributes_path=None, objects_path=None):
     return records, {"images": len(by_image), "objects_json_only": only}
 
 
-# ---------------------------------------------------------------- the step
 def make_vocabularies(out_dir, vg_attributes=None, vg_objects=None, objects_vocab=None,
                       attributes_vocab=None, num_objects=None, num_attributes=None,
                       top_unknown=TOP_UNKNOWN):
-    """Write objects_vocab.txt, attributes_vocab.txt and vocab_report.json under `out_dir` →
-    the report (a dict). A vocabulary file given (`objects_vocab`, `attributes_vocab`) is read
-    and validated; one not given is built from the VG files, top `num_objects` /
-    `num_attributes` (default 1600 / 400). Raises FormatError (a file) or ValueError (the
-    arguments)."""
+    """Write objects_vocab.txt, attributes_vocab.txt and vocab_report.json under `out_dir` → the
+    report (a dict); see the module docstring. Raises FormatError (a file) or ValueError (the arguments)."""
     have_vg = bool(vg_attributes or vg_objects)
     if objects_vocab is None and not have_vg:
         raise ValueError("building the objects vocabulary needs --vg-attributes or --vg-objects "
@@ -204,7 +181,9 @@ def make_vocabularies(out_dir, vg_attributes=None, vg_objects=None, objects_voca
         else:
             sources[kind] = {"source": "built", "requested": default if n is None else n}
 
-    counts, inputs = None, {"vg_attributes": _str(vg_attributes), "vg_objects": _str(vg_objects)}
+    counts = None
+    inputs = {"vg_attributes": vg_attributes and os.fspath(vg_attributes),
+              "vg_objects": vg_objects and os.fspath(vg_objects)}
     if have_vg:
         records, seen = vg_records(vg_attributes, vg_objects)
         inputs.update(seen)
@@ -226,10 +205,6 @@ def make_vocabularies(out_dir, vg_attributes=None, vg_objects=None, objects_voca
     report["counts"] = counts.report(top_unknown) if counts is not None else None
     write_json_atomic(report, os.path.join(out_dir, REPORT_FILE))
     return report
-
-
-def _str(path):
-    return None if path is None else os.fspath(path)
 
 
 def summary_line(report):

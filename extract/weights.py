@@ -14,6 +14,8 @@ import pickle
 import sys
 from dataclasses import dataclass, replace
 
+from detectron2.modeling import build_model
+
 from cavl.io import file_sha256
 from extract.detector import DetectorConfig, build_cfg, load_checkpoint
 
@@ -34,13 +36,9 @@ class CheckReport:
 
 def check_checkpoint(path, dcfg):
     """Load `path` into the architecture of `dcfg` (built on the CPU, never run) → CheckReport."""
-    from detectron2.modeling import build_model
-
-    cfg = build_cfg(replace(dcfg, weights=None, device="cpu"))
-    model = build_model(cfg)
-    n_keys = len(model.state_dict())
+    model = build_model(build_cfg(replace(dcfg, weights=None, device="cpu")))
     missing, unexpected, mismatched = load_checkpoint(model, path)
-    return CheckReport(sorted(missing), sorted(unexpected), sorted(mismatched), n_keys)
+    return CheckReport(sorted(missing), sorted(unexpected), sorted(mismatched), len(model.state_dict()))
 
 
 def format_report(path, config, report):

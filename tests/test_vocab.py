@@ -21,7 +21,7 @@ OBJECTS_TXT, ATTRIBUTES_TXT = V.published_vocab_paths()
 
 @pytest.fixture(scope="module")
 def published():
-    return V.load_published()
+    return V.read_vocab(OBJECTS_TXT), V.read_vocab(ATTRIBUTES_TXT)
 
 
 def _attributes_json(path, images):
