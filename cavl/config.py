@@ -37,8 +37,6 @@ def _describe(error):
         names = ", ".join(repr(_key(path + [k])) for k in unknown)
         hint = f" (allowed here: {', '.join(sorted(allowed))})" if allowed else ""
         return f"unknown config key {names}{hint}"
-    if error.validator == "required":
-        return f"config key {_key(error.absolute_path)!r}: {error.message}"
     return f"config key {_key(error.absolute_path)!r}: {error.message}"
 
 
@@ -83,11 +81,10 @@ def _inside(path, folder):
 
 
 def resolve_datasets(config):
-    """The `datasets` section the run reads (before validation, so that a user's partial entry,
-    e.g. only `vg.exclude_eval_images`, completes the demo's). With the demo enabled it is the
-    demo's layout, and a path the user gave must lie under demo.out_dir: rule demo_data writes
-    there, so a user file elsewhere could otherwise be listed as its output (and deleted by
-    Snakemake before the job)."""
+    """The `datasets` section the run reads (before validation: a user's partial entry completes
+    the demo's). With the demo enabled it is the demo's layout, and a path the user gave must lie
+    under demo.out_dir: else rule demo_data could list a user file as its output (and Snakemake
+    delete it before the job)."""
     datasets = copy.deepcopy(config.get("datasets") or {})
     demo = validate_config({"demo": config.get("demo") or {}})["demo"]
     if not demo["enabled"] or not isinstance(datasets, dict):
@@ -108,9 +105,8 @@ _NOT_PATHS = {"exclude_eval_images", "missing_images", "glob"}
 
 
 def check_own_images(datasets):
-    """datasets.images (folders of the user's own images): each name must be usable as a file
-    name and a Snakemake wildcard value and must not be an official dataset's; an entry takes
-    glob or list, not both. ConfigError naming the key."""
+    """datasets.images: each name must be a valid file name and wildcard value, not an official
+    dataset's; an entry takes glob or list, not both. ConfigError naming the key."""
     entries = datasets.get("images") if isinstance(datasets, dict) else None
     if not isinstance(entries, dict):
         return  # absent or null; another type is the schema's to reject
@@ -130,9 +126,8 @@ PRETRAIN_SOURCES = ("coco", "vg")
 
 
 def resolve_config(config):
-    """Validate `config`, fill defaults, and resolve what depends on the datasets present:
-    `datasets` (the demo's when enabled), pretrain.data.sources (null = the configured ones of
-    coco and vg) and datasets.vg.exclude_eval_images (those configured)."""
+    """Validate `config`, fill defaults, and resolve `datasets` (the demo's when enabled),
+    pretrain.data.sources (null: coco and vg where configured) and vg.exclude_eval_images."""
     check_own_images(config.get("datasets"))
     resolved = validate_config({**config, "datasets": resolve_datasets(config)})
     datasets = resolved["datasets"] = {name: spec for name, spec in resolved["datasets"].items()
@@ -193,11 +188,8 @@ def deep_update(base, override):
 
 
 def read_config_specs(specs):
-    """Merge config files (YAML/JSON) and inline JSON objects, later ones overriding.
-
-    Stage CLIs get their config section from Snakemake as inline JSON (`json_arg`). It is parsed
-    as JSON, not YAML: YAML 1.1 reads JSON's `1e-08` as a string.
-    """
+    """Merge config files (YAML/JSON) and inline JSON objects (stage CLIs get their section as
+    one), later ones overriding. Inline JSON is parsed as JSON: YAML 1.1 reads `1e-08` as a string."""
     merged = {}
     for spec in specs:
         if spec.lstrip().startswith("{"):

@@ -6,19 +6,11 @@
         --spec '<JSON of config["datasets"]["images"]["my_photos"]>' \
         --out resources/manifests/my_photos.parquet
 
-``--kind images``: a folder of the user's own images (cavl/formats/images.py: image_id = the
-path relative to the folder; a file whose header cannot be read is listed with width/height 0
-and recorded by the extraction in its failures table).
+``--kind images``: a folder of the user's own images (cavl/formats/images.py; an unreadable
+image header is listed with width/height 0 and recorded by the extraction as a failure).
 
-Schema (docs/contracts.md): image_id str, path str, width/height int32,
-gt_boxes list<list<float32>>, gt_box_labels list<str>.
-
-Beside it, every build also writes ``{out without .parquet}.missing.parquet`` (e.g.
-``resources/manifests/vg.missing.parquet``): the listed images whose file is missing and that
-were left out because the spec says ``missing_images: skip`` (columns image_id, path = the
-expected file, source = the annotation file, record = where in it, reason). With
-``missing_images: error`` (the default) a missing image fails the build, and the table is
-written empty.
+Schema and the ``{out without .parquet}.missing.parquet`` table beside it (the images left out
+by ``missing_images: skip``; empty with ``error``, the default): docs/contracts.md.
 """
 
 import argparse
@@ -64,9 +56,7 @@ def dataset_key(dataset, kind="official"):
 def missing_path(out):
     """Where the missing-images table of the manifest `out` goes: ``x.parquet`` →
     ``x.missing.parquet``."""
-    out = os.fspath(out)
-    base = out[:-len(".parquet")] if out.endswith(".parquet") else out
-    return base + ".missing.parquet"
+    return os.fspath(out).removesuffix(".parquet") + ".missing.parquet"
 
 
 def missing_images_mode(spec, where):
@@ -122,12 +112,9 @@ def _warn_unreadable(path, reason):
 
 
 def manifest_rows(dataset, spec, on_missing=None, kind="official"):
-    """Rows (dicts) of the manifest of `dataset` given its config.yaml `datasets` entry
-    (kind ``images``: `dataset` is the name of a `datasets.images` entry).
-
-    on_missing: None → a listed image whose file is missing raises MissingImageError;
-    else it is called with that error and the image is left out (:class:`MissingImages`).
-    """
+    """Rows (dicts) of the manifest of `dataset` given its `datasets` entry (kind ``images``: a
+    `datasets.images` entry). on_missing: None → a missing image file raises MissingImageError;
+    else it is called with the error and the image left out (:class:`MissingImages`)."""
     if kind == "images":
         problem = images.name_problem(dataset)
         if problem:
@@ -161,18 +148,10 @@ def manifest_rows(dataset, spec, on_missing=None, kind="official"):
     raise SpecError(f"unknown dataset {dataset!r} (expected one of {', '.join(DATASETS)})")
 
 
-def build_table(rows):
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-
-
 def build_manifest(dataset, spec, out, missing_out=None, kind="official"):
-    """Read the dataset's official files (kind ``images``: list its folder) and write its
-    manifest and missing-images table (`missing_out`, default :func:`missing_path` of `out`)
-    atomically.
-
-    → (row count, :class:`MissingImages`). With ``missing_images: error`` a missing image
-    raises MissingImageError and nothing is written.
-    """
+    """Write the dataset's manifest and missing-images table (`missing_out`, default
+    :func:`missing_path` of `out`) atomically → (row count, :class:`MissingImages`). With
+    ``missing_images: error`` a missing image raises MissingImageError and nothing is written."""
     where = dataset_key(dataset, kind)
     mode = missing_images_mode(spec, where)
     missing = MissingImages()
@@ -180,7 +159,7 @@ def build_manifest(dataset, spec, out, missing_out=None, kind="official"):
     if not rows and len(missing):
         raise SpecError(f"{where}: all {len(missing)} listed images are missing (first: "
                         f"{missing.rows[0]['path']}); check the image folders")
-    table = build_table(rows)
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     kind_metadata = {"kind": kind} if kind != "official" else {}
     metadata = {"dataset": dataset, "missing_images": mode, **kind_metadata}
     write_parquet_atomic(missing.table(), missing_out or missing_path(out), metadata=metadata)

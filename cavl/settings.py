@@ -1,23 +1,12 @@
 """The config model: one typed dataclass per section of the configuration, nested as the YAML nests.
 
-    model = load_section(ModelSettings, config, "model")      # validated, defaults filled, typed
-    pretrain = load_section(PretrainSection, config, "pretrain")
-    pretrain.train.batch_size, pretrain.pwcl.encoding
+    pretrain = load_section(PretrainSection, config, "pretrain")   # validated, defaults filled, typed
 
-Defaults live in one place, workflow/schemas/config.schema.yaml. A section's dataclass has no
-defaults of its own: `from_section` builds it from the section as `cavl.config.validate_config`
-returns it (every key present), and a key that one of the two has and the other lacks is an
-error naming the dotted key. The few dataclasses that library code and tests also build
-piecemeal (OptimConfig, TrainConfig, AdapterSettings; the model's ObjectiveConfig and the data's
-PretrainDataConfig) take their defaults from the schema too (`schema_defaults`). A mapping keyed
-by data (dataset names, methods: `pretrain.data.max_captions_per_image`, `finetune.optim.lr`,
-`extract.given_boxes`, `demo.images`, `datasets`) is a dict field.
-
-Operational keys — those that change nothing a run computes (threads, workers, memory, logging
-and checkpoint cadence) — are marked once, in field metadata (`operational()`):
-checkpoint fingerprints leave them out (`operational_keys`), and the workflow leaves the job-only
-ones (`operational(job=True)`: memory and run time, which only schedule a job) out of the
-stages' settings, so changing one reruns nothing.
+Defaults live only in workflow/schemas/config.schema.yaml: section dataclasses have none, and the
+few that code also builds piecemeal take the schema's (`schema_defaults`). Mappings keyed by data
+(dataset names, methods) are dict fields. Operational keys — those that change nothing a run
+computes — are marked once (`operational()`): checkpoint fingerprints leave them out, and the
+workflow leaves the job-only ones (memory, run time) out of the stages' settings.
 
 This module imports no torch: the workflow imports it.
 """
@@ -31,9 +20,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 
 from cavl.config import ConfigError, _fill_defaults, load_schema, validate_config
 
-# ---------------------------------------------------------------------------------------------
-# The schema's defaults
-# ---------------------------------------------------------------------------------------------
+# --- The schema's defaults ---
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,8 +40,7 @@ def schema_node(key: str) -> dict:
 
 
 def schema_default(key: str):
-    """The schema's default of a dotted config key (a fresh copy; a mapping's with its keys'
-    defaults filled in, as validate_config fills them)."""
+    """The schema's default of a dotted config key (a fresh copy, a mapping's defaults filled in)."""
     node = schema_node(key)
     if "default" not in node:
         raise KeyError(f"config key {key!r} has no default in the schema")
@@ -65,11 +51,8 @@ def schema_default(key: str):
 
 
 def schema_defaults(section: str, **renamed):
-    """Class decorator, placed under @dataclass: every field takes the schema's default of
-    `section.<field>` (of `section.<renamed[field]>` where the field is named otherwise), so a
-    dataclass that code also builds piecemeal has defaults without writing them a second time.
-    The keys are kept in `__schema_defaults__` (field → dotted key); `from_settings` reads the
-    values from the same keys."""
+    """Class decorator, under @dataclass: each field defaults to the schema's `section.<field>`
+    (`section.<renamed[field]>`); the keys are kept in `__schema_defaults__` for `from_settings`."""
 
     def wrap(cls):
         sources = {}
@@ -96,8 +79,8 @@ def schema_defaults(section: str, **renamed):
 
 
 def from_settings(cls, settings, **values):
-    """A `schema_defaults` dataclass whose every field is the value of the key its default comes
-    from, read from `settings` (the dataclass of that section); `values` given instead."""
+    """A `schema_defaults` dataclass with each field read from `settings` (the section's
+    dataclass) at the key its default comes from; `values` given instead."""
     prefix = cls.__schema_section__ + "."
     for name, key in cls.__schema_defaults__.items():
         if name not in values:
@@ -108,21 +91,18 @@ def from_settings(cls, settings, **values):
     return cls(**values)
 
 
-# ---------------------------------------------------------------------------------------------
-# Operational keys
-# ---------------------------------------------------------------------------------------------
+# --- Operational keys ---
 
 
 def operational(job: bool = False):
-    """A field (no default) whose key changes nothing a run computes: checkpoint fingerprints leave
-    it out. job=True: it only schedules the job (memory, run time) and the stage never reads it;
-    the workflow leaves it out of the stage's settings, so changing it reruns nothing."""
+    """A field whose key changes nothing a run computes (fingerprints leave it out); job=True:
+    it only schedules the job, so the workflow leaves it out of the stage's settings too."""
     return field(metadata={"operational": "job" if job else True})
 
 
 def operational_keys(cls, job: bool = False) -> frozenset:
-    """Dotted keys (relative to `cls`) of the operational fields of a dataclass and of those nested
-    in it; job=True: only the job-only ones."""
+    """Dotted keys (relative to `cls`) of its operational fields, nested ones included; job=True:
+    only the job-only ones."""
     keys = set()
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
@@ -150,9 +130,7 @@ def without(mapping: dict, keys) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Building a section's dataclass
-# ---------------------------------------------------------------------------------------------
+# --- Building a section's dataclass ---
 
 
 def _key(where: str, name: str) -> str:
@@ -160,11 +138,9 @@ def _key(where: str, name: str) -> str:
 
 
 def from_section(cls, section: dict, where: str):
-    """The dataclass `cls` of a validated config section (`where`: its dotted key), nested
-    dataclasses built from the nested sections. The section must hold exactly the dataclass's
-    fields: ConfigError names the key that one has and the other lacks (validate_config rejects
-    unknown keys first and fills every default, so that is a schema/dataclass mismatch), or the
-    section whose values the dataclass refuses."""
+    """The dataclass `cls` of a validated config section (`where`: its dotted key). A key only
+    one of the two has (a schema/dataclass mismatch) or a value the dataclass refuses is a
+    ConfigError naming the key."""
     if not isinstance(section, dict):
         raise ConfigError(f"config key {where!r}: expected a mapping, got {section!r}")
     names = [f.name for f in fields(cls)]
@@ -193,36 +169,29 @@ def _section_schema(name: str) -> dict:
 
 
 def load_section(cls, config: dict, name: str):
-    """`config[name]` validated against the schema, every default filled in, as the dataclass `cls`.
-    A bad key raises cavl.config.ConfigError (a ValueError) naming it."""
+    """`config[name]` validated, defaults filled in, as the dataclass `cls` (ConfigError names a bad key)."""
     section = validate_config({name: config.get(name) or {}}, _section_schema(name))[name]
     return from_section(cls, section, name)
 
 
-# ---------------------------------------------------------------------------------------------
-# model
-# ---------------------------------------------------------------------------------------------
+# --- model ---
 
 
 @dataclass
 class ModelSettings:
     """`model:` — the backbone every stage builds on."""
-
     bert: str  # Hugging Face BERT folder; package:NAME = NAME.get_model_path()
     hidden_dropout: float | None  # override the checkpoint's hidden_dropout_prob (None = keep)
     attention_dropout: float | None  # override attention_probs_dropout_prob (None = keep)
     standardize_features: bool  # per-dimension mean/std of the pretraining regions, kept with the model
 
 
-# ---------------------------------------------------------------------------------------------
-# pretrain (OptimConfig and TrainConfig are also the training loop's; their defaults are pretrain's)
-# ---------------------------------------------------------------------------------------------
+# --- pretrain (OptimConfig, TrainConfig: also the training loop's, with pretrain's defaults) ---
 
 
 @dataclass
 class PretrainData:
     """`pretrain.data:` — what the batches are made of."""
-
     sources: list | None  # caption sources (coco, vg); None = those configured (cavl.config.resolve_config)
     max_captions_per_image: dict  # per source, at most this many captions per image (0 = all)
     max_text_len: int  # wordpiece tokens per caption, [CLS] and [SEP] included
@@ -233,7 +202,6 @@ class PretrainData:
 @dataclass
 class MlmSettings:
     """`pretrain.mlm:` — masked language modelling."""
-
     weight: float  # weight of mlm_loss in the total (0 = off)
     probability: float  # fraction of text tokens chosen (80/10/10 mask/random/keep)
 
@@ -241,7 +209,6 @@ class MlmSettings:
 @dataclass
 class ItmSettings:
     """`pretrain.itm:` — image-text matching."""
-
     weight: float  # weight of itm_loss in the total (0 = off)
     negative_fraction: float  # fraction of pairs whose caption is another image's
 
@@ -249,7 +216,6 @@ class ItmSettings:
 @dataclass
 class PwclSettings:
     """`pretrain.pwcl:` — the pair-wise contrastive loss between E' and F'."""
-
     weight: float  # weight of pwcl_loss in the total (0 = off)
     loss: str  # pairwise (the paper's) | infonce (CLIP's)
     encoding: str  # joint | joint_clean | separate (cavl.model.PWCL_ENCODINGS)
@@ -261,7 +227,6 @@ class PwclSettings:
 @schema_defaults("pretrain.optim")
 class OptimConfig:
     """Optimiser and learning-rate schedule (`pretrain.optim:`; finetuning builds one per task)."""
-
     name: str  # sgd: SGD with momentum (the paper) | adamw
     lr: float  # peak learning rate, reached at the end of warm-up
     momentum: float  # SGD momentum
@@ -270,7 +235,7 @@ class OptimConfig:
     eps: float  # AdamW epsilon
     warmup_fraction: float  # linear warm-up over this fraction of the steps, then linear decay to 0
     grad_clip: float  # clip the global gradient norm to this (0 = no clipping)
-    new_lr_scale: float  # lr multiplier for the model's `new_parameter_names()` (weights that start from scratch)
+    new_lr_scale: float  # lr multiplier for the model's `new_parameter_names()` (trained from scratch)
 
     def __post_init__(self):
         if self.name not in ("sgd", "adamw"):
@@ -282,8 +247,7 @@ class OptimConfig:
 @dataclass
 @schema_defaults("pretrain.train")
 class TrainConfig:
-    """Loop length, precision, logging and checkpointing (`pretrain.train:`; finetuning builds one per task)."""
-
+    """Loop length, precision, logging, checkpoints (`pretrain.train:`; finetuning builds one per task)."""
     batch_size: int  # examples per process per micro-batch
     grad_accum: int  # micro-batches per optimiser step
     epochs: int  # passes over the data (ignored when max_steps > 0)
@@ -306,7 +270,6 @@ class TrainConfig:
 @dataclass
 class PretrainEval:
     """`pretrain.eval:` — held-out losses and retrieval by E'·F' on the val split."""
-
     val_batches: int  # val batches whose losses are averaged
     retrieval_pairs: int  # held-out (caption, image) pairs, distinct images, ranked by cos(E', F')
 
@@ -314,7 +277,6 @@ class PretrainEval:
 @dataclass
 class PretrainSection:
     """`pretrain:` — contrastive pretraining."""
-
     gpus: int  # processes under torchrun, one per GPU (0 = one CPU process); in the fingerprint
     threads: int = operational()  # torch CPU threads per process
     mem_mb: int = operational(job=True)  # memory per job (the Snakemake rule's resource)
@@ -327,9 +289,7 @@ class PretrainSection:
     eval: PretrainEval = operational()  # what the log reports on the val split, not what trains
 
 
-# ---------------------------------------------------------------------------------------------
-# finetune
-# ---------------------------------------------------------------------------------------------
+# --- finetune ---
 
 # Backbone parts that may train besides Adapter II (`also_train`).
 BACKBONE_GROUPS = ("layer_norm", "visual_embeddings", "pooler")
@@ -339,7 +299,6 @@ BACKBONE_GROUPS = ("layer_norm", "visual_embeddings", "pooler")
 @schema_defaults("finetune.adapters")
 class AdapterSettings:
     """`finetune.adapters:` — architecture of the adapters (cavl.adapters)."""
-
     bottleneck: int  # Adapter II width r: Down hidden→r, Up r→hidden
     shortcut_layers: int  # Adapter I: transformer layers of the shortcut block
     shortcut_width: int  # Adapter I: hidden width of the shortcut block
@@ -360,7 +319,6 @@ class AdapterSettings:
 @dataclass
 class CacheSettings:
     """`finetune.cache:` — the frozen-backbone cache (adapter1, linear)."""
-
     enabled: bool  # compute the frozen backbone's states once, reuse them every epoch
     dtype: str  # storage type of the cached states: float16 | float32
 
@@ -368,7 +326,6 @@ class CacheSettings:
 @dataclass
 class FinetuneOptim:
     """`finetune.optim:` — as OptimConfig, with a peak learning rate per method."""
-
     name: str  # adamw | sgd
     lr: dict  # method → peak learning rate
     momentum: float
@@ -382,7 +339,6 @@ class FinetuneOptim:
 @dataclass
 class FinetuneTrain:
     """`finetune.train:` — as TrainConfig, less epochs and batch_size (per task)."""
-
     grad_accum: int
     max_steps: int
     precision: str
@@ -395,9 +351,7 @@ class FinetuneTrain:
 
 @dataclass
 class TaskSection:
-    """What every `finetune.tasks.<task>` entry has (an evaluate-only task, zs_tir: only this and
-    its options)."""
-
+    """What every `finetune.tasks.<task>` entry has (evaluate-only zs_tir: this and its options)."""
     eval_split: str = operational()  # split evaluated (rule evaluate; in training only with train.eval_every)
     max_text_len: int = field()  # wordpiece tokens per sequence
     max_regions: int = field()  # region tokens per image
@@ -406,7 +360,6 @@ class TaskSection:
 @dataclass
 class TrainedTaskSection(TaskSection):
     """What a finetuned task's entry has besides its options."""
-
     method: str = field()  # full | linear | adapter1 | adapter2 | adapter1+2
     train_split: str = field()  # split trained on
     select_split: str | None = field()  # split the best epoch is chosen on; None: held-out train images
@@ -454,7 +407,6 @@ class ZsTirSection(TaskSection):
 @dataclass
 class FinetuneTasks:
     """`finetune.tasks:` — one entry per registered task (cavl.tasks.REGISTRY)."""
-
     vqa: VqaSection
     vcr: VcrSection
     nlvr2: Nlvr2Section
@@ -465,9 +417,7 @@ class FinetuneTasks:
 
 @dataclass
 class FinetuneSection:
-    """`finetune:` — shared settings; per-task ones under `tasks` (cavl.finetune_model.task_settings
-    resolves one task's effective settings)."""
-
+    """`finetune:` — shared settings; per-task ones under `tasks`."""
     gpus: int = operational()  # processes under torchrun (0 = one CPU process)
     threads: int = operational()  # torch CPU threads per process
     num_workers: int = operational()  # DataLoader worker processes per training process
@@ -503,15 +453,12 @@ def task_options(task: str) -> dict:
     return {k: schema_default(f"finetune.tasks.{task}.{k}") for k in option_keys(task_section(task))}
 
 
-# ---------------------------------------------------------------------------------------------
-# extract
-# ---------------------------------------------------------------------------------------------
+# --- extract ---
 
 
 @dataclass
 class DetectorVocab:
     """`extract.detector.vocab:`"""
-
     objects: str | None
     attributes: str | None
     num_objects: int
@@ -521,7 +468,6 @@ class DetectorVocab:
 @dataclass
 class DetectorSettings:
     """`extract.detector:` — the detector and its input size."""
-
     config: str
     weights: str | None
     seed: int
@@ -538,7 +484,6 @@ class DetectorSettings:
 @dataclass
 class BoxSettings:
     """`extract.boxes:` — which regions each image keeps."""
-
     mode: str
     max_boxes: int
     min_boxes: int
@@ -549,7 +494,6 @@ class BoxSettings:
 @dataclass
 class DetectorTrain:
     """`extract.train:` — rule train_detector (extract.train)."""
-
     sources: list | None
     init_weights: str | None
     opts: list
@@ -573,7 +517,6 @@ class DetectorTrain:
 @dataclass
 class ExtractSection:
     """`extract:` — region features (rules extract_shard, gather_features, train_detector)."""
-
     detector: DetectorSettings
     boxes: BoxSettings
     train: DetectorTrain
@@ -589,15 +532,12 @@ class ExtractSection:
     mem_mb: int = operational(job=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# demo, and the whole configuration
-# ---------------------------------------------------------------------------------------------
+# --- demo, and the whole configuration ---
 
 
 @dataclass
 class DemoSection:
     """`demo:` — the embedded demo data (rule demo_data)."""
-
     enabled: bool
     out_dir: str
     seed: int
@@ -606,15 +546,12 @@ class DemoSection:
     images: dict  # dataset → images generated
 
 
-# ---------------------------------------------------------------------------------------------
-# the analyses: ablation grid and alignment pictures
-# ---------------------------------------------------------------------------------------------
+# --- the analyses: ablation grid and alignment pictures ---
 
 
 @dataclass
 class AblationsSection:
     """`ablations:` — the ablation grid (cavl.ablations)."""
-
     variants: list  # one-key mappings name → config overlay, in table order
     tasks: list | None  # None = the tasks of the default target
     seeds: list  # finetune.train.seed of each cell
@@ -623,7 +560,6 @@ class AblationsSection:
 @dataclass
 class VisualiseSection:
     """`visualise:` — word–region alignment pictures (cavl.visualise)."""
-
     images: int  # val images pictured per dataset
     threads: int = operational()  # torch CPU threads of the job
 
@@ -631,7 +567,6 @@ class VisualiseSection:
 @dataclass
 class Config:
     """The whole configuration (`datasets`: free-form, the schema checks its entries)."""
-
     extract: ExtractSection
     demo: DemoSection
     datasets: dict

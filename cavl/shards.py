@@ -1,56 +1,17 @@
 """Feature shards on disk: the Parquet schema, streamed row groups, atomic rename, failures table,
 and the index of a dataset's shards (image_id → (shard, row)).
 
-The format the extraction stage writes (`extract.shard` with :class:`ShardWriter`, `python -m
-extract.gather` with :func:`build_index`) and training reads (:class:`cavl.data.regions.RegionReader`),
-so it lives here, in `cavl`: `extract` imports `cavl`, never the other way round.
+The format (columns, file metadata, vocabularies: docs/contracts.md) that extraction writes
+(`extract.shard` with :class:`ShardWriter`, `extract.gather` with :func:`build_index`) and
+training reads (:class:`cavl.data.regions.RegionReader`); it lives in `cavl` because `extract`
+imports `cavl`, never the other way round.
 
-A shard (`shard-{k:05d}.parquet`, one row per image) is written to a hidden temporary file in
-the same folder, one row group at a time (memory stays bounded by `row_group_size` images, however
-large the shard), and renamed to its final name only after the last row group and the failures
-table (`shard-{k:05d}.failures.parquet`: image_id, path, reason) are written. A killed job
-leaves no shard behind.
-
-Columns (docs/contracts.md):
-
-    image_id   string
-    width      int32                      oriented original image, pixels
-    height     int32
-    num_boxes  int32                      N (rows of boxes/scores/classes/features)
-    num_given  int32                      the first num_given boxes are the manifest's gt_boxes
-    boxes      list<fixed_size_list<float32, 4>>   N×4, x1 y1 x2 y2 in original pixels
-    scores     list<float32>              N, score of the box's class (0: filled up, see boxes.py)
-    classes    list<int32>                N, 0-based foreground class of the detector
-    attributes list<int32>                N, 0-based id (attribute vocabulary) of the box's best
-                                          attribute; null for the whole row when the detector has
-                                          no attribute head (an empty list means no boxes)
-    attribute_scores list<float32>        N, that attribute's probability; null like attributes
-    features   large_binary               N×D pooled region features: the row-major bytes of a
-                                          float16 (or float32) array, see feature_dtype/feature_dim
-
-Features are one binary value per image rather than a nested list<list<float16>>: Parquet would
-store a nesting level for each of the N×D numbers, and decoding those made reading ~10× slower
-than reading the file (measured: 0.2 GB/s vs 1.5 GB/s); as one blob per image the column reads
-at memory speed, memory-mapped. The field's metadata repeats dtype, shape and order.
-
-File metadata (each value JSON-encoded, as `cavl.io` writes it): schema_version, feature_dim,
-feature_dtype, detector (config, weights, weights_checksum, ...), boxes (mode, max/min boxes,
-NMS, ...), vocabularies, code_version, shard, manifest. `schema_version` is the layout above,
-SCHEMA_VERSION (2: with the attribute columns; shards of version 1 have no attributes /
-attribute_scores columns); the writer adds it when the caller's metadata has none.
-`vocabularies` (written by the caller) names the label vocabularies the ids index into, or is
-null when the detector has none:
-
-    {"objects":    {"file": "objects_vocab.txt",    "sha256": "...", "classes": 1600},
-     "attributes": {"file": "attributes_vocab.txt", "sha256": "...", "classes": 400}}
-
-(`attributes` is null, or absent, for a detector without an attribute head; `classes` is the
-number of entries; gather refuses shards whose vocabularies' sha256 differ). Plain readers:
-
-    df = pd.read_parquet(path)
-    D, dtype = 1024, "float16"      # or json.loads(pq.read_schema(path).metadata[b"feature_dim"])
-    features = np.frombuffer(df.features[i], dtype).reshape(df.num_boxes[i], D)
-    boxes = np.stack(df.boxes[i])   # (N, 4)
+A shard (`shard-{k:05d}.parquet`, one row per image) is written to a hidden temporary file, one
+row group at a time (memory bounded by `row_group_size` images), and renamed only after the last
+row group and the failures table (`shard-{k:05d}.failures.parquet`) are written: a killed job
+leaves no shard behind. Features are one blob per image (row-major N×D float16/32), not a
+nested list: Parquet decodes nested lists ~10× slower than the file reads (0.2 vs 1.5 GB/s),
+while a blob column reads at memory speed, memory-mapped.
 """
 
 import json
@@ -78,8 +39,7 @@ FAILURE_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("
 
 def failures_path_for(shard_path):
     """`.../shard-00003.parquet` → `.../shard-00003.failures.parquet`."""
-    stem = shard_path[: -len(".parquet")] if shard_path.endswith(".parquet") else shard_path
-    return stem + ".failures.parquet"
+    return shard_path.removesuffix(".parquet") + ".failures.parquet"
 
 
 def shard_schema(feature_dim, feature_dtype="float16", metadata=None):
@@ -129,7 +89,6 @@ class ShardWriter:
         self.num_rows, self.num_clamped = 0, 0
         self._pending, self._pending_rows, self._failures = [], 0, []  # pending: Arrow tables
         self._with_attributes = None  # set by the first add(): all rows have attributes, or none
-        # Attribute ids are checked against the attribute vocabulary's size where the metadata has it.
         vocab = ((metadata or {}).get("vocabularies") or {}).get("attributes") or {}
         self._num_attributes = int(vocab["classes"]) if vocab.get("classes") else np.iinfo(np.int32).max
 
@@ -139,9 +98,7 @@ class ShardWriter:
         self._writer = pq.ParquetWriter(
             tmp, self.schema,
             # Features are near-incompressible noise to a codec: stored raw, they read at memcpy speed.
-            compression={"image_id": "zstd", "width": "zstd", "height": "zstd", "num_boxes": "zstd",
-                         "num_given": "zstd", "boxes": "zstd", "scores": "zstd", "classes": "zstd",
-                         "attributes": "zstd", "attribute_scores": "zstd", "features": "none"},
+            compression={name: "none" if name == "features" else "zstd" for name in self.schema.names},
             use_dictionary=False,
             write_statistics=["image_id", "width", "height", "num_boxes", "num_given"],
         )
@@ -169,11 +126,9 @@ class ShardWriter:
             attributes=None, attribute_scores=None):
         """Append B images. sizes: (B, 2) (H, W); counts, num_given: (B,); boxes (S, 4),
         scores (S,), classes (S,), features (S, D) with S = counts.sum(), image by image.
-        attributes (S,) int, attribute_scores (S,) float: each box's best attribute (0-based id in
-        the attribute vocabulary) and its probability; both None for a detector without an
-        attribute head (the rows' two values are then null). A shard has them for every row or
-        for none. Ids must lie in [0, metadata vocabularies.attributes.classes) where that is
-        given (a head's background/"no attribute" output is not an id)."""
+        attributes (S,) int ids in [0, vocabularies.attributes.classes), attribute_scores (S,):
+        each box's best attribute and its probability; both None (null) without an attribute
+        head, for every row of a shard or for none."""
         counts = np.asarray(counts, dtype=np.int32)
         if (attributes is None) != (attribute_scores is None):
             raise ValueError("give both attributes and attribute_scores, or neither")
@@ -242,8 +197,8 @@ class ShardWriter:
         return len(self._failures)
 
     def _flush(self, final=True):
-        """Write the pending rows as row groups of exactly row_group_size images (the last one
-        of the shard may be smaller); keep a remainder pending unless this is the final flush."""
+        """Write the pending rows as row groups of row_group_size images; keep the remainder
+        pending unless final."""
         if not self._pending_rows:
             return
         table = pa.concat_tables(self._pending)

@@ -4,20 +4,15 @@
         --md results/summary.md --csv results/summary.csv --html results/summary.html \
         --methods results/methods.csv --plot results/summary.png
 
-- summary (CSV, Markdown, and an HTML page with both tables for the Snakemake report, which
-  shows HTML results inline and offers CSV only as a download): one row per task and metric — task, split, method, metric, value,
-  chance, p_value, examples — from each `results/{task}/metrics.json` (percent, as papers report them).
-  `p_value`: the exact one-sided p-value of the metric against its task's chance predictor (the
-  metrics.json `significance` record of that metric; empty for metrics without one), written
-  with significant digits (CSV 6, Markdown / HTML 2), below the float range from its log10.
-- methods (CSV): one row per task — method, trainable parameters (and % of the model), median
-  training throughput and step time from the task's `log.jsonl` (none for zero-shot tasks), the
-  task's main metric, its chance level and the gain over chance: what each adapter method costs
-  and buys on this run.
+- summary (CSV, Markdown, HTML for the Snakemake report, which shows HTML inline): one row per
+  task and metric of each `results/{task}/metrics.json` (percent). `p_value`: the exact one-sided
+  p-value against the task's chance predictor (metrics.json `significance`), with 6 (CSV) or 2
+  significant digits; one below the float range is written from its log10.
+- methods (CSV): one row per task — trainable parameters, median throughput and step time from
+  its `log.jsonl` (matched by folder), main metric, chance and gain over chance.
 - plot (PNG): each task's main metric beside its chance level.
 
-A training log is matched to its metrics by folder (results/{task}/). Every file is written
-atomically.
+Every file is written atomically.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@
         --out resources/tasks/vqa/val.parquet        # one split (the Snakemake rule)
 
 Pretraining's tables are made here; every other task's come from its cavl.tasks.REGISTRY entry
-(sources, fixed splits, reader, columns), so a task added there needs nothing here. Sources per
-task are in TASK_SOURCES; the splits each task writes come from :func:`task_splits`, which the
-Snakemake workflow also uses to declare outputs. Schemas (docs/contracts.md) are in TASK_SCHEMAS.
+(sources, fixed splits, reader, columns). The workflow declares outputs with :func:`task_splits`.
+Schemas (docs/contracts.md): TASK_SCHEMAS.
 """
 
 import argparse
@@ -39,8 +38,7 @@ COLUMN_TYPES = {"string": _str, "int32": _i32, "int64": _i64, "bool": pa.bool_()
 
 
 def _schema(*fields):
-    # plain (nullable) fields: nulls appear only where contracts.md allows them (vqa answer
-    # columns of a split without annotations, nlvr2 label of an unlabelled split)
+    # nullable fields: nulls appear only where contracts.md allows them (e.g. an unlabelled split)
     return pa.schema([pa.field(name, typ) for name, typ in fields])
 
 
@@ -60,13 +58,9 @@ def _check_task(task):
 
 
 def task_splits(task, datasets_config):
-    """The splits `task` writes, given config["datasets"] (or a dict holding at least the
-    task's sources). Pure: reads no files.
-
-    pretrain: ``train`` (VG region descriptions join it) and the configured COCO caption
-    splits, when COCO is given; vqa/vcr/nlvr2: the configured splits; rpg/tir: train, val,
-    test.
-    """
+    """The splits `task` writes, given config["datasets"] (at least the task's sources); reads no
+    files. pretrain: ``train`` (VG's region descriptions join it) and COCO's caption splits;
+    vqa/vcr/nlvr2: the configured splits; rpg/tir: train, val, test."""
     _check_task(task)
     if task in FIXED_SPLITS:
         return list(FIXED_SPLITS[task])
@@ -93,9 +87,8 @@ def _pretrain_sources(datasets_config):
 
 
 def eval_image_ids(datasets_config, vg_spec):
-    """(COCO image ids, Flickr30k image ids) of the evaluation images of the datasets named in
-    `datasets.vg.exclude_eval_images`: COCO's images in every captions split but train (val2014
-    holds VQA's val and Karpathy's COCO val/test images), Flickr30k's Karpathy val and test."""
+    """(COCO ids, Flickr30k ids) of the evaluation images of `datasets.vg.exclude_eval_images`:
+    COCO's in every captions split but train, Flickr30k's Karpathy val and test."""
     names = vg_spec.get("exclude_eval_images") or []
     unknown = set(names) - {"coco", "flickr30k"}
     if unknown:
@@ -154,9 +147,8 @@ def task_rows(task, datasets_config, split=None):
 
 
 def build_task(task, datasets_config, out_dir=None, split=None, out=None):
-    """Write ``{out_dir}/{split}.parquet`` for every split of the task, or, with `split`,
-    that one split to `out` (default ``{out_dir}/{split}.parquet``); → {split: row count}.
-    All splits are read and checked before any file is written."""
+    """Write ``{out_dir}/{split}.parquet`` for every split, or only `split` (to `out` if given)
+    → {split: row count}. All splits are read and checked before any file is written."""
     if split is None and out is not None:
         raise SpecError("--out needs --split (use --out-dir for all splits)")
     if out is None and out_dir is None:

@@ -11,31 +11,16 @@
     sources = open_sources("resources/features", ["coco", "vg"])           # one source per dataset
     mean, std = feature_statistics(sources, examples, max_regions=36)     # the model's standardisation
 
-Reading. A shard is memory-mapped the first time one of its images is asked for: its `features`
-column (one uncompressed blob per image) maps straight onto the file's pages in the page cache
-(shared by every process reading the shard, never copied into the process), its small `boxes`
-column is decoded once, and every later lookup is a dictionary lookup and two numpy slices — no
-copy. The arrays `get` returns are read-only views into the shard's Arrow buffers; copy them
-(`np.array(x)`, `torch.tensor(x)`) before writing to them. `max_cached_shards` bounds memory by
-evicting the least recently used shard. The other columns of a shard are read the first time they
-are asked for, so `get` never pays for them: `width`/`height`/`num_given` by `size`/`num_given`,
-the class/score/attribute columns by `regions` (`attributes` / `attribute_scores` None when the
-detector had no attribute head; a shard written before shards had attribute columns raises
-`OldShardError`, naming the file and the rule to rerun). `reader.vocabularies` is the index's
-`vocabularies` metadata, None when the shards have none.
-
-What a model sees (`RegionSource.get`): the first `max_regions` regions of an image (the given
-boxes first, in manifest order, then the detector's best), features as float32, boxes as
-(x1/W, y1/H, x2/W, y2/H, area fraction) (`normalise_boxes`); `skip_given` leaves the given
-boxes out (rpg and tir: flickr30k shards hold the Entities gt boxes, the answers, before the
-detections). Pretraining, finetuning, retrieval and evaluation all read regions this way, pad them
-with `pad_regions`, and the model standardises the features with `feature_statistics`' mean and
-std (cavl.model.CavlModel.set_visual_feature_statistics).
+A shard is memory-mapped the first time one of its images is asked for: its `features` blobs map
+straight onto the page cache (shared by every process, never copied), its `boxes` are decoded
+once, and a lookup is a dict lookup and two numpy slices. `get` returns read-only views: copy
+them before writing. `max_cached_shards` evicts the least recently used shard. The other columns
+are read on first use (`size`/`num_given`; `regions`: classes, scores, attributes — None without
+an attribute head; a shard older than the attribute columns raises `OldShardError`).
 """
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from collections import OrderedDict
@@ -50,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cavl.io import file_sha256
+from cavl.shards import read_shard_metadata
 
 _REGION_COLUMNS = {"classes": np.int32, "scores": np.float32, "attributes": np.int32,
                    "attribute_scores": np.float32}
@@ -105,16 +91,12 @@ class RegionReader:
         self.index_path = os.fspath(index_path)
         self.directory = os.path.dirname(self.index_path)
         table = pq.read_table(self.index_path, memory_map=True)
-        raw = table.schema.metadata or {}
-        self.metadata = {k.decode(): json.loads(v) for k, v in raw.items()
-                         if not k.startswith(b"ARROW:") and k != b"pandas"}
+        self.metadata = read_shard_metadata(self.index_path)
         self.feature_dim = int(self.metadata["feature_dim"])
         self.feature_dtype = np.dtype(self.metadata["feature_dtype"])
         self._shard_files = {int(k): v for k, v in self.metadata["shards"].items()}
-        ids = table.column("image_id").to_pylist()
-        shards = table.column("shard").to_numpy()
-        rows = table.column("row").to_numpy()
-        self._where = dict(zip(ids, zip(shards.tolist(), rows.tolist())))
+        self._where = dict(zip(table.column("image_id").to_pylist(),
+                               zip(table.column("shard").to_pylist(), table.column("row").to_pylist())))
         self.max_cached_shards = max_cached_shards
         self._cache = OrderedDict()
 
@@ -134,13 +116,12 @@ class RegionReader:
         "attributes": ...}), or None (no vocabularies recorded, e.g. an index of older shards)."""
         return self.metadata.get("vocabularies")
 
-    def __getitem__(self, image_id):
-        return self.get(image_id)
-
     def get(self, image_id):
         """(features (N, D), boxes (N, 4) x1 y1 x2 y2 in original pixels, N) of one image."""
         shard, row = self._locate(image_id)
         return self._shard(shard).get(row)
+
+    __getitem__ = get
 
     def size(self, image_id) -> tuple:
         """(width, height) of one image in pixels (EXIF-oriented), as the shard records it."""
@@ -159,8 +140,7 @@ class RegionReader:
         shard, row = self._locate(image_id)
         loaded = self._shard(shard)
         features, boxes, n = loaded.get(row)
-        columns = loaded.region_columns(row)
-        return Regions(features=features, boxes=boxes, num_boxes=n, **columns)
+        return Regions(features=features, boxes=boxes, num_boxes=n, **loaded.region_columns(row))
 
     def _locate(self, image_id):
         try:
@@ -255,14 +235,10 @@ class _LoadedShard:
         num_boxes = np.array([e - s for (_, s), (_, e) in zip(self._start, self._end)], dtype=np.int64)
         columns = {}
         for name, dtype in _REGION_COLUMNS.items():
-            values, lengths, valid = [], [], []
-            for chunk in table.column(name).chunks:
-                values.append(chunk.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False))
-                lengths.append(pc.fill_null(pc.list_value_length(chunk), 0).to_numpy().astype(np.int64))
-                valid.append(chunk.is_valid().to_numpy(zero_copy_only=False))
-            values = np.concatenate(values) if values else np.zeros(0, dtype)
-            lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-            valid = np.concatenate(valid) if valid else np.zeros(0, bool)
+            column = table.column(name).combine_chunks()
+            values = column.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+            lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+            valid = column.is_valid().to_numpy(zero_copy_only=False)
             if len(lengths) != len(num_boxes) or (lengths[valid] != num_boxes[valid]).any():
                 raise ValueError(f"{self.path}: {name} and boxes disagree on the number of boxes")
             offsets = np.zeros(len(lengths) + 1, np.int64)
@@ -287,9 +263,9 @@ def normalise_boxes(boxes, width, height) -> np.ndarray:
 
 
 class RegionSource:
-    """The regions a model sees of one dataset's images (module docstring): `get(image_id)` → the
-    first `max_regions` (None: all) as an `ImageRegions`; `skip_given`: without the given boxes.
-    DataLoader workers re-open the shards themselves."""
+    """The regions a model sees of one dataset's images: `get(image_id)` → the first `max_regions`
+    (None: all; the given boxes first, then the detector's best) as an `ImageRegions`;
+    `skip_given`: without the given boxes (rpg, tir: flickr30k's are the answers)."""
 
     def __init__(self, index_path, max_regions: int | None = None, skip_given: bool = False):
         self.index_path = os.fspath(index_path)
