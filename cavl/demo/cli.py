@@ -2,7 +2,6 @@
 
 import argparse
 import os
-import sys
 
 from . import coco, flickr30k, nlvr2, vcr, vg, vqa, variants
 from .files import rng_for, write_json_atomic
@@ -45,15 +44,14 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.image_size < 64:
         p.error(f"--image-size must be at least 64, got {args.image_size}")
-    args.counts = dict(DEFAULT_COUNTS)
-    args.counts.update(dict(args.count))
+    args.counts = dict(args.count)
     return args
 
 
 def generate(out_dir, seed=0, image_size=224, counts=None, log=print, variant=1):
     """Write everything under `out_dir`; returns the scenes dict written to scenes.json.
     Each dataset writes its images first, then its annotation files (each atomically).
-    `variant`: the synthetic world's number (see variants.py)."""
+    `counts`: images per dataset (missing ones: DEFAULT_COUNTS); `variant`: see variants.py."""
     counts = dict(DEFAULT_COUNTS, **(counts or {}))
     world = variants.get(variant)
 
@@ -76,7 +74,3 @@ def main(argv=None):
     args = parse_args(argv)
     generate(args.out, args.seed, args.image_size, args.counts, variant=args.variant)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

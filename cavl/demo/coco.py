@@ -6,7 +6,6 @@ import os
 from .files import rel, split_counts, write_json_atomic
 from .language import captions, plain
 from .scenes import SHAPES, public, save_image
-from .variants import DEFAULT
 
 SPLITS = ("train", "val")
 HOST = "https://example.invalid"
@@ -23,16 +22,14 @@ CATEGORIES = [{"supercategory": "shape", "id": k, "name": name} for k, name in e
 
 def instances(doc, scenes):
     """The instances file of one split: the captions file's images + a box per scene object.
-
     Annotation ids derive from the image id (no draw from the rng: the other files stay as they were)."""
-    category = {c["name"]: c["id"] for c in CATEGORIES}
     anns = []
     for image_id, scene in scenes:
         for k, obj in enumerate(scene["objects"]):
             x1, y1, x2, y2 = obj["bbox"]
             anns.append({"segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]], "area": (x2 - x1) * (y2 - y1),
                          "iscrowd": 0, "image_id": image_id, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                         "category_id": category[obj["shape"]], "id": image_id * 100 + k})
+                         "category_id": SHAPES.index(obj["shape"]) + 1, "id": image_id * 100 + k})
     return {"info": doc["info"], "images": doc["images"], "licenses": doc["licenses"],
             "annotations": anns, "categories": CATEGORIES}
 
@@ -41,13 +38,12 @@ def file_name(split, image_id):
     return f"COCO_{split}2014_{image_id:012d}.jpg"
 
 
-def write(out_dir, rng, count, image_size, variant=DEFAULT):
+def write(out_dir, rng, count, image_size, variant):
     """→ ({split: [(image_id, scene)]}, scenes.json entries, summary line)."""
     n_train, n_val = split_counts(count, (0.8, 0.2))
     ids = rng.sample(range(1, 581930), count)
     by_split = {"train": ids[:n_train], "val": ids[n_train:]}
-    images = {s: [] for s in SPLITS}
-    entries = {}
+    images, entries = {s: [] for s in SPLITS}, {}
     for split in SPLITS:
         for image_id in by_split[split]:
             scene = variant.scene(rng, image_size)
@@ -55,8 +51,7 @@ def write(out_dir, rng, count, image_size, variant=DEFAULT):
             save_image(scene, path, variant.colors)
             images[split].append((image_id, scene))
             entries[str(image_id)] = dict(file=rel(path, out_dir), **public(scene))
-    ann_ids = iter(rng.sample(range(1, 830000), 5 * count))
-    n_caps = 0
+    ann_ids = iter(rng.sample(range(1, 830000), 5 * count))  # five captions per image
     for split in SPLITS:
         doc = {"info": INFO, "images": [], "licenses": LICENSES, "annotations": []}
         for image_id, scene in images[split]:
@@ -68,14 +63,12 @@ def write(out_dir, rng, count, image_size, variant=DEFAULT):
                 "date_captured": f"2013-11-{rng.randint(14, 25)} {rng.randint(0, 23):02d}:"
                                  f"{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}",
                 "flickr_url": f"{HOST}/flickr/{image_id}.jpg", "id": image_id})
-            for sentence in captions(scene, rng, 5):
-                doc["annotations"].append({"image_id": image_id, "id": next(ann_ids),
-                                           "caption": plain(sentence)})
-                n_caps += 1
+            doc["annotations"] += [{"image_id": image_id, "id": next(ann_ids), "caption": plain(s)}
+                                   for s in captions(scene, rng, 5)]
         write_json_atomic(doc, os.path.join(out_dir, "coco", "annotations",
                                             f"captions_{split}2014.json"))
         write_json_atomic(instances(doc, images[split]),
                           os.path.join(out_dir, "coco", "annotations", f"instances_{split}2014.json"))
-    summary = (f"coco: {n_train} train + {n_val} val images, {n_caps} captions "
+    summary = (f"coco: {n_train} train + {n_val} val images, {5 * count} captions "
                f"→ {os.path.join(out_dir, 'coco')}")
     return images, entries, summary

@@ -4,17 +4,14 @@ import json
 import os
 import random
 
-from cavl.io import atomic_path, write_json_atomic
-
-__all__ = ["write_json_atomic", "write_jsonl_atomic", "write_text_atomic", "rng_for", "rel"]
+from cavl.io import atomic_path, write_json_atomic  # noqa: F401 (the format modules import it from here)
 
 
 def write_jsonl_atomic(records, path):
     """One compact JSON object per line, written atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def write_text_atomic(text, path):
@@ -25,10 +22,8 @@ def write_text_atomic(text, path):
 
 def rng_for(seed, dataset, variant=1):
     """Independent, reproducible stream per (variant, seed, dataset): one dataset's count does
-    not change another's data, and a variant does not replay another's draws. Variant 1 keeps
-    the original stream names ("cavl.demo/{seed}/{dataset}"), so its output is unchanged; the
-    others are "cavl.demo.v{variant}/{seed}/{dataset}". (random.Random seeds a str through
-    SHA-512, so it does not depend on PYTHONHASHSEED.)"""
+    not change another's data, and a variant does not replay another's draws (variant 1 keeps
+    the original names). random.Random seeds a str through SHA-512: no PYTHONHASHSEED dependence."""
     stream = "cavl.demo" if variant == 1 else f"cavl.demo.v{variant}"
     return random.Random(f"{stream}/{seed}/{dataset}")
 

@@ -9,23 +9,8 @@ from xml.sax.saxutils import escape
 from .files import rel, split_counts, write_json_atomic, write_text_atomic
 from .language import captions, entities_line, phrases, plain, tokens
 from .scenes import public, save_image
-from .variants import DEFAULT
 
 SPLITS = ("train", "val", "test")
-
-
-class EntityIds:
-    """Flickr30k Entities ids: unique over the dataset, one per (image, phrase key)."""
-
-    def __init__(self, start):
-        self.next = start
-        self.ids = {}
-
-    def __call__(self, key):
-        if key not in self.ids:
-            self.ids[key] = self.next
-            self.next += 1
-        return self.ids[key]
 
 
 def annotation_xml(image_id, scene, ids):
@@ -33,22 +18,16 @@ def annotation_xml(image_id, scene, ids):
     includes it (1-based corners, as in the release); the background entity as a
     <nobndbox>/<scene> object; notvisual entities are not listed."""
     names = {}  # object index → entity ids
-    scene_ids = []
     for key, eid in ids.items():
-        if key[0] == "obj":
-            names.setdefault(key[1], []).append(eid)
-        elif key[0] == "group":
-            for i in key[1]:
+        if key[0] in ("obj", "group"):
+            for i in (key[1],) if key[0] == "obj" else key[1]:
                 names.setdefault(i, []).append(eid)
-        elif key[0] == "background":
-            scene_ids.append(eid)
+    scene_ids = [eid for key, eid in ids.items() if key[0] == "background"]
     lines = ["<annotation>", f"<filename>{image_id}.jpg</filename>", "<size>",
              f"<width>{scene['width']}</width>", f"<height>{scene['height']}</height>",
              "<depth>3</depth>", "</size>"]
-    for i, o in enumerate(scene["objects"]):
-        if i not in names:
-            continue
-        x1, y1, x2, y2 = o["bbox"]
+    for i in sorted(names):
+        x1, y1, x2, y2 = scene["objects"][i]["bbox"]
         lines.append("<object>")
         lines += [f"<name>{escape(str(e))}</name>" for e in sorted(names[i])]
         lines += ["<bndbox>", f"<xmin>{x1 + 1}</xmin>", f"<ymin>{y1 + 1}</ymin>",
@@ -60,7 +39,7 @@ def annotation_xml(image_id, scene, ids):
     return "\n".join(lines) + "\n"
 
 
-def write(out_dir, rng, count, image_size, variant=DEFAULT):
+def write(out_dir, rng, count, image_size, variant):
     """→ (scenes.json entries, summary line)."""
     n_train, n_val, n_test = split_counts(count, (0.625, 0.125, 0.25))
     ids = rng.sample(range(1000000000, 9999999999), count)
@@ -74,27 +53,25 @@ def write(out_dir, rng, count, image_size, variant=DEFAULT):
         save_image(scene, path, variant.colors)
         images.append((image_id, scene))
         entries[str(image_id)] = dict(file=rel(path, out_dir), **public(scene))
-    entity_ids = EntityIds(rng.randint(1, 500))
+    next_id = rng.randint(1, 500)  # entity ids are unique over the dataset
     karpathy, sentid, n_phrases = [], 0, 0
     for imgid, ((image_id, scene), split) in enumerate(zip(images, split_of)):
         sents = captions(scene, rng, 5)
-        ids_here = {}
+        ids_here = {}  # phrase key → entity id
 
-        def eid(key, image_id=image_id, ids_here=ids_here):
-            ids_here[key] = entity_ids((image_id, key))
-            return ids_here[key]
+        def eid(key):
+            return ids_here.setdefault(key, next_id + len(ids_here))
 
         lines = [entities_line(s, eid) for s in sents]
+        next_id += len(ids_here)
         n_phrases += sum(len(phrases(s)) for s in sents)
         write_text_atomic("\n".join(lines) + "\n",
                           os.path.join(ent, "Sentences", f"{image_id}.txt"))
         write_text_atomic(annotation_xml(image_id, scene, ids_here),
                           os.path.join(ent, "Annotations", f"{image_id}.xml"))
-        sentences = []
-        for s in sents:
-            sentences.append({"tokens": tokens(s), "raw": plain(s), "imgid": imgid,
-                              "sentid": sentid})
-            sentid += 1
+        sentences = [{"tokens": tokens(s), "raw": plain(s), "imgid": imgid, "sentid": sentid + k}
+                     for k, s in enumerate(sents)]
+        sentid += len(sents)
         karpathy.append({"sentids": [x["sentid"] for x in sentences], "imgid": imgid,
                          "sentences": sentences, "split": split,
                          "filename": f"{image_id}.jpg"})

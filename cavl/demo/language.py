@@ -8,9 +8,9 @@ X lies left of the whole box of Y (see scenes.relations).
 """
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .scenes import COLORS, CONVERSE, RELATIONS, SHAPES, SIZES, relations
+from .scenes import CONVERSE, RELATIONS, SHAPES, SIZES, relations
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 REL_WORDS = {"left of": "to the left of", "right of": "to the right of",
@@ -34,20 +34,25 @@ def indefinite(words):
     return ("an " if words[0] in "aeiou" else "a ") + words
 
 
-def matches(obj, attrs, ref):
-    return all(obj[a] == ref[a] for a in attrs)
+def fits(obj, ref):
+    return all(obj[k] == v for k, v in ref.items())
+
+
+def count(objects, **ref):
+    return sum(fits(o, ref) for o in objects)
 
 
 def unique_attrs(objects, i, orders=REF_ORDERS):
     """Shortest attribute set naming objects[i] alone, or None."""
     for attrs in orders:
-        if sum(matches(o, attrs, objects[i]) for o in objects) == 1:
+        if count(objects, **{a: objects[i][a] for a in attrs}) == 1:
             return attrs
     return None
 
 
-def count(objects, **ref):
-    return sum(all(o[k] == v for k, v in ref.items()) for o in objects)
+def _names(objects):
+    """{i: 'red circle'}: the shortest name of each object that one names alone."""
+    return {i: noun(o, attrs) for i, o in enumerate(objects) if (attrs := unique_attrs(objects, i))}
 
 
 # ---------------------------------------------------------------- structured sentences
@@ -64,46 +69,39 @@ PUNCT = (",", ".")
 
 
 def _capitalised(parts):
-    out, done = [], False
-    for p in parts:
-        if not done:
-            if isinstance(p, Phrase):
-                p = Phrase(p.text[:1].upper() + p.text[1:], p.key, p.types)
-            else:
-                p = p[:1].upper() + p[1:]
-            done = True
-        out.append(p)
-    return out
+    head, *rest = parts
+    if isinstance(head, Phrase):
+        return [replace(head, text=head.text[:1].upper() + head.text[1:]), *rest]
+    return [head[:1].upper() + head[1:], *rest]
+
+
+def _text(part):
+    return part.text if isinstance(part, Phrase) else part
+
+
+def _joined(words, punct):
+    """Words separated by spaces, none before a punctuation mark in `punct`."""
+    text = ""
+    for w in words:
+        text += w if (w in punct or not text) else " " + w
+    return text
 
 
 def plain(parts):
     """Raw caption text: 'A red circle is above a blue square.'"""
-    text = ""
-    for p in _capitalised(parts):
-        s = p.text if isinstance(p, Phrase) else p
-        text += s if (s in PUNCT or not text) else " " + s
-    return text + "."
+    return _joined([_text(p) for p in _capitalised(parts)], PUNCT) + "."
 
 
 def tokens(parts):
     """Karpathy-style tokens: lower case, punctuation dropped."""
-    words = []
-    for p in parts:
-        s = p.text if isinstance(p, Phrase) else p
-        words.extend(w.lower() for w in s.split() if w not in PUNCT)
-    return words
+    return [w.lower() for p in parts for w in _text(p).split() if w not in PUNCT]
 
 
 def entities_line(parts, entity_id):
     """Flickr30k Entities line: '[/EN#3/other A red circle] is above [/EN#4/other …] .'
     `entity_id`: function Phrase.key → int."""
-    out = []
-    for p in _capitalised(parts):
-        if isinstance(p, Phrase):
-            out.append(f"[/EN#{entity_id(p.key)}/{'/'.join(p.types)} {p.text}]")
-        else:
-            out.append(p)
-    return " ".join(out + ["."])
+    return " ".join([f"[/EN#{entity_id(p.key)}/{'/'.join(p.types)} {p.text}]"
+                     if isinstance(p, Phrase) else p for p in _capitalised(parts)] + ["."])
 
 
 def phrases(parts):
@@ -111,33 +109,32 @@ def phrases(parts):
 
 
 # ---------------------------------------------------------------- captions
+def _a(objects, i, attrs):
+    """Object i as an indefinite noun phrase: 'a red circle'."""
+    return Phrase(indefinite(noun(objects[i], attrs)), ("obj", i))
+
+
 def _listing(objects, order, attrs_of):
     parts = []
     for k, i in enumerate(order):
-        if k and k == len(order) - 1:
-            parts.append("and")
-        elif k:
-            parts.append(",")
-        parts.append(Phrase(indefinite(noun(objects[i], attrs_of(i))), ("obj", i)))
+        if k:
+            parts.append("and" if k == len(order) - 1 else ",")
+        parts.append(_a(objects, i, attrs_of(i)))
     return parts
 
 
 def _groups(objects):
     """(text-noun, indices) for every attribute group of at least two objects."""
-    out = []
+    def where(**ref):
+        return tuple(i for i, o in enumerate(objects) if fits(o, ref))
+
     colors = sorted({o["color"] for o in objects})  # only colours present can form a group
-    for color in colors:
-        idx = tuple(i for i, o in enumerate(objects) if o["color"] == color)
-        if len(idx) >= 2:
-            out.append((f"{color} shapes", idx))
+    out = [(f"{color} shapes", idx) for color in colors if len(idx := where(color=color)) >= 2]
     for shape in SHAPES:
-        idx = tuple(i for i, o in enumerate(objects) if o["shape"] == shape)
-        if len(idx) >= 2:
-            out.append((f"{shape}s", idx))
-            for color in colors:
-                sub = tuple(i for i in idx if objects[i]["color"] == color)
-                if len(sub) >= 2:
-                    out.append((f"{color} {shape}s", sub))
+        if len(where(shape=shape)) >= 2:
+            out.append((f"{shape}s", where(shape=shape)))
+            out += [(f"{color} {shape}s", sub) for color in colors
+                    if len(sub := where(shape=shape, color=color)) >= 2]
     return out
 
 
@@ -152,7 +149,7 @@ def caption_candidates(scene, rng):
         return rng.choice((("color", "shape"), FULL))
 
     if n == 1:
-        families.append([[Phrase(indefinite(noun(objs[0], FULL)), ("obj", 0)), "on", background]])
+        families.append([[_a(objs, 0, FULL), "on", background]])
     else:
         everything = Phrase(f"{NUMBER_WORDS[n]} shapes", ("group", tuple(range(n))))
         families.append([[everything, "on", background],
@@ -160,24 +157,19 @@ def caption_candidates(scene, rng):
     order = list(range(n))
     rng.shuffle(order)
     families.append([_listing(objs, order, attrs_of)])
-    rel = []
-    for i, j in itertools.permutations(range(n), 2):
-        for r in relations(objs[i], objs[j]):
-            rel.append([Phrase(indefinite(noun(objs[i], attrs_of(i))), ("obj", i)), "is",
-                        REL_WORDS[r], Phrase(indefinite(noun(objs[j], attrs_of(j))), ("obj", j))])
-    families.append(rel)
+    families.append([[_a(objs, i, attrs_of(i)), "is", REL_WORDS[r], _a(objs, j, attrs_of(j))]
+                     for i, j in itertools.permutations(range(n), 2)
+                     for r in relations(objs[i], objs[j])])
     families.append([[Phrase(f"{NUMBER_WORDS[len(idx)]} {words}", ("group", idx)), "on",
                       background] for words, idx in _groups(objs)])
     families.append([[Phrase("someone", ("notvisual",), ("notvisual",)), "drew",
-                      Phrase(indefinite(noun(o, attrs_of(i))), ("obj", i)), "on",
+                      _a(objs, i, attrs_of(i)), "on",
                       Phrase(background.text, ("background",), ("scene", "other"))]
                      for i, o in enumerate(objs)])
-    families.append([[Phrase(indefinite(noun(o, FULL)), ("obj", i)), "against", background]
-                     for i, o in enumerate(objs)])
+    families.append([[_a(objs, i, FULL), "against", background] for i in range(n)])
     families.append([[background, "with"] + _listing(objs, order[::-1], attrs_of)])
     if n == 1:
-        families.append([["there", "is", "only", Phrase(indefinite(noun(objs[0], attrs_of(0))),
-                                                        ("obj", 0))]])
+        families.append([["there", "is", "only", _a(objs, 0, attrs_of(0))]])
     return [f for f in families if f]
 
 
@@ -198,6 +190,13 @@ def captions(scene, rng, k=5):
 
 
 # ---------------------------------------------------------------- region phrases (VG)
+def _union(objects):
+    """The smallest box [x1, y1, x2, y2] holding every object's box."""
+    boxes = [o["bbox"] for o in objects]
+    return [min(b[0] for b in boxes), min(b[1] for b in boxes),
+            max(b[2] for b in boxes), max(b[3] for b in boxes)]
+
+
 def region_phrases(scene, rng, max_relations=2):
     """[(phrase, [x1, y1, x2, y2])]: one per object, some relations, the group, the background."""
     objs = scene["objects"]
@@ -210,20 +209,16 @@ def region_phrases(scene, rng, max_relations=2):
     rng.shuffle(rels)
     for i, j, r in rels[:max_relations]:
         a, b = objs[i], objs[j]
-        box = [min(a["bbox"][0], b["bbox"][0]), min(a["bbox"][1], b["bbox"][1]),
-               max(a["bbox"][2], b["bbox"][2]), max(a["bbox"][3], b["bbox"][3])]
         out.append((f"{noun(a, ('color', 'shape'))} {REL_WORDS[r]} {noun(b, ('color', 'shape'))}",
-                    box))
+                    _union((a, b))))
     if len(objs) >= 2:
-        box = [min(o["bbox"][0] for o in objs), min(o["bbox"][1] for o in objs),
-               max(o["bbox"][2] for o in objs), max(o["bbox"][3] for o in objs)]
-        out.append((f"{NUMBER_WORDS[len(objs)]} shapes", box))
+        out.append((f"{NUMBER_WORDS[len(objs)]} shapes", _union(objs)))
     out.append((f"a {scene['background']} background", [0, 0, scene["width"], scene["height"]]))
     return out
 
 
 # ---------------------------------------------------------------- VQA
-def _absent_ref(objects, rng, colors=COLORS):
+def _absent_ref(objects, rng, colors):
     for _ in range(50):
         ref = {"color": rng.choice(sorted(colors)), "shape": rng.choice(SHAPES)}
         if not count(objects, **ref):
@@ -231,11 +226,11 @@ def _absent_ref(objects, rng, colors=COLORS):
     return None
 
 
-def vqa_candidates(scene, rng, colors=COLORS):
+def vqa_candidates(scene, rng, colors):
     """{answer_type: [(question, answer, question_type)]}, all answers true of the scene.
     The template set of demo variant 1; `colors`: the palette."""
     objs = scene["objects"]
-    yes_no, number, other = [], [], []
+    yes_no, other = [], []
     # yes/no: existence, present and absent
     i = rng.randrange(len(objs))
     attrs = rng.choice((("color", "shape"), ("shape",), FULL))
@@ -245,22 +240,17 @@ def vqa_candidates(scene, rng, colors=COLORS):
         yes_no.append((f"Is there {indefinite(ref['color'] + ' ' + ref['shape'])}?", "no",
                        "is there a"))
     # yes/no: relation between two uniquely named objects, true or false
-    pairs = [(i, j) for i, j in itertools.permutations(range(len(objs)), 2)
-             if unique_attrs(objs, i) and unique_attrs(objs, j)]
+    the = _names(objs)
+    pairs = list(itertools.permutations(the, 2))
     if pairs:
         i, j = rng.choice(pairs)
-        holds = relations(objs[i], objs[j])
         r = rng.choice(RELATIONS)
-        yes_no.append((f"Is the {noun(objs[i], unique_attrs(objs, i))} {REL_WORDS[r]} the "
-                       f"{noun(objs[j], unique_attrs(objs, j))}?",
-                       "yes" if r in holds else "no", "is the"))
-    # number
-    number.append(("How many shapes are there?", str(len(objs)), "how many"))
-    color = rng.choice(sorted(colors))
-    number.append((f"How many {color} shapes are there?", str(count(objs, color=color)),
-                   "how many"))
-    shape = rng.choice(SHAPES)
-    number.append((f"How many {shape}s are there?", str(count(objs, shape=shape)), "how many"))
+        yes_no.append((f"Is the {the[i]} {REL_WORDS[r]} the {the[j]}?",
+                       "yes" if r in relations(objs[i], objs[j]) else "no", "is the"))
+    color, shape = rng.choice(sorted(colors)), rng.choice(SHAPES)
+    number = [("How many shapes are there?", str(len(objs)), "how many"),
+              (f"How many {color} shapes are there?", str(count(objs, color=color)), "how many"),
+              (f"How many {shape}s are there?", str(count(objs, shape=shape)), "how many")]
     # other: colour of an object named without colour, shape of an object named by colour
     for i, o in enumerate(objs):
         attrs = unique_attrs(objs, i, orders=(("shape",), ("size", "shape")))
@@ -286,7 +276,7 @@ def _compared(objects, attr, palette, rng):
     return [present[0], rng.choice([v for v in palette if v != present[0]])]
 
 
-def vqa_candidates_2(scene, rng, colors=COLORS):
+def vqa_candidates_2(scene, rng, colors):
     """The template set of demo variant 2: other wordings than vqa_candidates and other
     question kinds (comparing counts, counting by negation, the largest / smallest shape,
     which side one object is of another). {answer_type: [(question, answer, question_type)]},
@@ -294,7 +284,7 @@ def vqa_candidates_2(scene, rng, colors=COLORS):
     "Largest" / "smallest" is asked only when exactly one object is large / small: its box
     is then the largest / smallest of the scene by area (size ranges in scenes.SIZES)."""
     objs = scene["objects"]
-    yes_no, number = [], []
+    yes_no = []
     # yes/no: "any", present and absent
     o = objs[rng.randrange(len(objs))]
     yes_no.append((f"Are there any {o['color']} {o['shape']}s?", "yes", "are there any"))
@@ -309,25 +299,21 @@ def vqa_candidates_2(scene, rng, colors=COLORS):
                    "yes" if count(objs, **{attr: a}) > count(objs, **{attr: b}) else "no",
                    "are there"))
     # yes/no: higher than, between uniquely named objects one of which is above the other
-    vertical = [(i, j) for i, j in itertools.permutations(range(len(objs)), 2)
-                if unique_attrs(objs, i) and unique_attrs(objs, j)
-                and {"above", "below"} & set(relations(objs[i], objs[j]))]
+    the = _names(objs)
+    vertical = [(i, j) for i, j in itertools.permutations(the, 2)
+                if {"above", "below"} & set(relations(objs[i], objs[j]))]
     if vertical:
         i, j = rng.choice(vertical)
-        yes_no.append((f"Is the {noun(objs[i], unique_attrs(objs, i))} higher than the "
-                       f"{noun(objs[j], unique_attrs(objs, j))}?",
+        yes_no.append((f"Is the {the[i]} higher than the {the[j]}?",
                        "yes" if "above" in relations(objs[i], objs[j]) else "no", "is the"))
-    # number
-    number.append(("How many objects are in the image?", str(len(objs)), "how many"))
-    color = rng.choice(sorted({o["color"] for o in objs}))
-    number.append((f"How many shapes are not {color}?",
-                   str(len(objs) - count(objs, color=color)), "how many"))
-    size = rng.choice(sorted(SIZES))
-    number.append((f"How many {size} shapes are there?", str(count(objs, size=size)),
-                   "how many"))
+    present, size = rng.choice(sorted({o["color"] for o in objs})), rng.choice(sorted(SIZES))
     shape, color = rng.choice(SHAPES), rng.choice(sorted(colors))
-    number.append((f"How many {shape}s are {color}?", str(count(objs, shape=shape, color=color)),
-                   "how many"))
+    number = [("How many objects are in the image?", str(len(objs)), "how many"),
+              (f"How many shapes are not {present}?", str(len(objs) - count(objs, color=present)),
+               "how many"),
+              (f"How many {size} shapes are there?", str(count(objs, size=size)), "how many"),
+              (f"How many {shape}s are {color}?", str(count(objs, shape=shape, color=color)),
+               "how many")]
     # other: one question of each kind that applies (so kinds with many instances, such as
     # object pairs, do not crowd out the rest)
     kinds = {"extreme": [], "color": [], "shape": [], "side": []}
@@ -344,11 +330,10 @@ def vqa_candidates_2(scene, rng, colors=COLORS):
                                    "what is the color of the"))
         if unique_attrs(objs, i, orders=(("color",),)):
             kinds["shape"].append((f"Which shape is {o['color']}?", o["shape"], "which"))
-    for i, j in itertools.permutations(range(len(objs)), 2):  # which side of B is A on
+    for i, j in itertools.permutations(the, 2):  # which side of B is A on
         side = [r for r in relations(objs[i], objs[j]) if r in ("left of", "right of")]
-        if side and unique_attrs(objs, i) and unique_attrs(objs, j):
-            kinds["side"].append((f"Which side of the {noun(objs[j], unique_attrs(objs, j))} "
-                                  f"is the {noun(objs[i], unique_attrs(objs, i))} on?",
+        if side:
+            kinds["side"].append((f"Which side of the {the[j]} is the {the[i]} on?",
                                   side[0].split()[0], "which"))
     other = [rng.choice(v) for v in kinds.values() if v]
     other.append(("What is the color of the background?", scene["background"],
@@ -356,7 +341,7 @@ def vqa_candidates_2(scene, rng, colors=COLORS):
     return {"yes/no": yes_no, "number": number, "other": other}
 
 
-def vqa_questions(scene, rng, candidates=vqa_candidates, colors=COLORS, per_type=2):
+def vqa_questions(scene, rng, candidates, colors, per_type=2):
     """Up to `per_type` distinct questions of each answer type (about six per image; VQA v2 has
     5.4), drawn from the template set `candidates` (vqa_candidates or vqa_candidates_2) with the
     palette `colors`. → [(question, answer, answer_type, question_type)]"""
@@ -368,7 +353,7 @@ def vqa_questions(scene, rng, candidates=vqa_candidates, colors=COLORS, per_type
     return [(q, a, t, qt) for t, (q, a, qt) in chosen]
 
 
-def human_answers(answer, answer_type, rng, n=10, colors=COLORS):
+def human_answers(answer, answer_type, rng, colors, n=10):
     """n annotator answers: a majority (≥ 6) give `answer` exactly, some a variant of it
     ('2' / 'two', 'red' / 'Red.', 'left' / 'left side'), and sometimes one gives a wrong
     answer (a wrong colour from the palette `colors`).
@@ -400,21 +385,9 @@ def human_answers(answer, answer_type, rng, n=10, colors=COLORS):
 # ---------------------------------------------------------------- NLVR2
 def _np_filters(scenes):
     """Noun-phrase filters ({attr: value}) drawn from the objects of a set of scenes."""
-    out = [{}]
-    for s in scenes:
-        for o in s["objects"]:
-            for attrs in (("color",), ("shape",), ("color", "shape"), FULL):
-                f = {a: o[a] for a in attrs}
-                if f not in out:
-                    out.append(f)
-    return out
-
-
-def _np_text(f, plural):
-    words = [f[a] for a in ("size", "color") if a in f]
-    head = f.get("shape", "shape")
-    words.append(head + "s" if plural else head)
-    return " ".join(words)
+    found = ({a: o[a] for a in attrs} for s in scenes for o in s["objects"]
+             for attrs in (("color",), ("shape",), ("color", "shape"), FULL))
+    return list({tuple(f.items()): f for f in ({}, *found)}.values())  # distinct, first seen first
 
 
 QUANTIFIERS = (("a", lambda c: c >= 1), ("no", lambda c: c == 0),
@@ -422,10 +395,18 @@ QUANTIFIERS = (("a", lambda c: c >= 1), ("no", lambda c: c == 0),
                ("exactly three", lambda c: c == 3), ("at least two", lambda c: c >= 2))
 
 
+# "{scope} {quantified noun phrase}.": scope → truth from the quantifier's truth on (left, right)
+SCOPES = {"The left image contains": lambda a, b: a,
+          "The right image contains": lambda a, b: b,
+          "Both images contain": lambda a, b: a and b,
+          "Exactly one image contains": lambda a, b: a != b,
+          "At least one image contains": lambda a, b: a or b}
+
+
 def _quantified(q, f):
     if q == "a":
-        return indefinite(_np_text(f, False))
-    return f"{q} {_np_text(f, q not in ('exactly one',))}"
+        return indefinite(noun(f, f))
+    return f"{q} {noun(f, f, q != 'exactly one')}"
 
 
 def nlvr2_candidates(pairs, rng, n=80):
@@ -443,36 +424,24 @@ def nlvr2_candidates(pairs, rng, n=80):
         f = rng.choice(filters)
         if kind < 0.75:
             q, test = rng.choice(QUANTIFIERS)
-            scope = rng.choice(("The left image contains", "The right image contains",
-                                "Both images contain", "Exactly one image contains",
-                                "At least one image contains"))
-            ev = {
-                "The left image contains": lambda l, r: test(c(l, f)),
-                "The right image contains": lambda l, r: test(c(r, f)),
-                "Both images contain": lambda l, r: test(c(l, f)) and test(c(r, f)),
-                "Exactly one image contains": lambda l, r: test(c(l, f)) != test(c(r, f)),
-                "At least one image contains": lambda l, r: test(c(l, f)) or test(c(r, f)),
-            }[scope]
+            scope = rng.choice(tuple(SCOPES))
             text = f"{scope} {_quantified(q, f)}."
+            labels = [SCOPES[scope](test(c(left, f)), test(c(right, f))) for left, right in pairs]
         elif kind < 0.88:
             k = rng.randint(1, 5)
-            text = (f"There is exactly one {_np_text(f, False)} in total." if k == 1 else
-                    f"There are exactly {NUMBER_WORDS[k]} {_np_text(f, True)} in total.")
-            ev = (lambda k_, f_: lambda l, r: c(l, f_) + c(r, f_) == k_)(k, f)
+            text = (f"There is exactly one {noun(f, f)} in total." if k == 1 else
+                    f"There are exactly {NUMBER_WORDS[k]} {noun(f, f, True)} in total.")
+            labels = [c(left, f) + c(right, f) == k for left, right in pairs]
         else:
             side = rng.choice(("left", "right"))
             g = rng.choice(filters)
             r = rng.choice(RELATIONS)
-            text = (f"The {side} image shows {indefinite(_np_text(f, False))} "
-                    f"{REL_WORDS[r]} {indefinite(_np_text(g, False))}.")
-
-            def ev(l, rr, side=side, f=f, g=g, r=r):
-                s = l if side == "left" else rr
-                return any(r in relations(a, b)
-                           for a in s["objects"] if all(a[k] == v for k, v in f.items())
-                           for b in s["objects"] if b is not a
-                           and all(b[k] == v for k, v in g.items()))
-        out.append((text, [bool(ev(left, right)) for left, right in pairs]))
+            text = (f"The {side} image shows {indefinite(noun(f, f))} "
+                    f"{REL_WORDS[r]} {indefinite(noun(g, g))}.")
+            shown = [pair[side == "right"]["objects"] for pair in pairs]
+            labels = [any(r in relations(a, b) for a in objs if fits(a, f)
+                          for b in objs if b is not a and fits(b, g)) for objs in shown]
+        out.append((text, [bool(x) for x in labels]))
     return out
 
 
@@ -480,12 +449,7 @@ def nlvr2_sentences(pairs, rng, k=2):
     """k distinct sentences for a set of pairs, preferring ones whose labels are mixed
     (balanced first). → [(sentence, [label per pair])]"""
     cands = nlvr2_candidates(pairs, rng)
-    n = len(pairs)
-
-    def badness(labels):
-        return abs(2 * sum(labels) - n)
-
-    cands.sort(key=lambda c: badness(c[1]))  # stable: ties keep random order
+    cands.sort(key=lambda c: abs(2 * sum(c[1]) - len(pairs)))  # stable: ties keep random order
     out, seen = [], set()
     for text, labels in cands:
         if text not in seen:
@@ -497,14 +461,12 @@ def nlvr2_sentences(pairs, rng, k=2):
 
 
 # ---------------------------------------------------------------- VCR
-def _vcr_claim(ref, obj, attrs):
-    """[[i], 'is', 'a', 'small', 'red', 'circle', '.'] (or [[i], 'is', 'red', '.'])."""
-    if attrs == ("color",):
-        return [[ref], "is", obj["color"], "."]
-    return [[ref], "is"] + indefinite(noun(obj, attrs)).split() + ["."]
+def _claim(i, words, *tail):
+    """[[i], 'is', 'a', 'red', 'circle', '.']: `words` after object i, then `tail`."""
+    return [[i], "is", *words.split(), *tail, "."]
 
 
-def vcr_items(scene, rng, k=2, colors=COLORS):
+def vcr_items(scene, rng, colors, k=2):
     """Up to k VCR items {question, answer_choices, answer_label, rationale_choices,
     rationale_label}: 4 choices each, exactly one true (token lists, [i] = object i); wrong
     colours from the palette `colors`."""
@@ -522,12 +484,12 @@ def vcr_items(scene, rng, k=2, colors=COLORS):
         if kind == "color":
             question = ["What", "color", "is", [i], "?"]
             wrong = rng.sample([c for c in sorted(colors) if c != o["color"]], 3)
-            answers = [[[i], "is", c, "."] for c in [o["color"]] + wrong]
+            answers = [_claim(i, c) for c in [o["color"]] + wrong]
         elif kind == "shape":
             question = ["What", "shape", "is", [i], "?"]
             wrong = [s for s in SHAPES if s != o["shape"]]
             rng.shuffle(wrong)
-            answers = [[[i], "is"] + indefinite(s).split() + ["."] for s in [o["shape"]] + wrong]
+            answers = [_claim(i, indefinite(s)) for s in [o["shape"]] + wrong]
         else:
             if not pairs:
                 continue
@@ -536,15 +498,13 @@ def vcr_items(scene, rng, k=2, colors=COLORS):
             question = ["Where", "is", [i], "compared", "to", [j], "?"]
             wrong = [r for r in RELATIONS if r != rel]
             rng.shuffle(wrong)
-            answers = [[[i], "is"] + REL_WORDS[r].split() + [[j], "."] for r in [rel] + wrong]
-            rationales = [[[j], "is"] + REL_WORDS[CONVERSE[r]].split() + [[i], "."]
-                          for r in [rel] + wrong]
+            answers = [_claim(i, REL_WORDS[r], [j]) for r in [rel] + wrong]
+            rationales = [_claim(j, REL_WORDS[CONVERSE[r]], [i]) for r in [rel] + wrong]
         if kind != "relation":
             true = tuple(o[a] for a in FULL)
             others = [t for t in itertools.product(sorted(SIZES), sorted(colors), SHAPES)
                       if t != true]
-            wrong_r = rng.sample(others, 3)
-            rationales = [_vcr_claim(i, dict(zip(FULL, t)), FULL) for t in [true] + wrong_r]
+            rationales = [_claim(i, indefinite(" ".join(t))) for t in [true] + rng.sample(others, 3)]
         a_label, r_label = rng.randrange(4), rng.randrange(4)
         answers = _place(answers, a_label)
         rationales = _place(rationales, r_label)
@@ -563,10 +523,5 @@ def _place(choices, label):
 
 def vcr_text(tokens_):
     """The *_orig form: references written as 1-based numbers ('What color is 1?')."""
-    words = []
-    for t in tokens_:
-        words.append(" and ".join(str(r + 1) for r in t) if isinstance(t, list) else t)
-    text = ""
-    for w in words:
-        text += w if (w in ("?", ".", ",") or not text) else " " + w
-    return text
+    return _joined([" and ".join(str(r + 1) for r in t) if isinstance(t, list) else t
+                    for t in tokens_], ("?", ".", ","))

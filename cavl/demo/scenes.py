@@ -44,7 +44,7 @@ def sample_dims(rng, image_size):
     return image_size, image_size
 
 
-def _attributes(rng, objects, duplicate_prob, colors=COLORS):
+def _attributes(rng, objects, duplicate_prob, colors):
     """(shape, color) for a new object: a copy of an earlier object's with `duplicate_prob`,
     else a pair no earlier object has (so most objects are named by colour + shape); colours
     from the palette `colors`."""
@@ -68,16 +68,13 @@ def star_points(x1, y1, side):
     """The ten vertices of a five-pointed star inscribed in the square (x1, y1, side)."""
     cx, cy, outer = x1 + side / 2, y1 + side / 2, side / 2
     inner = outer * 0.45
-    pts = []
-    for k in range(10):
-        r = outer if k % 2 == 0 else inner
-        a = math.radians(-90 + 36 * k)
-        pts.append((cx + r * math.cos(a), cy + r * math.sin(a)))
-    return pts
+    angles = [math.radians(-90 + 36 * k) for k in range(10)]
+    return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a, r in zip(angles, (outer, inner) * 5)]
 
 
 def outline(obj, circle_points=16):
-    """Polygon [(x, y)] of the drawn shape (a circle is approximated by `circle_points`)."""
+    """Polygon [(x, y)] of the drawn shape (a circle is approximated by `circle_points`);
+    `obj` as sample_scene made it (a star's polygon comes from its private square)."""
     x1, y1, x2, y2 = obj["bbox"]
     shape = obj["shape"]
     if shape == "square":
@@ -85,19 +82,10 @@ def outline(obj, circle_points=16):
     if shape == "triangle":
         return [((x1 + x2) / 2, y1), (x2, y2), (x1, y2)]
     if shape == "star":
-        return star_points(*obj["_square"]) if "_square" in obj else _star_in_box(obj["bbox"])
+        return star_points(*obj["_square"])
     cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
     return [(cx + rx * math.cos(2 * math.pi * k / circle_points),
              cy + ry * math.sin(2 * math.pi * k / circle_points)) for k in range(circle_points)]
-
-
-def _star_in_box(bbox):
-    """Recover the star's square from its tight box (the square shares the top edge and the
-    horizontal centre; its side is the box height scaled by the star's height ratio)."""
-    x1, y1, x2, y2 = bbox
-    ys = [p[1] for p in star_points(0, 0, 1.0)]
-    side = (y2 - y1) / (max(ys) - min(ys))
-    return star_points((x1 + x2) / 2 - side / 2, y1, side)
 
 
 def _tight_box(points):
@@ -106,21 +94,17 @@ def _tight_box(points):
             int(math.ceil(max(xs))), int(math.ceil(max(ys)))]
 
 
-def sample_scene(rng, image_size, n_objects=None, min_objects=1, max_objects=4,
-                 duplicate_prob=0.0, required=None, colors=COLORS):
+def sample_scene(rng, image_size, min_objects=1, max_objects=4, duplicate_prob=0.0, required=None,
+                 colors=COLORS):
     """A random scene. `required`: optional (shape, color) the first object must have;
     `colors`: the palette (name → RGB) the colours are drawn from."""
     width, height = sample_dims(rng, image_size)
-    if n_objects is None:
-        n_objects = rng.randint(min_objects, max_objects)
+    n_objects = rng.randint(min_objects, max_objects)
     background = rng.choice(sorted(BACKGROUNDS))
     short = min(width, height)
     objects, boxes = [], []
     for k in range(n_objects):
-        if k == 0 and required is not None:
-            shape, color = required
-        else:
-            shape, color = _attributes(rng, objects, duplicate_prob, colors)
+        shape, color = required if k == 0 and required else _attributes(rng, objects, duplicate_prob, colors)
         size = rng.choice(sorted(SIZES))
         lo, hi = SIZES[size]
         for _ in range(200):
@@ -147,7 +131,7 @@ def public(scene):
                         for o in scene["objects"]]}
 
 
-def render(scene, colors=COLORS):
+def render(scene, colors):
     """PIL RGB image of the scene (`colors`: the palette its colour names come from)."""
     img = Image.new("RGB", (scene["width"], scene["height"]), BACKGROUNDS[scene["background"]])
     draw = ImageDraw.Draw(img)
@@ -162,30 +146,22 @@ def render(scene, colors=COLORS):
     return img
 
 
-def save_image(scene, path, colors=COLORS):
+def save_image(scene, path, colors):
     """Render and write atomically: JPEG (fixed quality) unless `path` ends in .png."""
     img = render(scene, colors)
-    fmt = "PNG" if str(path).lower().endswith(".png") else "JPEG"
     with atomic_path(path) as tmp:
-        if fmt == "JPEG":
-            img.save(tmp, "JPEG", quality=JPEG_QUALITY, subsampling=0)
-        else:
+        if str(path).lower().endswith(".png"):
             img.save(tmp, "PNG", compress_level=6)
+        else:
+            img.save(tmp, "JPEG", quality=JPEG_QUALITY, subsampling=0)
 
 
 def relations(a, b):
     """Relations from RELATIONS that hold of object `a` with respect to `b` (strict: the
     whole box of `a` lies on that side of the whole box of `b`)."""
-    out = []
-    if a["bbox"][2] < b["bbox"][0]:
-        out.append("left of")
-    if a["bbox"][0] > b["bbox"][2]:
-        out.append("right of")
-    if a["bbox"][3] < b["bbox"][1]:
-        out.append("above")
-    if a["bbox"][1] > b["bbox"][3]:
-        out.append("below")
-    return out
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a["bbox"], b["bbox"]
+    holds = (ax2 < bx1, ax1 > bx2, ay2 < by1, ay1 > by2)  # in the order of RELATIONS
+    return [r for r, h in zip(RELATIONS, holds) if h]
 
 
 CONVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}

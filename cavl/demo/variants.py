@@ -1,14 +1,9 @@
-"""The demo's variants: one small table of the parameters that make a synthetic world.
+"""The demo's variants: the parameters that make a synthetic world.
 
-Variant 1 is the original demo (its output is unchanged byte for byte). Variant 2 is a second
-world on which default settings tuned to variant 1 are checked: another palette (no colour
-name or RGB value shared with variant 1), more objects per scene, other VQA question templates
-(other wordings and other question kinds) and its own random streams (see files.rng_for).
-Shapes, sizes, backgrounds, the image layout and the caption / region / NLVR2 / VCR templates
-are shared; those templates take the variant's palette and object counts.
-
-Everything a format module needs to know about the variant is read from :class:`Variant`;
-the modules take it as an argument (default: variant 1) and never branch on its number.
+Variant 1 is the original demo. Variant 2, on which settings tuned to variant 1 are checked, has
+another palette (no colour name or RGB value shared with variant 1), more objects per scene, other
+VQA templates and its own random streams (files.rng_for); everything else is shared. The format
+modules read all they need from :class:`Variant` and never branch on its number.
 """
 
 from dataclasses import dataclass
@@ -32,14 +27,10 @@ COLORS_2 = {
 
 @dataclass(frozen=True)
 class Variant:
-    """The parameters of one synthetic world.
-
-    number: the ``--variant`` value (also part of the random stream names);
-    colors: palette, colour name → RGB; objects: (min, max) objects per scene of COCO/VQA, VG,
-    Flickr30k and NLVR2 images; vcr_objects: the same for VCR images (they need two objects
-    for relation questions); vqa_candidates: the VQA template set, a function
-    (scene, rng, colors) → {answer_type: [(question, answer, question_type)]}.
-    """
+    """number: the ``--variant`` value (part of the random stream names); colors: colour name →
+    RGB; objects: (min, max) objects per scene, vcr_objects: the same for VCR images (relation
+    questions need two); vqa_candidates: (scene, rng, colors) → {answer_type: [(question,
+    answer, question_type)]}."""
     number: int
     colors: Mapping[str, tuple]
     objects: tuple
@@ -59,7 +50,6 @@ VARIANTS = {
     2: Variant(number=2, colors=MappingProxyType(COLORS_2), objects=(2, 6), vcr_objects=(3, 6),
                vqa_candidates=language.vqa_candidates_2),
 }
-DEFAULT = VARIANTS[1]
 
 
 def get(number) -> Variant:

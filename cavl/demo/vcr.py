@@ -7,7 +7,6 @@ import os
 from .files import rel, split_counts, write_json_atomic, write_jsonl_atomic
 from .language import vcr_items, vcr_text
 from .scenes import outline, public, save_image
-from .variants import DEFAULT
 
 SPLITS = ("train", "val")
 IMAGES_PER_MOVIE = 4
@@ -33,42 +32,37 @@ def _match(label, own, rng, total):
     return match_iter, sources
 
 
-def write(out_dir, rng, count, image_size, variant=DEFAULT):
+def write(out_dir, rng, count, image_size, variant):
     """→ (scenes.json entries, summary line)."""
     n_movies = math.ceil(count / IMAGES_PER_MOVIE)
     n_train_m, n_val_m = split_counts(n_movies, (0.75, 0.25)) if n_movies >= 2 else (n_movies, 0)
     root = os.path.join(out_dir, "vcr", "vcr1images")
     entries, images = {}, {s: [] for s in SPLITS}
-    left = count
     for m in range(n_movies):
         split = "train" if m < n_train_m else "val"
         movie = f"{1001 + m}_{TITLES[m % len(TITLES)]}"
-        for c in range(min(IMAGES_PER_MOVIE, left)):
-            clip = f"{movie}_00.{c:02d}.10.250-00.{c:02d}.13.750@{rng.randint(0, 3)}"
-            img_fn = f"lsmdc_{movie}/{clip}.jpg"
+        for c in range(min(IMAGES_PER_MOVIE, count - m * IMAGES_PER_MOVIE)):
+            stem = f"lsmdc_{movie}/{movie}_00.{c:02d}.10.250-00.{c:02d}.13.750@{rng.randint(0, 3)}"
             scene = variant.scene(rng, image_size, vcr=True)
-            path = os.path.join(root, img_fn)
+            path = os.path.join(root, stem + ".jpg")
             save_image(scene, path, variant.colors)
-            write_json_atomic(_metadata(scene, rng), os.path.join(root, f"lsmdc_{movie}",
-                                                                  f"{clip}.json"))
-            images[split].append((movie, img_fn, scene))
-            entries[img_fn[:-len(".jpg")]] = dict(file=rel(path, out_dir), **public(scene))
-        left -= min(IMAGES_PER_MOVIE, left)
+            write_json_atomic(_metadata(scene, rng), os.path.join(root, stem + ".json"))
+            images[split].append((movie, stem, scene))
+            entries[stem] = dict(file=rel(path, out_dir), **public(scene))
     n_annots = 0
     for split in SPLITS:
         records = []
-        for img_idx, (movie, img_fn, scene) in enumerate(images[split]):
-            for qn, item in enumerate(vcr_items(scene, rng, colors=variant.colors)):
+        for img_idx, (movie, stem, scene) in enumerate(images[split]):
+            for qn, item in enumerate(vcr_items(scene, rng, variant.colors)):
                 idx = len(records)
                 a_iter, a_src = _match(item["answer_label"], idx, rng, 4 * len(images[split]))
-                r_iter, r_src = _match(item["rationale_label"], idx, rng,
-                                       4 * len(images[split]))
+                r_iter, r_src = _match(item["rationale_label"], idx, rng, 4 * len(images[split]))
                 answers, rationales = item["answer_choices"], item["rationale_choices"]
                 records.append({
                     "movie": movie, "objects": [o["shape"] for o in scene["objects"]],
                     "interesting_scores": [rng.choice((-1, 0, 0, 1))],
                     "answer_likelihood": rng.choice(("likely", "possible", "unlikely")),
-                    "img_fn": img_fn, "metadata_fn": img_fn[:-len(".jpg")] + ".json",
+                    "img_fn": stem + ".jpg", "metadata_fn": stem + ".json",
                     "answer_orig": vcr_text(answers[item["answer_label"]]),
                     "question_orig": vcr_text(item["question"]),
                     "rationale_orig": vcr_text(rationales[item["rationale_label"]]),

@@ -11,23 +11,23 @@ from cavl.formats.vocab import COMMON_ADJECTIVES, Vocabulary, write_vocab
 from .files import rel, write_json_atomic
 from .language import region_phrases
 from .scenes import SHAPES, public, save_image
-from .variants import DEFAULT
 
 URL = "https://example.invalid/rak248/VG_100K/{}.jpg"
 
 
+def _record(image_id, k, obj, name, **attributes):
+    """Object k of an image as VG writes it (the id derives from the image id: no draw from the rng,
+    so the other files stay as they were)."""
+    x1, y1, x2, y2 = obj["bbox"]
+    return {"synsets": [f"{obj['shape']}.n.01"], "h": y2 - y1, "object_id": image_id * 100 + k,
+            "names": [name], "w": x2 - x1, **attributes, "y": y1, "x": x1}
+
+
 def objects(scenes):
-    """objects.json: every scene object's box, named by its shape (object ids derive from the
-    image id: no draw from the rng, so the other files stay as they were)."""
-    out = []
-    for image_id, scene in scenes:
-        objs = []
-        for k, obj in enumerate(scene["objects"]):
-            x1, y1, x2, y2 = obj["bbox"]
-            objs.append({"synsets": [f"{obj['shape']}.n.01"], "h": y2 - y1, "object_id": image_id * 100 + k,
-                         "names": [obj["shape"]], "w": x2 - x1, "y": y1, "x": x1})
-        out.append({"image_url": URL.format(image_id), "image_id": image_id, "objects": objs})
-    return out
+    """objects.json: every scene object's box, named by its shape."""
+    return [{"image_url": URL.format(image_id), "image_id": image_id,
+             "objects": [_record(image_id, k, obj, obj["shape"]) for k, obj in enumerate(scene["objects"])]}
+            for image_id, scene in scenes]
 
 
 # How annotators wrote a colour or size (Visual Genome's attributes are free text): aliases a
@@ -57,8 +57,8 @@ def attributes(scenes):
     "little", "dark blue"), two in one string ("small and red"), or the attribute in the name
     ("red circle"). Counting the objects of all images in order, object g has: g % 8 == 1 no
     "attributes" key, 4 an empty list, 2 the colour in its name, 7 the size in its name (where the
-    word is one BUTD's cleaning splits off a name), 5 both in one string. Spellings derive from a hash of the ids (no draw from the rng), so the other
-    files stay as they were."""
+    word is one BUTD's cleaning splits off a name), 5 both in one string. Spellings derive from a
+    hash of the ids (no draw from the rng), so the other files stay as they were."""
     out, g = [], 0
     for image_id, scene in scenes:
         objs = []
@@ -76,22 +76,15 @@ def attributes(scenes):
                 name, attrs = shape, [f"{size} and {color}"]
             else:
                 name, attrs = shape, [color, size] if (h >> 5) % 2 else [size, color]
-            x1, y1, x2, y2 = obj["bbox"]
-            record = {"synsets": [f"{shape}.n.01"], "h": y2 - y1, "object_id": image_id * 100 + k,
-                      "names": [_as_written(name, h >> 9)], "w": x2 - x1,
-                      "attributes": [_as_written(a, h >> (13 + 4 * j)) for j, a in enumerate(attrs)],
-                      "y": y1, "x": x1}
-            if g % 8 == 1:
-                del record["attributes"]
-            elif g % 8 == 4:
-                record["attributes"] = []
-            objs.append(record)
+            attrs = [_as_written(a, h >> (13 + 4 * j)) for j, a in enumerate(attrs)]
+            written = {1: {}, 4: {"attributes": []}}.get(g % 8, {"attributes": attrs})
+            objs.append(_record(image_id, k, obj, _as_written(name, h >> 9), **written))
             g += 1
         out.append({"image_id": image_id, "attributes": objs})
     return out
 
 
-def vocabularies(variant=DEFAULT):
+def vocabularies(variant):
     """(objects, attributes): the shapes; the variant's colours and the sizes, each with the
     aliases attributes.json writes it as."""
     colors = [(c, *COLOR_ALIASES.get(c, ())) for c in variant.colors]
@@ -99,7 +92,7 @@ def vocabularies(variant=DEFAULT):
     return Vocabulary(SHAPES), Vocabulary(colors + sizes)
 
 
-def write(out_dir, rng, count, image_size, variant=DEFAULT):
+def write(out_dir, rng, count, image_size, variant):
     """→ (scenes.json entries, summary line)."""
     ids = sorted(rng.sample(range(1, 2417998), count))
     entries, scenes = {}, []

@@ -5,7 +5,6 @@ import os
 
 from .files import write_json_atomic
 from .language import human_answers, vqa_questions
-from .variants import DEFAULT
 
 INFO = {"description": "CAVL embedded demo: synthetic questions in the VQA v2 format",
         "url": "https://example.invalid/cavl-demo", "version": "2.0", "year": 2017,
@@ -14,7 +13,7 @@ LICENSE = {"url": "http://creativecommons.org/licenses/by/4.0/",
            "name": "Creative Commons Attribution 4.0 International License"}
 
 
-def write(out_dir, rng, coco_images, variant=DEFAULT):
+def write(out_dir, rng, coco_images, variant):
     """coco_images: {split: [(image_id, scene)]} from coco.write; questions from the
     variant's template set. → summary line."""
     total = 0
@@ -26,7 +25,7 @@ def write(out_dir, rng, coco_images, variant=DEFAULT):
                     vqa_questions(scene, rng, variant.vqa_candidates, variant.colors)):
                 qid = image_id * 1000 + k
                 questions.append({"image_id": image_id, "question": q, "question_id": qid})
-                answers = human_answers(answer, answer_type, rng, colors=variant.colors)
+                answers = human_answers(answer, answer_type, rng, variant.colors)
                 annotations.append({
                     "question_type": question_type, "multiple_choice_answer": answer,
                     "answers": [{"answer": a, "answer_confidence": c, "answer_id": j + 1}
