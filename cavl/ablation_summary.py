@@ -4,30 +4,26 @@
         --csv results/ablations/summary.csv --html results/ablations/summary.html \
         --plot results/ablations/summary.png [--resamples 10000]
 
-RUNS.json: a JSON list with one object per (variant, seed, task) evaluation of the grid — `variant`,
-`seed`, `task`, `metrics` (its metrics.json) and `predictions` (its predictions.parquet, both from
-python -m cavl.evaluate), `copy_to` (where a copy of the metrics.json goes), and, for the tasks
-whose predictions do not hold the gold labels (vqa, vcr, nlvr2, rpg), `examples`: the evaluated
-split's task table (resources/tasks/{task}/{split}.parquet). rpg may also name `features` (the
-task's feature index): its detected candidates, with which phrases whose best scores tie are
-scored exactly (without them such a phrase is an error when its first best candidate is a hit).
-The first variant of the list is the baseline.
+RUNS.json: a JSON list, one object per (variant, seed, task) evaluation — `variant`, `seed`, `task`,
+`metrics` (its metrics.json), `predictions` (its predictions.parquet), `copy_to` (where a copy of
+the metrics.json goes), and for vqa, vcr, nlvr2 and rpg (whose predictions lack the gold labels)
+`examples`, the evaluated split's task table (resources/tasks/{task}/{split}.parquet). rpg may name
+`features` (the task's feature index): its candidates score phrases whose best scores tie exactly
+(without them such a phrase is an error when its first best candidate is a hit). The first variant
+is the baseline.
 
-- table (CSV, Markdown, and an HTML page with it and the per-seed values for the Snakemake
-  report): one row per variant and task — variant, task, metric (the task's main metric), mean,
-  sd (sample s.d. over seeds; empty with one), seeds, difference (mean − the baseline's mean),
-  p_value (two-sided paired bootstrap against the baseline), significant (`*` when p < 0.05),
-  examples — in percent as metrics.json has them. Variants in the list's order, tasks in registry
-  order. p-values with significant digits (CSV 6, Markdown / HTML 2).
-- plot (PNG): one panel per task, each variant's per-seed values as points and mean ± s.d. as a
-  bar, the baseline highlighted, differences with p < 0.05 starred.
+- table (CSV, Markdown, HTML with the per-seed values): per variant and task — variant, task,
+  metric, mean, sd (sample s.d.; empty with one seed), seeds, difference (mean − the baseline's),
+  p_value (two-sided paired bootstrap), significant (`*` when p < 0.05), examples — in percent.
+  Variants in the list's order, tasks in registry order; p-values to 6 (CSV) or 2 significant digits.
+- plot (PNG): one panel per task, per-seed points and mean ± s.d. bars, the baseline highlighted,
+  p < 0.05 starred.
 
-The test works on the examples: `example_scores` gives each evaluated example a score whose
-stratum means sum to the task's main metric (one stratum, or tir/zs_tir's two query directions
-whose six recalls sum to rsum); `paired_bootstrap` resamples examples within strata, the same
-draw for every seed, so the correlation across seeds stays in the test. Every input is read and
-checked — a run's per-example scores must give its metrics.json value — before anything is
-written; bad input is an error naming the file (exit code 2). Every file is written atomically.
+`example_scores` gives each example a score whose stratum means sum to the main metric (tir /
+zs_tir: two query directions summing to rsum); `paired_bootstrap` resamples examples within strata,
+one draw for every seed, keeping the correlation across seeds. Every input is read and checked (a
+run's scores must give its metrics.json value) before anything is written; bad input is an error
+naming the file (exit code 2). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -66,11 +62,6 @@ METRIC_TOLERANCE = 1e-6  # percent: per-example scores against the metrics.json 
 
 class AblationError(ValueError):
     """Input that cannot be summarised (the message names the file)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-example scores of each task's main metric
-# ---------------------------------------------------------------------------------------------
 
 
 def _frame(examples, strata, scores) -> pd.DataFrame:
@@ -140,11 +131,8 @@ def _rpg_right(scores, best_box, candidates, gt) -> bool | None:
         if len(boxes) != len(scores):
             raise ValueError(f"{len(scores)} region scores for {len(boxes)} candidates (other features?)")
         return bool(hit_rank(scores, candidate_hits(boxes, gt)) < 1)
-    if len(scores) == 0:
-        return False
-    first_best_hits = bool(candidate_hits(as_boxes("best_box", [best_box]), gt)[0])
-    if not first_best_hits:
-        return False  # a wrong candidate scored ≥ every right one
+    if len(scores) == 0 or not candidate_hits(as_boxes("best_box", [best_box]), gt)[0]:
+        return False  # no candidate, or a wrong one scored ≥ every right one
     return True if (scores == scores.max()).sum() == 1 else None
 
 
@@ -201,10 +189,9 @@ def main_metric(task: str) -> str:
     """The task's main metric, the one its per-example scores add up to."""
     if task not in SCORERS:
         raise ValueError(f"no per-example scores for task {task!r}; known: {', '.join(SCORERS)}")
-    metric = SCORERS[task][0]
-    if get_task(task).main_metric != metric:
-        raise ValueError(f"{task}'s main metric is now {get_task(task).main_metric!r}: its per-example scores "
-                         f"add up to {metric!r}")
+    metric, actual = SCORERS[task][0], get_task(task).main_metric
+    if actual != metric:
+        raise ValueError(f"{task}'s main metric is now {actual!r}: its per-example scores add up to {metric!r}")
     return metric
 
 
@@ -221,11 +208,6 @@ def example_scores(task: str, predictions: pd.DataFrame, examples: pd.DataFrame 
 def metric_from_scores(scores: pd.DataFrame) -> float:
     """The main metric of per-example scores: the sum over strata of the mean score."""
     return float(scores.groupby("stratum")["score"].mean().sum())
-
-
-# ---------------------------------------------------------------------------------------------
-# The paired bootstrap
-# ---------------------------------------------------------------------------------------------
 
 
 def _seed_key(seed):
@@ -304,11 +286,6 @@ def paired_bootstrap(baseline: pd.DataFrame, variant: pd.DataFrame, resamples: i
             "examples": len(differences), "seeds": seeds, "resamples": int(resamples)}
 
 
-# ---------------------------------------------------------------------------------------------
-# The table
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass(eq=False)
 class Evaluation:
     """One (variant, seed, task) cell of the grid: its main metric and its per-example scores."""
@@ -319,6 +296,8 @@ class Evaluation:
     metric: str
     value: float  # the metrics.json value of `metric`
     scores: pd.DataFrame  # example_scores of its predictions
+    metrics_bytes: bytes = b""  # its metrics.json, to be copied to `copy_to`
+    copy_to: str | None = None
 
 
 def _in_order(values) -> list:
@@ -409,11 +388,6 @@ def ablation_html(rows: list[dict], seeds: list[dict], resamples: int) -> str:
             + to_html_table(seeds, SEED_COLUMNS) + "</body></html>\n")
 
 
-def plot_ablation(rows: list[dict], seeds: list[dict], path) -> None:
-    """The figure (`ablation_png`), written atomically."""
-    write_bytes_atomic(ablation_png(rows, seeds), path)
-
-
 def ablation_png(rows: list[dict], seeds: list[dict]) -> bytes:
     """PNG: one panel per task, per-seed values as points, mean ± s.d. as a bar, the baseline
     highlighted, p < ALPHA starred."""
@@ -451,20 +425,6 @@ def ablation_png(rows: list[dict], seeds: list[dict]) -> bytes:
     fig.savefig(out, format="png", dpi=100)
     plt.close(fig)
     return out.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the runs
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Run:
-    """One RUNS.json entry, read and checked: its evaluation and its metrics.json, to be copied."""
-
-    evaluation: Evaluation
-    metrics_bytes: bytes
-    copy_to: str
 
 
 def read_runs_file(path) -> list[dict]:
@@ -556,7 +516,7 @@ def _examples(entry: dict, record: dict, cache: dict) -> pd.DataFrame | None:
     return cache[key]
 
 
-def read_run(entry: dict, cache: dict) -> Run:
+def read_run(entry: dict, cache: dict) -> Evaluation:
     """One entry's evaluation; its per-example scores must give its metrics.json value."""
     task = entry["task"]
     record, raw = _read_metrics(entry["metrics"], task)
@@ -567,10 +527,9 @@ def read_run(entry: dict, cache: dict) -> Run:
     examples = _examples(entry, record, cache)
     key = ("scores", task, entry["predictions"], entry.get("examples"), entry.get("features"))
     if key not in cache:  # cells that share a job (zero-shot tasks over seeds) share its predictions
+        predictions = _read_parquet(entry["predictions"])
         try:
-            cache[key] = example_scores(task, _read_parquet(entry["predictions"]), examples)
-        except AblationError:
-            raise
+            cache[key] = example_scores(task, predictions, examples)
         except ValueError as error:
             raise AblationError(f"{entry['predictions']}: {error}") from error
     scores = cache[key]
@@ -578,8 +537,7 @@ def read_run(entry: dict, cache: dict) -> Run:
     if not math.isclose(recomputed, value, rel_tol=METRIC_TOLERANCE, abs_tol=METRIC_TOLERANCE):
         raise AblationError(f"{entry['predictions']}: its examples give {metric} {recomputed:.6g}, "
                             f"{entry['metrics']} has {value:.6g} (predictions of another run, or another split?)")
-    evaluation = Evaluation(entry["variant"], entry["seed"], task, metric, float(value), scores)
-    return Run(evaluation, raw, entry["copy_to"])
+    return Evaluation(entry["variant"], entry["seed"], task, metric, float(value), scores, raw, entry["copy_to"])
 
 
 def write_bytes_atomic(data: bytes, path) -> None:
@@ -600,8 +558,7 @@ def main(argv=None) -> int:
         p.error("--resamples must be >= 1")
     try:
         cache = {}
-        runs = [read_run(entry, cache) for entry in read_runs_file(args.runs)]
-        evaluations = [run.evaluation for run in runs]
+        evaluations = [read_run(entry, cache) for entry in read_runs_file(args.runs)]
         rows, seeds = ablation_rows(evaluations, args.resamples), seed_rows(evaluations)
     except AblationError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -610,8 +567,8 @@ def main(argv=None) -> int:
     texts = {args.csv: to_csv(rows, TABLE_COLUMNS), args.md: ablation_markdown(rows, seeds, args.resamples),
              args.html: ablation_html(rows, seeds, args.resamples)}
     png = ablation_png(rows, seeds)
-    for run in runs:
-        write_bytes_atomic(run.metrics_bytes, run.copy_to)
+    for e in evaluations:
+        write_bytes_atomic(e.metrics_bytes, e.copy_to)
     for path, text in texts.items():
         write_text_atomic(text, path)
     write_bytes_atomic(png, args.plot)

@@ -6,8 +6,8 @@ configuration with a small overlay merged over it, run on the grid's tasks and s
     cell.copy_to                        # results/ablations/{variant}/seed{k}/{task}/metrics.json
     runs[cell.run]                      # the configuration that run's jobs get
 
-A cell is computed in a folder named by what determines its result, so cells that would compute
-the same thing share one job, and nothing upstream of a variant's first changed stage is rebuilt:
+A cell is computed in a folder named by what determines its result, so cells computing the same
+thing share one job, and nothing upstream of a variant's first changed stage is rebuilt:
 
 - pretraining: `results/pretrain/` when the cell's `model` and `pretrain` sections equal the
   configuration's, otherwise `results/ablation_runs/{digest of them}/pretrain/`;
@@ -15,9 +15,9 @@ the same thing share one job, and nothing upstream of a variant's first changed 
   the seed are the configuration's, otherwise `results/ablation_runs/{digest}/{task}/`.
 
 Region features and task tables are every variant's: an overlay may set keys of model, pretrain
-and finetune, but not pretrain.data.sources nor any that only says how a job runs (the
-operational keys of cavl.settings), which every cell takes from the configuration. The seed is finetune.train.seed; pretraining runs once per distinct
-pretraining configuration, and zero-shot tasks (which finetune nothing) do not depend on it.
+and finetune, but not pretrain.data.sources nor the operational keys of cavl.settings (how a job
+runs), which every cell takes from the configuration. The seed is finetune.train.seed; pretraining
+runs once per distinct pretraining configuration; zero-shot tasks do not depend on the seed.
 
 This module imports no torch: the workflow imports it.
 """
@@ -50,9 +50,9 @@ def _leaf_keys(node, prefix=""):
             yield dotted
 
 
-def _operational_key(section: str, dotted: str) -> bool:
-    """Whether `dotted` (relative to `section`) is or lies under one of its operational keys."""
-    return any(dotted == key or dotted.startswith(key + ".") for key in operational_keys(OVERLAY_SECTIONS[section]))
+def _under(dotted: str, keys) -> bool:
+    """Whether `dotted` is or lies under one of `keys`."""
+    return any(dotted == key or dotted.startswith(key + ".") for key in keys)
 
 
 def check_overlay(name: str, overlay: dict) -> None:
@@ -67,10 +67,10 @@ def check_overlay(name: str, overlay: dict) -> None:
         if not isinstance(settings, dict):
             raise ConfigError(f"config key '{where}.{section}': expected a mapping, got {settings!r}")
         for key in _leaf_keys(settings):
-            if any(key == data or key.startswith(data + ".") for data in DATA_KEYS.get(section, ())):
+            if _under(key, DATA_KEYS.get(section, ())):
                 raise ConfigError(f"config key '{where}.{section}.{key}' chooses data, which every variant "
                                   "shares; set it outside `ablations`")
-            if _operational_key(section, key):
+            if _under(key, operational_keys(OVERLAY_SECTIONS[section])):
                 raise ConfigError(f"config key '{where}.{section}.{key}' only says how a job runs; every cell "
                                   f"runs with the configuration's own (set it outside `ablations`)")
 
@@ -145,13 +145,6 @@ class Cell:
         return f"results/ablations/{self.variant}/seed{self.seed}/{self.task}/metrics.json"
 
 
-def with_seed(config: dict, seed: int) -> dict:
-    """`config` with finetune.train.seed = seed."""
-    seeded = copy.deepcopy(config)
-    seeded["finetune"]["train"]["seed"] = seed
-    return seeded
-
-
 def plan(config: dict, tasks: list) -> tuple[list, dict]:
     """(cells, run configurations): every cell of the grid over `tasks` (config ablations.tasks
     when set; the workflow passes those of its default target otherwise), and run name → the
@@ -165,7 +158,8 @@ def plan(config: dict, tasks: list) -> tuple[list, dict]:
         if pretrain_run:
             runs.setdefault(pretrain_run, variant_config)
         for seed in config["ablations"]["seeds"]:
-            seeded = with_seed(variant_config, seed)
+            seeded = copy.deepcopy(variant_config)
+            seeded["finetune"]["train"]["seed"] = seed
             for task in tasks:
                 identity = finetune_identity(seeded, task)
                 run = None if identity == base_finetune[task] else _digest(identity)

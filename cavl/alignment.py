@@ -12,43 +12,32 @@ caption goes with, under two scores, and how often that finds a Flickr30k Entiti
 
 Both scores give a (words × regions) matrix for one caption and one image's regions:
 
-- **cosine** (`cosine_alignment`): cos(e_w, f_r) between the contextual state of word w in a
-  text-only pass (`CavlModel.encode_text`: `[CLS] caption [SEP]`) and the contextual state of
-  region r in an image-only pass (`CavlModel.encode_image`: `[CLS] [SEP]` + regions) — the two
-  passes of PwCL's `separate` encoding, whose E′ and F′ are the masked means of exactly these
-  states (CavlForPretraining.text_embedding / image_embedding). PwCL applies **no projection**
-  to E′, F′ (contrastive_embeddings returns the pooled states; the loss only L2-normalises them,
-  cavl.losses), so none is applied here either: the per-token / per-region states are compared
-  by their cosine, the measure PwCL trains on their means. (A model pretrained with the `joint`
-  or `joint_clean` encoding trained PwCL on fused-pass states instead; its cosine here is still
-  the one of its separate passes, and the record says which encoding it had: `pwcl_encoding`.)
+- **cosine** (`cosine_alignment`): cos(e_w, f_r) between word w's contextual state in a text-only
+  pass (`CavlModel.encode_text`) and region r's in an image-only pass (`CavlModel.encode_image`) —
+  PwCL's `separate` encoding, whose E′ and F′ are the masked means of exactly these states. PwCL
+  applies **no projection** (the loss only L2-normalises them, cavl.losses), so none is applied
+  here. (A model pretrained with the `joint` or `joint_clean` encoding trained PwCL on fused-pass
+  states; its cosine here is still of its separate passes, and the record names its `pwcl_encoding`.)
 - **attention** (`attention_alignment`): the attention the last layer's queries at the word's
-  tokens put on each region key, averaged over heads, in the fused pass `[CLS] caption [SEP]` +
-  regions. The model computes attention with torch's scaled_dot_product_attention, which
+  tokens put on each region key, averaged over heads, in the fused pass. scaled_dot_product_attention
   returns no weights, so `last_layer_attention` recomputes softmax(QKᵀ/√d + mask) from the last
-  layer's input (captured by a forward hook on its attention module, with the layer's own
-  query/key projections and the mask the model built). It also returns the `recomputed`
-  attention output (weights @ V, then the layer's output projection) beside the layer's real
-  output (`actual`), which tests/test_alignment.py checks are equal.
+  layer's input (a forward hook), and also returns the `recomputed` attention output beside the
+  layer's real one (`actual`), which tests/test_alignment.py checks are equal.
 
-Words, not wordpieces: a caption given as a string is split into words by the tokenizer's own
-pre-tokenizer (BERT: at whitespace and punctuation), a list of words is taken as it is (the rpg
-tables' sentences, `sentence.split()`, whose word indices the phrases' spans count); the words are
-tokenised with `is_split_into_words` (for BERT the same ids as the raw string, as pretraining
-tokenises it), [CLS]/[SEP] are dropped, and a word's row is the mean of its wordpieces' rows. Words
-cut by `max_text_len` have no row and are left out of the returned words.
+Words, not wordpieces: a string caption is split by the tokenizer's pre-tokenizer (BERT: whitespace
+and punctuation), a list of words is taken as is (the rpg tables' `sentence.split()`, which the
+phrases' word indices count); words are tokenised with `is_split_into_words` (for BERT the ids of
+the raw string), [CLS]/[SEP] dropped, and a word's row is the mean of its wordpieces'. Words cut by
+`max_text_len` are left out.
 
-Regions are read as every stage reads them (cavl.data.regions: `RegionSource.get` → features as
-float32, boxes normalised, `pad_regions`); the model standardises the features itself with the
-statistics saved in its weights, as in pretraining. Pass a RegionSource with `skip_given` so that
-only DETECTED regions are scored (flickr30k shards put the Entities gt boxes — the answers — first).
+Regions are read as every stage reads them (`RegionSource.get`, `pad_regions`); the model
+standardises the features itself. Use a RegionSource with `skip_given` so that only DETECTED
+regions are scored (flickr30k shards put the Entities gt boxes — the answers — first).
 
-`phrase_hits` scores each detected region for a phrase by the mean, over the phrase's words, of
-the word→region score computed with the phrase's whole sentence as the caption; the best-scored
-region hits when its IoU with any gt box of the phrase is ≥ 0.5 (cavl.metrics.grounding, with
-rpg's pessimistic tie rule). Against a uniformly random region (hit with probability m_i/n_i:
-regions at IoU ≥ 0.5 / candidates, cavl.metrics.chance), each score gets an exact one-sided
-Poisson-binomial p-value (cavl.metrics.significance), exactly as rpg's R@1 significance.
+`phrase_hits` scores each detected region for a phrase by the mean over its words of the
+word→region score (the whole sentence as the caption); the best region hits at IoU ≥ 0.5 with a gt
+box (rpg's pessimistic tie rule). Against a uniformly random region (hit probability m_i/n_i), each
+score gets an exact one-sided Poisson-binomial p-value, as rpg's R@1 significance.
 """
 
 from __future__ import annotations
@@ -67,7 +56,7 @@ from cavl.data.regions import ImageRegions, RegionSource, pad_regions
 from cavl.metrics.chance import prob_any_in_top_k
 from cavl.metrics.grounding import IOU_THRESHOLD, as_boxes, box_iou, candidate_hits, hit_rank
 from cavl.metrics.significance import poisson_binomial_test
-from cavl.model import CavlForPretraining, CavlModel
+from cavl.model import CavlModel
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +65,12 @@ RANDOM_PREDICTOR = ("uniformly random detected region (right with probability: r
                     "candidate regions of the phrase)")
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs: words → wordpieces, regions → padded tensors
-# ---------------------------------------------------------------------------------------------
-
-
 def caption_words(tokenizer, caption) -> list:
     """The words of a caption: a string split by the tokenizer's pre-tokenizer (BERT: whitespace
     and punctuation; `str.split` for a tokenizer without one), a list of words as it is."""
     if not isinstance(caption, str):
         return [str(w) for w in caption]
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    pre = getattr(backend, "pre_tokenizer", None) if backend is not None else None
+    pre = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
     if pre is None:
         return caption.split()
     return [w for w, _ in pre.pre_tokenize_str(caption)]
@@ -124,21 +107,16 @@ def region_tensors(regions: ImageRegions, feature_dim: int | None = None):
     """One image's regions → visual_feats (1, R, D), visual_boxes (1, R, 5), visual_mask (1, R)
     tensors (cavl.data.regions.pad_regions: R ≥ 1; an image with no region has an all-zero mask)."""
     D = feature_dim if feature_dim is not None else regions.features.shape[1]
-    n = len(regions.features)
-    feats, boxes, mask = pad_regions([regions], max(n, 1), D)
+    feats, boxes, mask = pad_regions([regions], max(len(regions.features), 1), D)
     return torch.from_numpy(feats), torch.from_numpy(boxes), torch.from_numpy(mask)
 
 
 def backbone_of(model) -> CavlModel:
-    """The CavlModel of a CavlForPretraining, or the model itself."""
-    if isinstance(model, CavlForPretraining):
-        return model.bert
-    if isinstance(model, CavlModel):
-        return model
-    bert = getattr(model, "bert", None)
-    if isinstance(bert, CavlModel):
-        return bert
-    raise TypeError(f"expected a CavlModel or CavlForPretraining, got {type(model).__name__}")
+    """The CavlModel of a CavlForPretraining (or another wrapper's `bert`), or the model itself."""
+    bert = model if isinstance(model, CavlModel) else getattr(model, "bert", None)
+    if not isinstance(bert, CavlModel):
+        raise TypeError(f"expected a CavlModel or CavlForPretraining, got {type(model).__name__}")
+    return bert
 
 
 @contextmanager
@@ -151,11 +129,6 @@ def _evaluating(module: torch.nn.Module):
             yield module
     finally:
         module.train(was_training)
-
-
-# ---------------------------------------------------------------------------------------------
-# Token × region scores
-# ---------------------------------------------------------------------------------------------
 
 
 def token_cosines(model, input_ids, attention_mask, visual_feats, visual_boxes, visual_mask) -> torch.Tensor:
@@ -178,8 +151,8 @@ class LastLayerAttention:
     text_len: int  # L: the first L positions are text tokens, the rest regions
 
 
-def last_layer_attention(model, input_ids, attention_mask, visual_feats, visual_boxes, visual_mask,
-                         token_type_ids=None) -> LastLayerAttention:
+def last_layer_attention(model, input_ids, attention_mask, visual_feats, visual_boxes,
+                         visual_mask) -> LastLayerAttention:
     """One fused pass `[CLS] text [SEP]` + regions; the last layer's attention weights recomputed
     with its own projections from the input and mask its attention module received (a forward
     hook: scaled_dot_product_attention returns no weights)."""
@@ -193,7 +166,7 @@ def last_layer_attention(model, input_ids, attention_mask, visual_feats, visual_
     handle = attention.register_forward_hook(hook)
     try:
         with _evaluating(bert):
-            out = bert(input_ids, attention_mask, visual_feats, visual_boxes, visual_mask, token_type_ids)
+            out = bert(input_ids, attention_mask, visual_feats, visual_boxes, visual_mask)
             x, mask = seen["x"], seen["mask"]  # (B, T, H), (B, 1, 1, T) bool: True = may be attended to
             B, T, H = x.shape
             nh, hd = attention.num_heads, attention.head_dim
@@ -216,13 +189,7 @@ def token_attention(model, input_ids, attention_mask, visual_feats, visual_boxes
     """(B, L, R): the attention of each text token (query) on each region (key) in the last layer
     of the fused pass, averaged over heads."""
     att = last_layer_attention(model, input_ids, attention_mask, visual_feats, visual_boxes, visual_mask)
-    L = att.text_len
-    return att.weights[:, :, :L, L:].mean(1)  # (B, L, R)
-
-
-# ---------------------------------------------------------------------------------------------
-# Word × region alignments
-# ---------------------------------------------------------------------------------------------
+    return att.weights[:, :, : att.text_len, att.text_len :].mean(1)  # (B, L, R)
 
 
 @dataclass
@@ -248,21 +215,16 @@ def align(model, tokenizer, captions: Sequence, regions: ImageRegions, max_text_
     feats, boxes, vmask = region_tensors(regions, bert.config.visual_dim)
     n = len(regions.features)
     per_score = {}
-    if "cosine" in scores:
-        cos = token_cosines(bert, ids, mask, feats, boxes, vmask)  # (1 or B, L, R): regions broadcast
-        per_score["cosine"] = cos
+    if "cosine" in scores:  # (1 or B, L, R): regions broadcast
+        per_score["cosine"] = token_cosines(bert, ids, mask, feats, boxes, vmask)
     if "attention" in scores:
         S = len(words)
         per_score["attention"] = token_attention(bert, ids, mask, feats.expand(S, -1, -1),
                                                  boxes.expand(S, -1, -1), vmask.expand(S, -1))
     out = []
     for i, w in enumerate(words):
-        matrices = {}
-        kept = None
-        for name, tensor in per_score.items():
-            rows, kept = merge_wordpieces(tensor[i].cpu().numpy()[:, :n], word_ids[i])
-            matrices[name] = rows
-        kept = kept if kept is not None else sorted({v for v in word_ids[i] if v is not None})
+        kept = sorted({v for v in word_ids[i] if v is not None})
+        matrices = {name: merge_wordpieces(t[i].cpu().numpy()[:, :n], word_ids[i])[0] for name, t in per_score.items()}
         out.append(Alignment([w[j] for j in kept], matrices))
     return out
 
@@ -280,28 +242,17 @@ def attention_alignment(model, tokenizer, caption, regions: ImageRegions, max_te
     return a.words, a.scores["attention"]
 
 
-# ---------------------------------------------------------------------------------------------
-# Phrase grounding by alignment
-# ---------------------------------------------------------------------------------------------
-
-
 def phrase_hits(model, tokenizer, phrases: pd.DataFrame, source: RegionSource, max_text_len: int,
                 scores: Sequence[str] = SCORES) -> tuple[dict, pd.DataFrame]:
     """How often the region a phrase aligns with best is its box, per score, against random.
 
-    `phrases`: rows of an rpg table (image_id, sentence_index, sentence, phrase, first_word_index,
-    gt_boxes); `source`: a RegionSource with skip_given — its regions of an image are both the
-    model's input and the candidates. A phrase scores region r by the mean over its words
-    (sentence words first_word_index … + len(phrase words)) of the word→region score of its
-    sentence; the best region (pessimistic ties) hits at IoU ≥ 0.5 with any gt box.
-
-    Returns (summary, per_phrase). summary: `phrases` (scored, with a box), `excluded_no_box`,
-    `missing_features`, `truncated` (every word past max_text_len: not scored), `upper_bound`
-    (share of phrases some candidate hits), `baseline` (random region: expected hits and rate)
-    and `scores`: per score {hits, phrases, hit_rate, baseline_rate, expected_hits, p_value,
-    log10_p_value, significance (the cavl.metrics.significance record)}; rates in percent.
-    per_phrase: one row per scored phrase — its key, words, candidates, the random hit
-    probability and per score the chosen region, its IoU and whether it hits."""
+    `phrases`: rows of an rpg table; `source`: a RegionSource with skip_given, whose regions are both
+    the model's input and the candidates. Returns (summary, per_phrase). summary: `phrases` (scored,
+    with a box), `excluded_no_box`, `missing_features`, `truncated` (every word past max_text_len),
+    `upper_bound` (share of phrases some candidate hits), `baseline` (random region) and `scores`:
+    per score {hits, phrases, hit_rate, baseline_rate, expected_hits, p_value, log10_p_value,
+    significance}; rates in percent. per_phrase: one row per scored phrase — its key, words,
+    candidates, the random hit probability and per score the chosen region, its IoU and its hit."""
     if not getattr(source, "skip_given", False):
         raise TypeError("phrase_hits scores the detected regions only: give a RegionSource with skip_given")
     phrases = phrases.reset_index(drop=True)

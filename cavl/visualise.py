@@ -1,45 +1,36 @@
 """Word↔region alignment figures of a pretrained model (the paper's §5.3) and the phrase hit rates.
 
     python -m cavl.visualise --backbone results/pretrain/model --settings '{"images": 4, "threads": 2}' \
-        --coco-manifest resources/manifests/coco.parquet \
-        --coco-features resources/features/coco/index.parquet \
-        --coco-captions resources/tasks/pretrain/val.parquet \
-        --flickr-manifest resources/manifests/flickr30k.parquet \
-        --flickr-features resources/features/flickr30k/index.parquet \
-        --flickr-captions resources/tasks/tir/val.parquet \
-        --phrases resources/tasks/rpg/val.parquet \
-        --objects-vocab resources/detector/objects_vocab.txt \
-        --attributes-vocab resources/detector/attributes_vocab.txt \
-        --out results/visualisation
+        --coco-manifest resources/manifests/coco.parquet --coco-features resources/features/coco/index.parquet \
+        --coco-captions resources/tasks/pretrain/val.parquet --phrases resources/tasks/rpg/val.parquet \
+        --flickr-manifest resources/manifests/flickr30k.parquet --flickr-captions resources/tasks/tir/val.parquet \
+        --flickr-features resources/features/flickr30k/index.parquet --out results/visualisation \
+        --objects-vocab resources/detector/objects_vocab.txt --attributes-vocab resources/detector/attributes_vocab.txt
 
-For the first `images` val images (sorted by image id) of COCO and of Flickr30k that have
-features, with the first of their captions (caption order: the table's `sentence_id` /
-`sentence_index`, else its row order; COCO's val captions are pretraining's val table, rows of
-dataset coco; Flickr30k's are tir's val table), under the two scores of cavl.alignment (cosine
-of PwCL's separate passes, last-layer word→region attention of the fused pass):
+For the first `images` val images (by image id) of COCO and Flickr30k that have features, with
+the first of their captions (order: the table's `sentence_id` / `sentence_index`, else its rows;
+COCO: pretraining's val table, dataset coco; Flickr30k: tir's val table), under the two scores of
+cavl.alignment (cosine of PwCL's separate passes, last-layer word→region attention of the fused pass):
 
-- `{dataset}/{image_id}_regions.png`: the image with its detected regions (those the model sees:
-  the first `max_regions`, given boxes left out), labelled `r{i} attribute class` — names from
-  the vocabulary files when given (checked against the sha256 the index records), else ids;
-- `{dataset}/{image_id}_words.png`: per word, a line to the region it aligns with best (cosine
-  panel, attention panel);
+- `{dataset}/{image_id}_regions.png`: the detected regions the model sees (the first `max_regions`,
+  given boxes left out), labelled `r{i} attribute class` — names from the vocabulary files when
+  given (checked against the sha256 the index records), else ids;
+- `{dataset}/{image_id}_words.png`: per word, a line to its best region (cosine and attention panels);
 - `{dataset}/{image_id}_heatmap.png`: the word × region matrices of both scores (row maxima ringed);
-- Flickr30k, `{dataset}/{image_id}_phrase.png`: one Entities phrase of the image (the first with a
-  box) — its gt box(es) beside the region each score chooses for it;
+- Flickr30k, `{dataset}/{image_id}_phrase.png`: the image's first Entities phrase with a box — its
+  gt box(es) beside the region each score chooses;
 - `alignment.json`: settings, the backbone, every matrix and choice, and `phrase_hits`: the hit
-  rates over ALL phrases of `--phrases` (cavl.alignment.phrase_hits), both scores against a random
-  detected region with exact Poisson-binomial p-values;
-- `index.html`: the hit-rate table and every figure (relative paths); with `--page PATH`, the
-  same page with the figures embedded, one self-contained file (the Snakemake report's).
+  rates over ALL phrases of `--phrases` (cavl.alignment.phrase_hits) against a random detected
+  region, with exact Poisson-binomial p-values;
+- `index.html`: the hit-rate table and every figure; `--page PATH`: the same page with the figures
+  embedded (the Snakemake report's).
 
-A dataset is skipped when none of its paths is given (giving some but not all is an error);
-`--phrases` needs the Flickr30k features. Relative image paths of a manifest are read under
-`--image-root` (default: the current folder, where Snakemake runs); an image that cannot be read
-is drawn as a grey canvas of its size. `--settings`: the config's `visualise:` section (images,
-threads; defaults and limits from the schema; the outputs are byte-identical for a fixed thread
-count). `--max-regions` / `--max-text-len` default to the pretraining's, from the model folder's
-resolved_config.yaml. Everything is written
-into a hidden sibling of `--out`, renamed to `--out` at the end (cavl.io.atomic_dir).
+A dataset is skipped when none of its paths is given (some but not all is an error); `--phrases`
+needs the Flickr30k features. Relative manifest image paths start at `--image-root`; an unreadable
+image is drawn as a grey canvas of its size. `--settings`: the config's `visualise:` section
+(outputs are byte-identical for a fixed thread count). `--max-regions` / `--max-text-len` default
+to the pretraining's (the model folder's resolved_config.yaml). Everything is written into a hidden
+sibling of `--out`, renamed to `--out` at the end (cavl.io.atomic_dir).
 """
 
 from __future__ import annotations
@@ -51,6 +42,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +67,6 @@ DATASETS = {"coco": "COCO", "flickr30k": "Flickr30k"}
 SCORE_TITLES = {"cosine": "cosine (PwCL space, separate passes)", "attention": "last-layer attention (fused pass)"}
 SCORE_COLOURS = {"cosine": "tab:orange", "attention": "tab:purple"}
 HIT_COLUMNS = ["score", "hits", "phrases", "hit_rate", "baseline_rate", "expected_hits", "p_value"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings and inputs
-# ---------------------------------------------------------------------------------------------
 
 
 def pretraining_data(backbone) -> dict:
@@ -126,9 +113,8 @@ def read_captions(path, dataset: str | None = None) -> pd.DataFrame:
     if order is not None:
         df = df.drop_duplicates(["image_id", order])
     df = df.sort_values([order, "row"] if order else ["row"], kind="stable")
-    out = pd.DataFrame({"image_id": df["image_id"].astype(str).to_numpy(), "caption": df[text].astype(str).to_numpy(),
-                        "caption_index": (df[order] if order else df["row"]).to_numpy()})
-    return out
+    return pd.DataFrame({"image_id": df["image_id"].astype(str).to_numpy(), "caption": df[text].astype(str).to_numpy(),
+                         "caption_index": (df[order] if order else df["row"]).to_numpy()})
 
 
 @dataclass
@@ -144,11 +130,10 @@ def dataset_inputs(args) -> list:
     out = []
     for name, prefix in (("coco", "coco"), ("flickr30k", "flickr")):
         paths = {k: getattr(args, f"{prefix}_{k}") for k in ("manifest", "features", "captions")}
-        given = [k for k, v in paths.items() if v]
-        if given and len(given) < 3:
-            missing = [f"--{prefix}-{k}" for k, v in paths.items() if not v]
+        missing = [f"--{prefix}-{k}" for k, v in paths.items() if not v]
+        if 0 < len(missing) < 3:
             raise ValueError(f"{DATASETS[name]}: give {', '.join(missing)} too (or none of its paths to skip it)")
-        if given:
+        if not missing:
             out.append(DatasetInputs(name, **paths))
     return out
 
@@ -207,11 +192,6 @@ def load_image(path, root, size):
             log.warning("cannot read %s (%s): a grey canvas instead", full, e)
     w, h = max(1, int(size[0])), max(1, int(size[1]))
     return np.full((h, w, 3), 200, np.uint8), False
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------------
 
 
 def _pyplot():
@@ -329,23 +309,11 @@ def plot_phrase(path, image, size, boxes, phrase: dict):
 
 
 def _wrap(text, width=90):
-    import textwrap
-
     return "\n".join(textwrap.wrap(text, width)) or " "
 
 
-# ---------------------------------------------------------------------------------------------
-# The page
-# ---------------------------------------------------------------------------------------------
-
-
 def hit_rows(summary: dict) -> list:
-    rows = []
-    for name, s in summary["scores"].items():
-        rows.append({"score": name, "hits": s["hits"], "phrases": s["phrases"], "hit_rate": s["hit_rate"],
-                     "baseline_rate": s["baseline_rate"], "expected_hits": s["expected_hits"],
-                     "p_value": s["p_value"], "log10_p_value": s["log10_p_value"]})
-    return rows
+    return [{"score": name, **{k: s[k] for k in HIT_COLUMNS[1:]}} for name, s in summary["scores"].items()]
 
 
 EMBED_BUDGET = 1_500_000  # characters of data URIs in the self-contained page (Chromium: 2 MB per URL)
@@ -413,15 +381,6 @@ def _percent(v):
     return "–" if v is None else f"{v:.1f}%"
 
 
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
-
-
-def _json_matrix(m):
-    return [[float(x) for x in row] for row in np.asarray(m)]
-
-
 def visualise_dataset(ds: DatasetInputs, model, tokenizer, settings, args, tmp: Path, phrase_info=None) -> dict:
     source = RegionSource(ds.features, settings["max_regions"], skip_given=True)
     labels = Labels(source.reader, args.objects_vocab, args.attributes_vocab)
@@ -437,8 +396,7 @@ def visualise_dataset(ds: DatasetInputs, model, tokenizer, settings, args, tmp: 
         regions = source.get(image_id)
         boxes = source.pixel_boxes(image_id)
         n = len(boxes)
-        skip = source.reader.num_given(image_id)
-        names = labels.of(image_id, skip, n)
+        names = labels.of(image_id, source.reader.num_given(image_id), n)
         size = source.reader.size(image_id)
         picture, found = load_image(paths.get(image_id), args.image_root, size)
         alignment = align(model, tokenizer, [caption], regions, settings["max_text_len"])[0]
@@ -451,8 +409,8 @@ def visualise_dataset(ds: DatasetInputs, model, tokenizer, settings, args, tmp: 
         entry = {"image_id": image_id, "caption_index": _plain(first.loc[image_id, "caption_index"]),
                  "caption": caption, "image_found": found, "words": alignment.words,
                  "regions": [{"index": i, "box": [float(v) for v in boxes[i]], "label": names[i]} for i in range(n)],
-                 "scores": {name: {"best_region": [int(j) for j in m.argmax(1)] if m.size else [],
-                                   "matrix": _json_matrix(m)} for name, m in alignment.scores.items()},
+                 "scores": {name: {"best_region": m.argmax(1).tolist() if m.size else [], "matrix": m.tolist()}
+                            for name, m in alignment.scores.items()},
                  "figures": figures}
         if phrase_info is not None:
             phrase = phrase_info(image_id)
