@@ -3,25 +3,17 @@
     python -m benchmarks.adapters                       # vqa, demo tables + features + backbone when present
     python -m benchmarks.adapters --accuracy            # + finetune/evaluate every method on the demo tasks
 
-Cost table, one row per method (full, linear, adapter1, adapter2, adapter1+2), each method
-measured in a fresh process with the same backbone, task data, batch and threads:
-trainable parameters and %, the optimiser step time (median over `--steps` steps on pre-built
-batches, after one warm-up step; wall and process CPU time — the ratios use CPU time unless
-`--clock wall`, since on a shared machine wall time measures the other processes too), the peak memory (CUDA: max allocated; CPU: the process's
-peak RSS above its RSS before the model was built — weights, gradients, optimiser state,
-activations) and the time of one training epoch including data loading; for the frozen-
-backbone methods (adapter1, linear) the epoch runs on a warm backbone cache (the cache build
-is timed apart). Ratios are to `full`. Goals: adapter2 trainable ≤ 3 % and step ≤ 0.75×;
-adapter1 warm-cache epoch ≤ 0.2×.
+Cost table, one row per method, each measured in a fresh process with the same backbone, data,
+batch and threads: trainable parameters, the median optimiser step time (wall and process CPU
+time; ratios to `full` use CPU time unless `--clock wall`, as wall time on a shared machine
+measures the other processes too), peak memory (CUDA: max allocated; CPU: peak RSS above the
+RSS before the model was built) and one epoch's time with data loading (frozen-backbone methods:
+on a warm backbone cache, its build timed apart).
 
-Inputs: `--backbone` (default results/pretrain/model; else a CavlModel made from the config's
-`model.bert`, no pretraining), the task table `--tasks/{task}/{split}.parquet` and features
-`--features/{dataset}/index.parquet` (random region features of `--visual-dim` are generated
-for the table's images when that index is missing — fine for cost, not for accuracy).
-
+Missing inputs get stand-ins fine for cost, not accuracy: a backbone made from the config's
+`model.bert` without pretraining, synthetic task tables, random region features.
 `--accuracy` runs `cavl.finetune` + `cavl.evaluate` for every method on each demo task whose
-table, features and backbone exist (config.yaml settings, method overridden) into
-`--work/{task}/{method}/` and prints the main metric of each beside the chance level.
+inputs exist, into `--work/accuracy/{task}/{method}/`, and prints the main metric and chance.
 """
 
 from __future__ import annotations
@@ -53,18 +45,13 @@ def _rss_kb() -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
-
-
 # MiniLM-L6's architecture (the demo's BERT): the random-init stand-in when no checkpoint is at hand
 MINILM = {"hidden": 384, "layers": 6, "heads": 12, "intermediate": 1536, "vocab": 30522}
 
 
 def random_bert(path: Path, words: list) -> Path:
-    """A random-init BERT of MiniLM-L6's sizes saved as a Hugging Face folder, with a word-level
-    tokenizer over `words` padded to MiniLM's vocabulary size (so parameter counts match it)."""
+    """A random-init BERT of MiniLM-L6's sizes (Hugging Face folder) with a word-level tokenizer
+    over `words` padded to MiniLM's vocabulary size (so parameter counts match)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
@@ -79,9 +66,8 @@ def random_bert(path: Path, words: list) -> Path:
 
 
 def ensure_backbone(path, work: Path, config: dict, visual_dim: int, notes: list) -> Path:
-    """The pretrained backbone folder, or a stand-in made from the configured BERT (no
-    pretraining), or — when that checkpoint is not installed — a random-init BERT of MiniLM-L6's
-    sizes (cost figures only)."""
+    """The pretrained backbone, or a stand-in: the configured BERT without pretraining, or where
+    that is not installed a random-init BERT of MiniLM-L6's sizes (cost figures only)."""
     path = Path(path)
     if (path / "model.safetensors").exists():
         return path
@@ -110,8 +96,8 @@ def ensure_backbone(path, work: Path, config: dict, visual_dim: int, notes: list
 
 
 def ensure_table(task_name: str, table: Path, work: Path, notes: list) -> tuple[Path, bool]:
-    """(the task table, whether it is synthetic): `table`, or — when it is missing — the
-    synthetic scenes' table of the task (cavl.testing), made larger for timing."""
+    """(the task table, whether it is synthetic): `table`, or where it is missing a larger
+    synthetic table of the task (cavl.testing)."""
     if table.exists():
         return table, False
     from cavl.testing import write_synthetic_tasks
@@ -159,11 +145,6 @@ def ensure_features(task_name: str, table: Path, features_root: Path, work: Path
             images[i] = (rng.normal(0, 1, (regions, visual_dim)).astype(np.float32), boxes, 224, 224, 0)
         write_feature_shards(folder, dataset, images, shard_size=64, dim=visual_dim)
     return index
-
-
-# ---------------------------------------------------------------------------------------------
-# One method, in its own process
-# ---------------------------------------------------------------------------------------------
 
 
 def measure(method: str, args) -> dict:
@@ -217,8 +198,7 @@ def measure(method: str, args) -> dict:
         step(b)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    # medians: robust to other processes sharing the cores; CPU time (all threads of this process)
-    # counts the work done, whatever share of the cores the process got
+    # medians resist other processes' load; CPU time counts the work, whatever share of the cores it got
     step_s, step_cpu = float(np.median(wall)), float(np.median(cpu))
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
                else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
@@ -268,18 +248,12 @@ def check_goals(rows: list, clock: str = "cpu") -> list:
     full = by["full"]
     step, epoch = ("step_cpu_s", "epoch_cpu_s") if clock == "cpu" else ("step_s", "epoch_s")
     out = []
-    if "adapter2" in by:
-        a2 = by["adapter2"]
+    if a2 := by.get("adapter2"):
         out.append(("adapter2 trainable% ≤ 3", 100 * a2["trainable"] / a2["total"] <= 3.0))
         out.append(("adapter2 step ≤ 0.75× full", a2[step] / full[step] <= 0.75))
     if "adapter1" in by:
         out.append(("adapter1 warm-cache epoch ≤ 0.2× full", by["adapter1"][epoch] / full[epoch] <= 0.2))
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Accuracy on the demo tasks
-# ---------------------------------------------------------------------------------------------
 
 
 def accuracy_table(args, methods) -> str:
@@ -289,7 +263,8 @@ def accuracy_table(args, methods) -> str:
     from cavl.tasks import REGISTRY, get_task
 
     config = read_config(args.config)
-    rows = []
+    head = f"{'task':<7} {'metric':<10} {'chance':>7} " + " ".join(f"{m:>16}" for m in methods)
+    lines = [head, "-" * len(head)]
     for name in [t for t in args.accuracy_tasks.split(",") if t]:
         s = settings_from_config(config, name)
         tables = Path(args.tasks)
@@ -298,10 +273,10 @@ def accuracy_table(args, methods) -> str:
         index = Path(args.features) / REGISTRY[name].image_datasets[0] / "index.parquet"
         missing = [str(p) for p in (train, ev, index, Path(args.backbone) / "model.safetensors") if not p.exists()]
         if missing:
-            rows.append((name, None, {}, f"skipped: missing {', '.join(missing)}"))
+            lines.append(f"{name:<7} skipped: missing {', '.join(missing)}")
             continue
         metric = get_task(name).main_metric
-        chance, scores = None, {}
+        scores = {}
         for method in methods:
             out = Path(args.work) / "accuracy" / name / method
             t0 = time.perf_counter()
@@ -314,21 +289,9 @@ def accuracy_table(args, methods) -> str:
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             scores[method] = (metrics["metrics"][metric], time.perf_counter() - t0)
             chance = metrics["chance"][metric]
-        rows.append((name, chance, scores, metric))
-    head = f"{'task':<7} {'metric':<10} {'chance':>7} " + " ".join(f"{m:>16}" for m in methods)
-    lines = [head, "-" * len(head)]
-    for name, chance, scores, metric in rows:
-        if chance is None:
-            lines.append(f"{name:<7} {metric}")
-            continue
         cells = " ".join(f"{scores[m][0]:>7.2f} ({scores[m][1]:>4.0f} s)" for m in methods)
         lines.append(f"{name:<7} {metric:<10} {chance:>7.2f} {cells}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------
 
 
 def parse_args(argv):
@@ -361,7 +324,6 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.cpu:
         args.device = "cpu"

@@ -3,17 +3,11 @@
     python -m benchmarks.extraction                      # defaults: modest sizes, ~minutes on 2 CPU cores
     python -m benchmarks.extraction --rss-images 1000    # the full peak-RSS check
 
-1. Throughput (one model, one set of weights, the same images, same process):
-   - pipeline: `run_shard` — decoding in DataLoader workers, batched forward, Parquet writing;
-   - per-image loop in the style of Detectron2's DefaultPredictor: `read_image`, resize, one
-     forward per image, all in the main process;
-   - ceiling: the bare batched forward over images decoded and batched beforehand.
-   Goals: pipeline ≥ 1.0× per-image, ≥ 0.9× ceiling. Runs on CUDA when present (the device is
-   printed), else CPU.
-2. Peak RSS of `python -m extract` for a shard of --rss-images images and a quarter of that:
-   streaming row groups keep it flat.
-3. Read throughput of cavl.data.regions.RegionReader over synthetic shards vs reading the same
-   files' bytes raw (warm page cache). Goal ≥ 0.5× raw.
+1. Throughput of one model on the same images: the pipeline (`run_shard`: decoding in workers,
+   batched forward, Parquet writing) against a DefaultPredictor-style per-image loop (goal ≥ 1.0×)
+   and the bare batched forward over pre-decoded batches (goal ≥ 0.9×). CUDA when present.
+2. Peak RSS of `python -m extract` for a shard of --rss-images images and a quarter of that.
+3. RegionReader's read throughput against reading the files' bytes raw (goal ≥ 0.5× raw).
 """
 
 import argparse
@@ -126,13 +120,11 @@ def bench_throughput(args, workdir):
     print(f"  share of the pipeline's wall time spent in the batched forward: "
           f"{', '.join(f'{x:.1%}' for x in shares)} (the rest is start-up, waiting for data, writing)")
     print("  (best of the runs; CPU time counts decoding in the workers too and is steadier on a shared machine)")
-    return best
 
 
 def bench_train(args, workdir):
-    """Seconds per detector-training iteration: extract.train's trainer (attribute mapper,
-    resumable sampler, RNG checkpointable, our hooks) against a plain Detectron2 DefaultTrainer
-    on the same config and images, interleaved."""
+    """Seconds per detector-training iteration: extract.train's trainer against a plain
+    Detectron2 DefaultTrainer on the same config and images, interleaved."""
     from detectron2.data import DatasetCatalog
     from detectron2.engine import DefaultTrainer
     from detectron2.structures import BoxMode
@@ -247,7 +239,6 @@ def bench_rss(args, workdir):
     growth = [figures[n]["rss_mb_end"] - figures[n]["rss_mb_first_batch"] for n in (small, big)]
     print(f"  growth during the shard: {growth[0]:+.1f} MB ({small} images), {growth[1]:+.1f} MB ({big} images); "
           f"end RSS {big} vs {small} images: {figures[big]['rss_mb_end'] - figures[small]['rss_mb_end']:+.1f} MB")
-    return figures
 
 
 def bench_read(args, workdir):
@@ -316,7 +307,6 @@ def bench_read(args, workdir):
         warm.get(image_id)
     dt = time.perf_counter() - t
     print(f"  lookups once shards are loaded (no copy): {n / dt:,.0f} images/s ({dt / n * 1e6:.1f} us per image)")
-    return best
 
 
 def main(argv=None):

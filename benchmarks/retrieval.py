@@ -1,17 +1,9 @@
 """Two-stage vs exhaustive retrieval: wall time and recall (`python -m benchmarks.retrieval`).
 
-Two sets, one run:
-  demo  — the demo's retrieval set: the tir test split with its flickr30k features and the
-          finetuned tir model (results/tir/model) when those artifacts exist; otherwise a
-          synthetic set of the same scale (20 images × 5 captions) scored by a tiny model
-          finetuned on synthetic scenes here. Exhaustive and two-stage k = 16, 32, 128 each run
-          in full: time and the recalls.
-  large — a synthetic 1,000-image × 5,000-caption set (random region features, random
-          captions) scored by a tiny random model (the sizes are printed): the two-stage runs
-          are timed in full; exhaustive (5M fused pairs) is timed on a measured subset of pairs
-          and extrapolated — the per-pair cost is the same batched pass in both modes.
-
-The synthetic sets come from cavl.testing (write_synthetic_flickr30k, write_tiny_pretrained).
+  demo  — the tir test split with the finetuned tir model when those exist, else a synthetic set
+          of the same scale (20 images × 5 captions) and a tiny model finetuned on it here.
+  large — 1,000 synthetic images × 5,000 random captions and a tiny random model: two-stage
+          timed in full; exhaustive (5M pairs) timed on a subset of pairs and extrapolated.
 """
 
 from __future__ import annotations
@@ -19,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import tempfile
 import time
@@ -33,25 +24,13 @@ from cavl.testing import VOCAB, word_tokenizer, write_synthetic_flickr30k, write
 log = logging.getLogger("benchmarks.retrieval")
 
 
-class MemoScorer:
-    """Pair scores looked up in a precomputed (I, C) matrix (recall of two-stage on the demo set
-    from the exhaustive run's very scores)."""
-
-    def __init__(self, matrix):
-        self.matrix, self.calls = matrix, 0
-
-    def __call__(self, pairs):
-        self.calls += len(pairs)
-        return self.matrix[pairs[:, 0], pairs[:, 1]]
-
-
 def _row(name, mode, k, pairs, seconds, metrics=None, note=""):
     return {"set": name, "mode": mode, "k": k, "pairs": int(pairs), "seconds": float(seconds),
             "metrics": metrics or {}, "note": note}
 
 
 def demo_set(args, tmp: Path):
-    """(name, model, examples, regions, tokenizer, data, note) of the demo-scale retrieval set."""
+    """(model, examples, regions, tokenizer, data, note) of the demo-scale retrieval set."""
     from cavl.finetune_model import FinetuneModel, load_tokenizer
     from cavl.tasks.base import DataSettings
 
@@ -64,7 +43,7 @@ def demo_set(args, tmp: Path):
         log.info("no demo artifacts (%s, %s, %s): synthetic set of demo scale, tiny model finetuned here",
                  model_dir, eval_path, features)
         root = write_synthetic_flickr30k(tmp / "syn", sizes={"train": 60, "val": 2, "test": 20}, seed=1)
-        write_tiny_pretrained(root / "backbone", hidden=32, layers=2, heads=2)
+        write_tiny_pretrained(root / "backbone")
         config = {"finetune": {"threads": args.threads, "eval_batch_size": 64,
                                "tasks": {"tir": {"method": "full", "epochs": 20, "batch_size": 16, "max_text_len": 20,
                                                  "max_regions": 8, "lr": 5e-3, "pwcl_weight": 0.1}}}}
@@ -88,8 +67,8 @@ def demo_set(args, tmp: Path):
 
 
 def bench_demo(args, tmp: Path) -> list:
-    """Exhaustive measured in full; two-stage recall from the same pair scores (MemoScorer), its
-    time = the measured embedding pass + pairs × the measured per-pair ITM cost."""
+    """Exhaustive measured in full; two-stage recall from the same pair scores (looked up in its
+    (I, C) matrix), its time = the measured embedding pass + pairs × the measured per-pair ITM cost."""
     from cavl import retrieval
     from cavl.tasks.tir import retrieval_set
 
@@ -109,11 +88,13 @@ def bench_demo(args, tmp: Path) -> list:
     _sync(args.device)
     t_emb = time.perf_counter() - t0
     name = f"demo {len(images)}x{len(captions)}"
-    full = retrieval.exhaustive(len(images), MemoScorer(itm), cap2img, sim, w)
+    def memo(pairs):
+        return itm[pairs[:, 0], pairs[:, 1]]
+
+    full = retrieval.exhaustive(len(images), memo, cap2img, sim, w)
     rows = [_row(name, "exhaustive", None, full.pairs_scored, t_itm + (t_emb if w else 0.0), full.metrics(),
                  f"{note}; re-ranking score ITM + {w:g}·cos")]
     for k in args.ks:
-        memo = MemoScorer(itm)
         t0 = time.perf_counter()
         res = retrieval.two_stage(sim, memo, k, cap2img, w)
         t_rank = time.perf_counter() - t0
@@ -160,7 +141,7 @@ def bench_large(args, tmp: Path) -> list:
     images = [f"img{i}" for i in range(I)]
     items = {}
     for i in images:
-        b = np.sort(rng.uniform(0, 100, (R, 4)), axis=1)[:, [0, 1, 2, 3]]
+        b = np.sort(rng.uniform(0, 100, (R, 4)), axis=1)
         items[i] = (rng.normal(size=(R, D)).astype(np.float32), b, 100, 100, 0)
     index = write_feature_shards(tmp / "large", "synthetic", items, shard_size=256, dim=D)  # read as the pipeline does
     words = VOCAB[5:]
@@ -234,7 +215,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(max(1, args.threads))
     if args.device == "auto":
@@ -244,16 +225,13 @@ def main(argv=None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
     rows, notes = [], []
-    tmp = Path(tempfile.mkdtemp(prefix="bench_retrieval."))
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench_retrieval.", ignore_cleanup_errors=True) as tmp:
         if not args.skip_demo:
-            rows += bench_demo(args, tmp)
+            rows += bench_demo(args, Path(tmp))
         if not args.skip_large:
-            large, size = bench_large(args, tmp)
+            large, size = bench_large(args, Path(tmp))
             rows += large
             notes.append(size)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     gpu = f", {torch.cuda.get_device_name()}" if torch.device(args.device).type == "cuda" else ""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}{gpu}")
     print_table(rows)

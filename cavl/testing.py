@@ -1,25 +1,19 @@
 """Synthetic data in the pipeline's real formats, for the tests and the benchmarks (no downloads).
 
-Scenes — the one source of synthetic scenes — are a few distinct (colour, shape) objects of
-COLOURS × SHAPES (:func:`scene_objects`); each object is a region whose feature is one-hot colour
-+ one-hot shape + noise (:func:`region_features`), so questions, statements, captions and phrases
-about a scene are answerable from its features. From them:
+A scene is a few distinct (colour, shape) objects; each is a region whose feature is one-hot
+colour + one-hot shape + noise, so questions, captions and phrases about it are answerable
+from its features:
 
     write_synthetic_tasks(root)          # root/tasks/{vqa,vcr,nlvr2}/{split}.parquet
                                          # root/features/{coco,vcr,nlvr2}/shard-00000.parquet + index.parquet
     write_synthetic_flickr30k(root)      # root/tasks/{tir,rpg}/{split}.parquet + root/features/flickr30k/
     write_feature_shards(root, dataset, {image_id: (features, boxes, W, H, num_given)})
-    write_tiny_backbone(root / "backbone", vocab)   # a random 2-layer BERT as a CavlModel folder
+    write_tiny_backbone(root / "backbone")          # a random 2-layer BERT as a CavlModel folder
     write_tiny_pretrained(root / "pretrained")      # the same + ITM head, as pretraining saves it
     word_tokenizer()                     # a word-level tokenizer over VOCAB
 
-Images for the extraction stage (pixels, not features): :func:`write_scenes` draws seeded
-scenes (gradient background, coloured rectangles and ellipses) as JPEG/PNG with their boxes,
-:func:`write_bad_images` one file for every awkward case the extractor must survive, with what
-is expected of each, :func:`write_manifest` a manifest in the schema of docs/contracts.md.
-
-Shards are written with the shard format's own writer and index builder (cavl.shards). The
-demo's datasets are not test data: cavl.demo renders those (product code, fixed outputs).
+Images for the extraction stage: :func:`write_scenes` (seeded JPEG scenes with their boxes),
+:func:`write_bad_images` (every awkward case the extractor must survive), :func:`write_manifest`.
 This module never imports `extract` (tests/test_layering.py).
 """
 
@@ -51,12 +45,6 @@ FEATURE_DIM = 12
 WIDTH, HEIGHT = 200, 160  # pixel size of every synthetic feature-level image
 
 
-
-# ---------------------------------------------------------------------------------------------
-# Scenes and their region features
-# ---------------------------------------------------------------------------------------------
-
-
 def scene_objects(rng, n):
     """`n` distinct (colour, shape) objects of COLOURS × SHAPES."""
     picks = rng.choice(len(COLOURS) * len(SHAPES), size=n, replace=False)
@@ -86,8 +74,7 @@ def region_features(rng, objects, extra=2, w=WIDTH, h=HEIGHT, dim=FEATURE_DIM):
 
 def write_feature_shards(root, dataset: str, images: dict, shard_size: int = 16, dim: int = FEATURE_DIM):
     """Shards + index of `dataset` under `root` from {image_id: (features (N, D), boxes (N, 4),
-    width, height, num_given)}, written with the shard format's own writer and index builder
-    (cavl.shards: what `python -m extract` and `python -m extract.gather` use)."""
+    width, height, num_given)}, written with cavl.shards as the extractor writes them."""
     out = Path(root) / dataset
     ids = list(images)
     paths = []
@@ -107,11 +94,6 @@ def write_feature_shards(root, dataset: str, images: dict, shard_size: int = 16,
     table, metadata = build_index(paths)
     write_parquet_atomic(table, out / "index.parquet", metadata)
     return out / "index.parquet"
-
-
-# ---------------------------------------------------------------------------------------------
-# Task tables: vqa (coco images), vcr, nlvr2
-# ---------------------------------------------------------------------------------------------
 
 
 def _vqa(rng, split, n_images, features):
@@ -175,13 +157,10 @@ def _vcr(rng, split, n_images, features):
                          "question": json.dumps(["what", "color", "is", [i], "?"]),
                          "answer_choices": json.dumps(answers), "rationale_choices": json.dumps(rationales),
                          "answer_label": label, "rationale_label": label, "objects": names})
-    df = pd.DataFrame(rows)
-    df["answer_label"] = df["answer_label"].astype(np.int32)
-    df["rationale_label"] = df["rationale_label"].astype(np.int32)
-    return df
+    return pd.DataFrame(rows).astype({"answer_label": np.int32, "rationale_label": np.int32})
 
 
-def write_synthetic_tasks(root, sizes=None, seed: int = 0, dim: int = FEATURE_DIM) -> Path:
+def write_synthetic_tasks(root, sizes=None, seed: int = 0) -> Path:
     """Task tables and features of vqa (coco images), vcr and nlvr2 under `root`."""
     root = Path(root)
     sizes = {"vqa": (24, 8), "vcr": (12, 4), "nlvr2": (12, 4), **(sizes or {})}
@@ -193,15 +172,8 @@ def write_synthetic_tasks(root, sizes=None, seed: int = 0, dim: int = FEATURE_DI
         for split, n in zip(splits, sizes[task]):
             write_parquet_atomic(build(rng, split, n, features[dataset]), root / "tasks" / task / f"{split}.parquet")
     for dataset, images in features.items():
-        if dim != FEATURE_DIM:
-            images = {i: (np.pad(f, ((0, 0), (0, dim - f.shape[1]))), b, w, h, g) for i, (f, b, w, h, g) in images.items()}
-        write_feature_shards(root / "features", dataset, images, dim=dim)
+        write_feature_shards(root / "features", dataset, images)
     return root
-
-
-# ---------------------------------------------------------------------------------------------
-# Flickr30k: tir and rpg tables
-# ---------------------------------------------------------------------------------------------
 
 
 def _box(rng, w=WIDTH, h=HEIGHT):
@@ -216,15 +188,12 @@ def _jitter(rng, box, scale=0.05):
     return [box[0] + d[0], box[1] + d[1], box[2] + d[2], box[3] + d[3]]
 
 
-def synthetic_flickr30k(sizes=None, seed: int = 0, dim: int = FEATURE_DIM, distractors: int = 3,
-                        captions_per_image: int = 5):
+def synthetic_flickr30k(sizes=None, seed: int = 0, dim: int = FEATURE_DIM):
     """(tables {task: {split: DataFrame}}, images {image_id: (features, boxes, W, H, num_given)}).
 
-    Each image has two or three coloured shapes. Regions: each shape's gt box (the given boxes,
-    in order), then the detections — a jittered copy of each shape's box and `distractors`
-    random boxes, shuffled — with one-hot colour + shape features plus noise (distractors: noise).
-    Captions name the shapes; rpg phrases: each named shape (its entity's one box), "two shapes"
-    (an entity with both boxes) and "the image" (notvisual: no box).
+    Regions of an image with 2-3 shapes: each shape's gt box (the given boxes), then, shuffled,
+    a jittered copy of each and 3 random distractors. rpg phrases: each named shape, "two
+    shapes" (an entity with both boxes) and "the image" (notvisual: no box).
     """
     sizes = {"train": 12, "val": 4, "test": 6, **(sizes or {})}
     rng = np.random.default_rng(seed)
@@ -237,7 +206,7 @@ def synthetic_flickr30k(sizes=None, seed: int = 0, dim: int = FEATURE_DIM, distr
             objects = scene_objects(rng, int(rng.integers(2, 4)))
             gt = [_box(rng) for _ in objects]
             detected = [(_jitter(rng, b), o) for b, o in zip(gt, objects)]
-            detected += [(_box(rng), (None, None)) for _ in range(distractors)]
+            detected += [(_box(rng), (None, None)) for _ in range(3)]
             order = rng.permutation(len(detected))
             detected = [detected[i] for i in order]
             feats = [object_feature(rng, c, s, dim) for c, s in [*objects, *(o for _, o in detected)]]
@@ -252,8 +221,7 @@ def synthetic_flickr30k(sizes=None, seed: int = 0, dim: int = FEATURE_DIM, distr
                          ("two shapes : " + names[0] + " and " + names[1] + " .", [(0, "two"), (3, 0), (7, 1)]),
                          (names[1] + " .", [(0, 1)]),
                          ("the image has " + names[0] + " .", [(0, "image"), (3, 0)])]
-            for s_index in range(captions_per_image):
-                sentence, spans = templates[s_index % len(templates)]
+            for s_index, (sentence, spans) in enumerate(templates):
                 tir[split].append({"image_id": image_id, "sentence_id": sentence_id, "caption": sentence})
                 sentence_id += 1
                 words = sentence.split()
@@ -273,10 +241,10 @@ def synthetic_flickr30k(sizes=None, seed: int = 0, dim: int = FEATURE_DIM, distr
     return tables, images
 
 
-def write_synthetic_flickr30k(root, sizes=None, seed: int = 0, dim: int = FEATURE_DIM, **kw) -> Path:
+def write_synthetic_flickr30k(root, sizes=None, seed: int = 0, dim: int = FEATURE_DIM) -> Path:
     """root/tasks/{tir,rpg}/{split}.parquet (the contract schemas) + root/features/flickr30k/."""
     root = Path(root)
-    tables, images = synthetic_flickr30k(sizes, seed, dim, **kw)
+    tables, images = synthetic_flickr30k(sizes, seed, dim)
     for task, splits in tables.items():
         for split, df in splits.items():
             table = pa.Table.from_pylist(df.to_dict("records"), schema=TASK_SCHEMAS[task])
@@ -285,28 +253,21 @@ def write_synthetic_flickr30k(root, sizes=None, seed: int = 0, dim: int = FEATUR
     return root
 
 
-# ---------------------------------------------------------------------------------------------
-# Tiny models
-# ---------------------------------------------------------------------------------------------
-
-
-def write_tiny_backbone(path, visual_dim: int = FEATURE_DIM, hidden: int = 32, layers: int = 2, heads: int = 2,
-                        vocab=VOCAB, seed: int = 0) -> Path:
-    """A random tiny BERT turned into a CavlModel folder (save_pretrained + tokenizer), as the
-    pretraining stage writes it."""
+def write_tiny_backbone(path, visual_dim: int = FEATURE_DIM, seed: int = 0) -> Path:
+    """A random tiny BERT as a CavlModel folder (weights + tokenizer)."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from transformers import BertConfig, BertModel
 
     from cavl.model import CavlModel
 
     path = Path(path)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=64,
-                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0)
+        cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.1,
+                         attention_probs_dropout_prob=0.0)
         BertModel(cfg).save_pretrained(tmp)
-        tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+        tokenizer = word_tokenizer()
         tokenizer.save_pretrained(tmp)
         model = CavlModel.from_bert(tmp, visual_dim)
         model.save_pretrained(path, extra=lambda d: tokenizer.save_pretrained(str(d)))
@@ -320,8 +281,7 @@ def word_tokenizer(vocab=VOCAB):
     return BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
 
 
-def write_tiny_pretrained(path, visual_dim: int = FEATURE_DIM, hidden: int = 32, layers: int = 2, heads: int = 2,
-                          seed: int = 0) -> Path:
+def write_tiny_pretrained(path, visual_dim: int = FEATURE_DIM, seed: int = 0) -> Path:
     """A random tiny model saved as the pretraining stage saves it: backbone + ITM head + tokenizer."""
     import torch
 
@@ -329,18 +289,12 @@ def write_tiny_pretrained(path, visual_dim: int = FEATURE_DIM, hidden: int = 32,
 
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
-        backbone = CavlModel.from_pretrained(write_tiny_backbone(Path(tmp) / "b", visual_dim, hidden, layers, heads,
-                                                                 seed=seed))
+        backbone = CavlModel.from_pretrained(write_tiny_backbone(Path(tmp) / "b", visual_dim, seed))
     torch.manual_seed(seed + 1)
     model = CavlForPretraining(backbone.config)
     model.bert.load_state_dict(backbone.state_dict())
     model.save_pretrained(path, extra=lambda d: word_tokenizer().save_pretrained(str(d)))
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Images and manifests for the extraction stage
-# ---------------------------------------------------------------------------------------------
 
 
 def scene_image(rng, height, width):
@@ -359,16 +313,16 @@ def scene_image(rng, height, width):
     return np.asarray(im), boxes
 
 
-def write_scenes(directory, sizes, seed=0, ext="jpg", prefix="img"):
+def write_scenes(directory, sizes, seed=0):
     """One scene per (height, width) in `sizes`; returns manifest rows (dicts)."""
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
     for i, (h, w) in enumerate(sizes):
         array, boxes = scene_image(rng, h, w)
-        path = os.path.join(directory, f"{prefix}{i:05d}.{ext}")
-        Image.fromarray(array).save(path, **({"quality": 90} if ext == "jpg" else {}))
-        rows.append({"image_id": f"{prefix}{i:05d}", "path": path, "width": w, "height": h,
+        path = os.path.join(directory, f"img{i:05d}.jpg")
+        Image.fromarray(array).save(path, quality=90)
+        rows.append({"image_id": f"img{i:05d}", "path": path, "width": w, "height": h,
                      "gt_boxes": boxes, "gt_box_labels": [str(k) for k in range(len(boxes))]})
     return rows
 
