@@ -62,11 +62,16 @@ def shard_schema(feature_dim, feature_dtype="float16", metadata=None):
     return schema.with_metadata({k: json.dumps(v) for k, v in metadata.items()})
 
 
-def read_shard_metadata(path):
-    """The JSON-decoded file metadata of a shard (reads the footer only)."""
-    raw = pq.read_schema(path).metadata or {}
+def shard_metadata(schema):
+    """The JSON-decoded metadata of a shard's or index's Arrow schema."""
+    raw = schema.metadata or {}
     return {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"ARROW:")
             and k != b"pandas"}
+
+
+def read_shard_metadata(path):
+    """The JSON-decoded file metadata of a shard (reads the footer only)."""
+    return shard_metadata(pq.read_schema(path))
 
 
 class ShardWriter:

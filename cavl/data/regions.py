@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cavl.io import file_sha256
-from cavl.shards import read_shard_metadata
+from cavl.shards import shard_metadata
 
 _REGION_COLUMNS = {"classes": np.int32, "scores": np.float32, "attributes": np.int32,
                    "attribute_scores": np.float32}
@@ -91,7 +91,7 @@ class RegionReader:
         self.index_path = os.fspath(index_path)
         self.directory = os.path.dirname(self.index_path)
         table = pq.read_table(self.index_path, memory_map=True)
-        self.metadata = read_shard_metadata(self.index_path)
+        self.metadata = shard_metadata(table.schema)
         self.feature_dim = int(self.metadata["feature_dim"])
         self.feature_dtype = np.dtype(self.metadata["feature_dtype"])
         self._shard_files = {int(k): v for k, v in self.metadata["shards"].items()}
